@@ -1,0 +1,351 @@
+// CPU kernels of the fused split-attention ops: parallel over rows with at::parallel_for, accumulation in
+// at::opmath_type (fp32 for half/bfloat16/float, fp64 for double). Both NCHW and channels_last are handled
+// without layout conversion of x.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../split_attention.h"
+
+namespace resnest_cuda {
+namespace {
+
+constexpr int64_t kChannelBlock = 64;  // channels handled together by one task in channels_last loops
+
+struct Dims {
+  int64_t B, R, C, K, HW;
+};
+
+Dims dims_of(const at::Tensor& x, int64_t radix, int64_t cardinality) {
+  return {x.size(0), radix, x.size(1) / radix, cardinality, x.size(2) * x.size(3)};
+}
+
+// att[b, r, j] (radix-major, [B, R, C]) from cardinal-major logits: softmax over r, or sigmoid when R == 1.
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> attention_weights(const scalar_t* logits, const Dims& d) {
+  std::vector<acc_t> att(d.B * d.R * d.C);
+  const int64_t ck = d.C / d.K;
+  at::parallel_for(0, d.B * d.K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bk = begin; bk < end; ++bk) {
+      const int64_t b = bk / d.K, k = bk % d.K;
+      const scalar_t* lg = logits + b * d.R * d.C + k * d.R * ck;  // [R, C/K]
+      for (int64_t c = 0; c < ck; ++c) {
+        const int64_t j = k * ck + c;
+        if (d.R == 1) {
+          const acc_t v = static_cast<acc_t>(lg[c]);
+          att[b * d.C + j] = acc_t(1) / (acc_t(1) + std::exp(-v));
+          continue;
+        }
+        acc_t m = -std::numeric_limits<acc_t>::infinity();
+        for (int64_t r = 0; r < d.R; ++r) m = std::max(m, static_cast<acc_t>(lg[r * ck + c]));
+        acc_t sum = 0;
+        for (int64_t r = 0; r < d.R; ++r) {
+          const acc_t e = std::exp(static_cast<acc_t>(lg[r * ck + c]) - m);
+          att[(b * d.R + r) * d.C + j] = e;
+          sum += e;
+        }
+        for (int64_t r = 0; r < d.R; ++r) att[(b * d.R + r) * d.C + j] /= sum;
+      }
+    }
+  });
+  return att;
+}
+
+template <typename scalar_t, typename acc_t>
+acc_t row_sum(const scalar_t* p, int64_t n) {
+  acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += static_cast<acc_t>(p[i]);
+    s1 += static_cast<acc_t>(p[i + 1]);
+    s2 += static_cast<acc_t>(p[i + 2]);
+    s3 += static_cast<acc_t>(p[i + 3]);
+  }
+  for (; i < n; ++i) s0 += static_cast<acc_t>(p[i]);
+  return (s0 + s1) + (s2 + s3);
+}
+
+template <typename scalar_t, typename acc_t>
+acc_t row_dot(const scalar_t* p, const scalar_t* q, int64_t n) {
+  acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += static_cast<acc_t>(p[i]) * static_cast<acc_t>(q[i]);
+    s1 += static_cast<acc_t>(p[i + 1]) * static_cast<acc_t>(q[i + 1]);
+    s2 += static_cast<acc_t>(p[i + 2]) * static_cast<acc_t>(q[i + 2]);
+    s3 += static_cast<acc_t>(p[i + 3]) * static_cast<acc_t>(q[i + 3]);
+  }
+  for (; i < n; ++i) s0 += static_cast<acc_t>(p[i]) * static_cast<acc_t>(q[i]);
+  return (s0 + s1) + (s2 + s3);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// pool: gap[b, j] = mean_hw sum_r x[b, r*C + j]
+
+template <typename scalar_t>
+void pool_kernel(const scalar_t* x, scalar_t* gap, const Dims& d, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
+  if (!channels_last) {
+    at::parallel_for(0, d.B * d.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / d.C, j = row % d.C;
+        acc_t s = 0;
+        for (int64_t r = 0; r < d.R; ++r) s += row_sum<scalar_t, acc_t>(x + ((b * d.R + r) * d.C + j) * d.HW, d.HW);
+        gap[row] = static_cast<scalar_t>(s * inv_hw);
+      }
+    });
+    return;
+  }
+  const int64_t nblk = (d.C + kChannelBlock - 1) / kChannelBlock;
+  at::parallel_for(0, d.B * nblk, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(kChannelBlock);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / nblk, j0 = (task % nblk) * kChannelBlock;
+      const int64_t nc = std::min(kChannelBlock, d.C - j0);
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t hw = 0; hw < d.HW; ++hw) {
+        const scalar_t* px = x + (b * d.HW + hw) * d.R * d.C + j0;
+        for (int64_t r = 0; r < d.R; ++r) {
+          for (int64_t c = 0; c < nc; ++c) acc[c] += static_cast<acc_t>(px[r * d.C + c]);
+        }
+      }
+      for (int64_t c = 0; c < nc; ++c) gap[b * d.C + j0 + c] = static_cast<scalar_t>(acc[c] * inv_hw);
+    }
+  });
+}
+
+// dx[b, r*C + j, hw] = dgap[b, j] / HW
+template <typename scalar_t>
+void pool_backward_kernel(const scalar_t* dgap, scalar_t* dx, const Dims& d, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
+  if (!channels_last) {
+    at::parallel_for(0, d.B * d.R * d.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / (d.R * d.C), j = row % d.C;
+        const scalar_t v = static_cast<scalar_t>(static_cast<acc_t>(dgap[b * d.C + j]) * inv_hw);
+        std::fill(dx + row * d.HW, dx + (row + 1) * d.HW, v);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, d.B * d.HW, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t pix = begin; pix < end; ++pix) {
+      const int64_t b = pix / d.HW;
+      scalar_t* px = dx + pix * d.R * d.C;
+      for (int64_t r = 0; r < d.R; ++r) {
+        for (int64_t j = 0; j < d.C; ++j) {
+          px[r * d.C + j] = static_cast<scalar_t>(static_cast<acc_t>(dgap[b * d.C + j]) * inv_hw);
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// combine: out[b, j] = sum_r att[b, r, j] * x[b, r*C + j]
+
+template <typename scalar_t>
+void combine_kernel(const scalar_t* x, const scalar_t* logits, scalar_t* out, const Dims& d, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, d);
+  if (!channels_last) {
+    at::parallel_for(0, d.B * d.C, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> acc(d.HW);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / d.C, j = row % d.C;
+        for (int64_t r = 0; r < d.R; ++r) {
+          const acc_t a = att[(b * d.R + r) * d.C + j];
+          const scalar_t* px = x + ((b * d.R + r) * d.C + j) * d.HW;
+          if (r == 0) {
+            for (int64_t i = 0; i < d.HW; ++i) acc[i] = a * static_cast<acc_t>(px[i]);
+          } else {
+            for (int64_t i = 0; i < d.HW; ++i) acc[i] += a * static_cast<acc_t>(px[i]);
+          }
+        }
+        scalar_t* po = out + row * d.HW;
+        for (int64_t i = 0; i < d.HW; ++i) po[i] = static_cast<scalar_t>(acc[i]);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, d.B * d.HW, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(d.C);
+    for (int64_t pix = begin; pix < end; ++pix) {
+      const int64_t b = pix / d.HW;
+      const scalar_t* px = x + pix * d.R * d.C;
+      for (int64_t r = 0; r < d.R; ++r) {
+        const acc_t* a = att.data() + (b * d.R + r) * d.C;
+        if (r == 0) {
+          for (int64_t j = 0; j < d.C; ++j) acc[j] = a[j] * static_cast<acc_t>(px[j]);
+        } else {
+          for (int64_t j = 0; j < d.C; ++j) acc[j] += a[j] * static_cast<acc_t>(px[r * d.C + j]);
+        }
+      }
+      scalar_t* po = out + pix * d.C;
+      for (int64_t j = 0; j < d.C; ++j) po[j] = static_cast<scalar_t>(acc[j]);
+    }
+  });
+}
+
+// grad_logits (cardinal-major) from ds[b, r, j] = sum_hw dout[b, j] * x[b, r*C + j] through the softmax
+// (or sigmoid) Jacobian: da_r = s_r * (ds_r - sum_r' s_r' ds_r').
+template <typename scalar_t, typename acc_t>
+void logits_grad(const std::vector<acc_t>& att, const std::vector<acc_t>& ds, scalar_t* dlogits, const Dims& d) {
+  const int64_t ck = d.C / d.K;
+  at::parallel_for(0, d.B * d.C, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t bj = begin; bj < end; ++bj) {
+      const int64_t b = bj / d.C, j = bj % d.C, k = j / ck, c = j % ck;
+      acc_t dot = 0;
+      for (int64_t r = 0; r < d.R; ++r) dot += att[(b * d.R + r) * d.C + j] * ds[(b * d.R + r) * d.C + j];
+      for (int64_t r = 0; r < d.R; ++r) {
+        const acc_t s = att[(b * d.R + r) * d.C + j];
+        const acc_t g = ds[(b * d.R + r) * d.C + j];
+        const acc_t da = d.R == 1 ? g * s * (acc_t(1) - s) : s * (g - dot);
+        dlogits[b * d.R * d.C + k * d.R * ck + r * ck + c] = static_cast<scalar_t>(da);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void combine_backward_kernel(const scalar_t* dout, const scalar_t* x, const scalar_t* logits, scalar_t* dx,
+                             scalar_t* dlogits, const Dims& d, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, d);
+  std::vector<acc_t> ds(d.B * d.R * d.C);
+  if (!channels_last) {
+    // One task per (b, j): the reduction for every r and the dx rows for every r share the dout row.
+    at::parallel_for(0, d.B * d.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / d.C, j = row % d.C;
+        const scalar_t* pg = dout + row * d.HW;
+        for (int64_t r = 0; r < d.R; ++r) {
+          const int64_t xrow = (b * d.R + r) * d.C + j;
+          ds[xrow] = row_dot<scalar_t, acc_t>(pg, x + xrow * d.HW, d.HW);
+          const acc_t a = att[xrow];
+          scalar_t* pdx = dx + xrow * d.HW;
+          for (int64_t i = 0; i < d.HW; ++i) pdx[i] = static_cast<scalar_t>(a * static_cast<acc_t>(pg[i]));
+        }
+      }
+    });
+  } else {
+    const int64_t nblk = (d.C + kChannelBlock - 1) / kChannelBlock;
+    at::parallel_for(0, d.B * nblk, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> acc(d.R * kChannelBlock);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / nblk, j0 = (task % nblk) * kChannelBlock;
+        const int64_t nc = std::min(kChannelBlock, d.C - j0);
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t hw = 0; hw < d.HW; ++hw) {
+          const scalar_t* pg = dout + (b * d.HW + hw) * d.C + j0;
+          const scalar_t* px = x + (b * d.HW + hw) * d.R * d.C + j0;
+          scalar_t* pdx = dx + (b * d.HW + hw) * d.R * d.C + j0;
+          for (int64_t r = 0; r < d.R; ++r) {
+            const acc_t* a = att.data() + (b * d.R + r) * d.C + j0;
+            acc_t* pa = acc.data() + r * kChannelBlock;
+            for (int64_t c = 0; c < nc; ++c) {
+              const acc_t g = static_cast<acc_t>(pg[c]);
+              pa[c] += g * static_cast<acc_t>(px[r * d.C + c]);
+              pdx[r * d.C + c] = static_cast<scalar_t>(a[c] * g);
+            }
+          }
+        }
+        for (int64_t r = 0; r < d.R; ++r) {
+          for (int64_t c = 0; c < nc; ++c) ds[(b * d.R + r) * d.C + j0 + c] = acc[r * kChannelBlock + c];
+        }
+      }
+    });
+  }
+  logits_grad<scalar_t, acc_t>(att, ds, dlogits, d);
+}
+
+}  // namespace
+
+at::Tensor split_attention_pool_cpu(const at::Tensor& x, int64_t radix) {
+  check_split_attention_input(x, radix, "split_attention_pool");
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const Dims d = dims_of(x, radix, 1);
+  at::Tensor gap = at::empty({d.B, d.C}, x.options());
+  if (gap.numel() == 0) return gap;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_pool_cpu", [&] {
+    pool_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), gap.mutable_data_ptr<scalar_t>(), d,
+                          fmt == at::MemoryFormat::ChannelsLast);
+  });
+  return gap;
+}
+
+at::Tensor split_attention_pool_backward_cpu(const at::Tensor& grad_gap, const at::Tensor& x, int64_t radix) {
+  const int64_t C = check_split_attention_input(x, radix, "split_attention_pool_backward");
+  TORCH_CHECK(grad_gap.dim() == 2 && grad_gap.size(0) == x.size(0) && grad_gap.size(1) == C,
+              "split_attention_pool_backward: grad_gap must have shape [", x.size(0), ", ", C, "], got ",
+              grad_gap.sizes());
+  const at::MemoryFormat fmt = activation_format(x);
+  const Dims d = dims_of(x, radix, 1);
+  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  if (dx.numel() == 0) return dx;
+  const at::Tensor g = grad_gap.to(x.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_pool_bwd_cpu", [&] {
+    pool_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), d,
+                                   fmt == at::MemoryFormat::ChannelsLast);
+  });
+  return dx;
+}
+
+at::Tensor split_attention_combine_cpu(const at::Tensor& x, const at::Tensor& logits, int64_t radix,
+                                       int64_t cardinality) {
+  check_combine_logits(x, logits, radix, cardinality, "split_attention_combine");
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor lc = logits.contiguous();
+  const Dims d = dims_of(x, radix, cardinality);
+  at::Tensor out = at::empty({d.B, d.C, x.size(2), x.size(3)}, x.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_combine_cpu", [&] {
+    combine_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), lc.const_data_ptr<scalar_t>(),
+                             out.mutable_data_ptr<scalar_t>(), d, fmt == at::MemoryFormat::ChannelsLast);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cpu(const at::Tensor& grad_out,
+                                                                        const at::Tensor& x,
+                                                                        const at::Tensor& logits, int64_t radix,
+                                                                        int64_t cardinality) {
+  check_combine_logits(x, logits, radix, cardinality, "split_attention_combine_backward");
+  const Dims d = dims_of(x, radix, cardinality);
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == d.B && grad_out.size(1) == d.C &&
+                  grad_out.size(2) == x.size(2) && grad_out.size(3) == x.size(3),
+              "split_attention_combine_backward: grad_out must have shape [", d.B, ", ", d.C, ", ", x.size(2), ", ",
+              x.size(3), "], got ", grad_out.sizes());
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
+  const at::Tensor lc = logits.contiguous();
+  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
+  if (d.B == 0) return {dx, dlogits};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_combine_bwd_cpu", [&] {
+    combine_backward_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                                      lc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+                                      dlogits.mutable_data_ptr<scalar_t>(), d, fmt == at::MemoryFormat::ChannelsLast);
+  });
+  return {dx, dlogits};
+}
+
+TORCH_LIBRARY_IMPL(resnest_cuda, CPU, m) {
+  m.impl("split_attention_pool", &split_attention_pool_cpu);
+  m.impl("split_attention_pool_backward", &split_attention_pool_backward_cpu);
+  m.impl("split_attention_combine", &split_attention_combine_cpu);
+  m.impl("split_attention_combine_backward", &split_attention_combine_backward_cpu);
+}
+
+}  // namespace resnest_cuda

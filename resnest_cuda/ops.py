@@ -1,0 +1,168 @@
+"""Fused split-attention operators (ResNeSt), with autograd and fake-tensor support.
+
+Layouts (R = radix, K = cardinality, C = channels per split):
+
+- ``x``: ``[B, R*C, H, W]``, radix-major (channel ``r*C + k*(C/K) + c``), NCHW or channels_last.
+- ``logits``: ``[B, R*C]`` or ``[B, R*C, 1, 1]``, fc2's cardinal-major order (``k*(R*C/K) + r*(C/K) + c``).
+
+The kernels accumulate in fp32 (fp64 for float64 inputs) and return results in the input dtype.
+"""
+
+import torch
+
+from ._library import has_kernel
+
+__all__ = ["split_attention_pool", "split_attention_combine", "cuda_kernels_available"]
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def cuda_kernels_available() -> bool:
+    """True when the extension was built with its CUDA kernels."""
+    return has_kernel("split_attention_pool", "CUDA")
+
+
+def _check_x(x: torch.Tensor, radix: int, op: str) -> int:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must be a 4-D tensor [B, radix*C, H, W], got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: x must be float32/float16/bfloat16/float64, got {x.dtype}")
+    if not isinstance(radix, int) or isinstance(radix, bool) or radix < 1:
+        raise ValueError(f"{op}: radix must be an int >= 1, got {radix!r}")
+    if x.shape[1] % radix != 0:
+        raise ValueError(
+            f"{op}: x.shape[1] ({x.shape[1]}) must be divisible by radix ({radix}); "
+            f"expected x of shape [B, radix*C, H, W]"
+        )
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{op}: x must have H >= 1 and W >= 1, got shape {tuple(x.shape)}")
+    return x.shape[1] // radix
+
+
+def _check_combine(x: torch.Tensor, logits: torch.Tensor, radix: int, cardinality: int) -> int:
+    op = "split_attention_combine"
+    channels = _check_x(x, radix, op)
+    if not isinstance(cardinality, int) or isinstance(cardinality, bool) or cardinality < 1:
+        raise ValueError(f"{op}: cardinality must be an int >= 1, got {cardinality!r}")
+    if channels % cardinality != 0:
+        raise ValueError(
+            f"{op}: channels per split ({channels} = x.shape[1] / radix) must be divisible by "
+            f"cardinality ({cardinality})"
+        )
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{op}: logits must be a torch.Tensor, got {type(logits).__name__}")
+    batch, rc = x.shape[0], x.shape[1]
+    flat_ok = logits.dim() == 2
+    conv_ok = logits.dim() == 4 and logits.shape[2] == 1 and logits.shape[3] == 1
+    if not (flat_ok or conv_ok) or logits.shape[0] != batch or logits.shape[1] != rc:
+        raise ValueError(
+            f"{op}: logits must have shape [{batch}, {rc}] or [{batch}, {rc}, 1, 1] "
+            f"(batch, radix*C), got {tuple(logits.shape)}"
+        )
+    if logits.dtype != x.dtype:
+        raise TypeError(f"{op}: logits dtype ({logits.dtype}) must match x dtype ({x.dtype})")
+    if logits.device != x.device:
+        raise ValueError(f"{op}: logits is on {logits.device} but x is on {x.device}; both must be on one device")
+    return channels
+
+
+def _activation_format(x: torch.Tensor) -> torch.memory_format:
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def split_attention_pool(x: torch.Tensor, radix: int) -> torch.Tensor:
+    """Pooled radix sum: ``gap[b, c] = mean_{h,w} sum_r x[b, r*C + c, h, w]``.
+
+    Args:
+        x: ``[B, R*C, H, W]`` floating tensor, radix-major channels, NCHW or channels_last.
+        radix: R >= 1.
+    Returns:
+        ``[B, C]`` tensor of x's dtype (accumulated in fp32).
+    """
+    _check_x(x, radix, "split_attention_pool")
+    return torch.ops.resnest_cuda.split_attention_pool(x, radix)
+
+
+def split_attention_combine(x: torch.Tensor, logits: torch.Tensor, radix: int, cardinality: int = 1) -> torch.Tensor:
+    """Radix softmax of ``logits`` applied to the splits of ``x`` and summed: ``out = sum_r att_r * x_r``.
+
+    Args:
+        x: ``[B, R*C, H, W]`` floating tensor, radix-major channels, NCHW or channels_last.
+        logits: ``[B, R*C]`` or ``[B, R*C, 1, 1]`` in fc2's cardinal-major order, same dtype and device as x.
+        radix: R >= 1 (softmax over the R splits; sigmoid when R == 1).
+        cardinality: K >= 1, must divide C.
+    Returns:
+        ``[B, C, H, W]`` tensor in x's dtype and memory format.
+    """
+    _check_combine(x, logits, radix, cardinality)
+    return torch.ops.resnest_cuda.split_attention_combine(x, logits, radix, cardinality)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fake (meta) kernels: shapes, dtypes and memory formats of every op, for torch.compile and opcheck.
+
+
+@torch.library.register_fake("resnest_cuda::split_attention_pool")
+def _pool_fake(x, radix):
+    return x.new_empty((x.shape[0], x.shape[1] // radix))
+
+
+@torch.library.register_fake("resnest_cuda::split_attention_pool_backward")
+def _pool_backward_fake(grad_gap, x, radix):
+    return torch.empty_like(x, memory_format=_activation_format(x))
+
+
+@torch.library.register_fake("resnest_cuda::split_attention_combine")
+def _combine_fake(x, logits, radix, cardinality):
+    b, rc, h, w = x.shape
+    return x.new_empty((b, rc // radix, h, w)).contiguous(memory_format=_activation_format(x))
+
+
+@torch.library.register_fake("resnest_cuda::split_attention_combine_backward")
+def _combine_backward_fake(grad_out, x, logits, radix, cardinality):
+    return torch.empty_like(x, memory_format=_activation_format(x)), torch.empty_like(
+        logits, memory_format=torch.contiguous_format
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Autograd: each backward is itself a registered op, so torch.compile traces it like any other.
+
+
+def _pool_setup_context(ctx, inputs, output):
+    x, radix = inputs
+    ctx.radix = radix
+    # Only x's metadata is needed; saving it keeps no extra memory alive when combine saves x too.
+    ctx.save_for_backward(x)
+
+
+def _pool_backward(ctx, grad_gap):
+    (x,) = ctx.saved_tensors
+    return torch.ops.resnest_cuda.split_attention_pool_backward(grad_gap, x, ctx.radix), None
+
+
+def _combine_setup_context(ctx, inputs, output):
+    x, logits, radix, cardinality = inputs
+    ctx.radix = radix
+    ctx.cardinality = cardinality
+    ctx.save_for_backward(x, logits)
+
+
+def _combine_backward(ctx, grad_out):
+    x, logits = ctx.saved_tensors
+    grad_x, grad_logits = torch.ops.resnest_cuda.split_attention_combine_backward(
+        grad_out, x, logits, ctx.radix, ctx.cardinality
+    )
+    return grad_x, grad_logits, None, None
+
+
+torch.library.register_autograd(
+    "resnest_cuda::split_attention_pool", _pool_backward, setup_context=_pool_setup_context
+)
+torch.library.register_autograd(
+    "resnest_cuda::split_attention_combine", _combine_backward, setup_context=_combine_setup_context
+)
