@@ -1,0 +1,1 @@
+"""A lean two-stage detection stack (Faster/Mask/Cascade R-CNN) on ResNeSt-FPN backbones."""
