@@ -68,6 +68,8 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __init__(self, ann_file: str, image_dir: str, transform=None, with_masks: bool = False, train: bool = False,
                  filter_empty_gt: bool = True, min_size: int = 0, seed: int = 0):
+        if not os.path.isfile(ann_file):
+            raise FileNotFoundError(f"annotation file not found: {ann_file}")
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timing lines
             self.coco = COCO(ann_file)
         self.image_dir = image_dir

@@ -129,6 +129,11 @@ def _annotation(shape: dict, ann_id: int, image_id: int) -> dict:
             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": int(visible.sum()), "segmentation": segmentation}
 
 
+def split_paths(split: str) -> tuple[str, str]:
+    """(annotation file, image folder) of a split, relative to the dataset root."""
+    return os.path.join("annotations", f"instances_{split}.json"), split
+
+
 def generate_split(root: str, split: str, count: int, params: ShapesParams) -> None:
     """Write `count` JPEGs to root/<split>/ and root/annotations/instances_<split>.json."""
     split_id = {"train": 0, "val": 1}[split]
