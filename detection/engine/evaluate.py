@@ -82,12 +82,13 @@ def coco_summary(coco_gt, results: list[dict], image_ids: list[int], iou_type: s
 
 
 def evaluate(model, loader, device: torch.device, *, with_masks: bool, amp: bool = False, out_path: str | None = None,
-             is_main: bool = True, log=logger.info) -> dict[str, dict[str, float]]:
+             is_main: bool = True, progress: bool = True,
+             log=logger.info) -> dict[str, dict[str, float]]:
     """Evaluate on `loader` (a CocoDetection test loader, possibly sharded). Every rank returns the same metrics:
     {"bbox": {"AP": ..., ...}, "segm": {...}}; rank 0 prints the summaries and writes `out_path`."""
     dataset = loader.dataset
     cat_ids = dataset.cat_ids
-    shard = run_inference(unwrap_model(model), loader, device, cat_ids, amp=amp, progress=is_main)
+    shard = run_inference(unwrap_model(model), loader, device, cat_ids, amp=amp, progress=is_main and progress)
     merged: dict[int, list[dict]] = {}
     for part in all_gather_objects(shard):  # padded shards repeat images: the dict de-duplicates them
         merged.update(part)

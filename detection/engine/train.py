@@ -132,7 +132,8 @@ class Trainer:
                 rng = get_rng_states()
                 if self.info.is_main and (last or (epoch + 1) % solver.checkpoint_interval == 0):
                     path = save_checkpoint(self.work_dir, self.model, self.optimizer, epoch=epoch + 1,
-                                           iteration=self.iteration, config_name=self.cfg.name, rng=rng)
+                                           iteration=self.iteration, config_name=self.cfg.name, rng=rng,
+                                           meta={"class_names": self.train_set.class_names})
                     self.log.info(f"saved {path}")
                 dist_utils.barrier()
                 if last or (epoch + 1) % solver.eval_interval == 0:
@@ -146,7 +147,7 @@ class Trainer:
         out_path = os.path.join(self.work_dir, f"results_epoch_{epoch}.json")
         metrics = evaluate(self.ddp_model, self.val_loader, self.info.device, with_masks=self.cfg.data.with_masks,
                            amp=self.cfg.solver.amp, out_path=out_path, is_main=self.info.is_main,
-                           log=self.log.info)
+                           progress=self.progress, log=self.log.info)
         for iou_type, stats in metrics.items():
             self.metrics.write(f"eval_{iou_type}", self.iteration, {"epoch": epoch, **stats})
         return metrics
