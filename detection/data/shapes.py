@@ -96,7 +96,8 @@ def _place_shapes(rng: np.random.Generator, size: int, max_objects: int) -> list
             label = int(rng.integers(len(CLASSES)))
             radius = rng.uniform(0.09, 0.25) * size
             cx, cy = rng.uniform(radius, size - radius, size=2)
-            polygon = shape_polygon(CLASSES[label], cx, cy, radius, rng.uniform(0, 2 * np.pi))
+            # Rounded as stored in the JSON, so the stored polygon rasterises to exactly these pixels.
+            polygon = np.round(shape_polygon(CLASSES[label], cx, cy, radius, rng.uniform(0, 2 * np.pi)), 2)
             full = rasterize(polygon, size)
             if all((p["visible"] & ~full).sum() >= 0.5 * p["full"].sum() for p in placed):
                 for p in placed:
@@ -121,7 +122,7 @@ def _annotation(shape: dict, ann_id: int, image_id: int) -> dict:
     ys, xs = np.nonzero(visible)
     x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
     if (visible == shape["full"]).all():
-        segmentation = [[round(float(v), 2) for v in shape["polygon"].reshape(-1)]]
+        segmentation = [shape["polygon"].reshape(-1).tolist()]
     else:
         rle = mask_util.encode(np.asfortranarray(visible.astype(np.uint8)))
         segmentation = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
