@@ -64,8 +64,9 @@ def coco_dir(tmp_path):
     return tmp_path, uncompressed_mask
 
 
-def test_training_split_filters_and_counts(coco_dir, caplog):
+def test_training_split_filters_and_counts(coco_dir, caplog, monkeypatch):
     root, _ = coco_dir
+    monkeypatch.setattr(logging.getLogger("detection"), "propagate", True)  # the CLI setup may have turned it off
     with caplog.at_level(logging.WARNING):
         ds = CocoDetection(str(root / "ann.json"), str(root / "images"), with_masks=True, train=True)
     assert [r["image_id"] for r in ds.records] == [1, 4]  # good, corrupt (its failure shows only when read)
