@@ -7,6 +7,7 @@ epoch k replays epochs k+1… exactly as an uninterrupted run does (checkpoints 
 is redone from its start).
 """
 
+import dataclasses
 import math
 import os
 import random
@@ -133,7 +134,8 @@ class Trainer:
                 if self.info.is_main and (last or (epoch + 1) % solver.checkpoint_interval == 0):
                     path = save_checkpoint(self.work_dir, self.model, self.optimizer, epoch=epoch + 1,
                                            iteration=self.iteration, config_name=self.cfg.name, rng=rng,
-                                           meta={"class_names": self.train_set.class_names})
+                                           meta={"class_names": self.train_set.class_names,
+                                                 "config_values": dataclasses.asdict(self.cfg)})
                     self.log.info(f"saved {path}")
                 dist_utils.barrier()
                 if last or (epoch + 1) % solver.eval_interval == 0:
@@ -161,6 +163,7 @@ class Trainer:
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{solver.epochs}", disable=not self.progress
                    or not self.info.is_main, dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 30)
+        window: dict[str, list[float]] = {}  # losses since the last log line, averaged in it
         for step, (images, targets, dropped) in enumerate(bar):
             skipped += dropped
             if _any_rank_empty(bool(images), device):
@@ -170,13 +173,17 @@ class Trainer:
                 group["lr"] = lr
             losses = self._step(images, targets, epoch, step)
             self.iteration += 1
+            for name, value in losses.items():
+                window.setdefault(name, []).append(value)
             bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}")
             if self.iteration % solver.log_interval == 0 or step + 1 == len(self.train_loader):
+                averages = {name: sum(values) / len(values) for name, values in window.items()}
+                window.clear()
                 elapsed = time.time() - start
                 eta = elapsed / (step + 1) * (total_iters - epoch * len(self.train_loader) - step - 1)
-                self.metrics.write("train", self.iteration, {"epoch": epoch + 1, "lr": lr, **losses})
+                self.metrics.write("train", self.iteration, {"epoch": epoch + 1, "lr": lr, **averages})
                 self.log.info(f"epoch {epoch + 1} iter {self.iteration} lr {lr:.3e} "
-                              + " ".join(f"{k} {v:.4f}" for k, v in losses.items()) + f" eta {eta / 60:.1f} min")
+                              + " ".join(f"{k} {v:.4f}" for k, v in averages.items()) + f" eta {eta / 60:.1f} min")
         bar.close()
         skipped = sum(dist_utils.all_gather_objects(skipped))
         if skipped:
@@ -193,9 +200,10 @@ class Trainer:
         logged = dist_utils.reduce_mean({"loss": loss, **loss_dict})
         if not all(math.isfinite(v) for v in logged.values()):
             values = ", ".join(f"{k}={v}" for k, v in logged.items())
-            raise NonFiniteLossError(
-                f"non-finite loss at iteration {self.iteration + 1} (epoch {epoch + 1}, step {step + 1}): {values}; "
-                f"stopping. The last good checkpoint (if any) is {os.path.join(self.work_dir, LATEST)}")
+            latest = os.path.join(self.work_dir, LATEST)
+            kept = f"the last good checkpoint is {latest}" if os.path.isfile(latest) else "no checkpoint was saved yet"
+            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration + 1} (epoch {epoch + 1}, step "
+                                     f"{step + 1}): {values}; training stopped, {kept}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if solver.grad_clip is not None:
