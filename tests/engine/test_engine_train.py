@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -121,10 +122,17 @@ def test_torchrun_two_processes_match_one_process(tmp_path, data_root):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, HERE]), OMP_NUM_THREADS="1")
     script = os.path.join(HERE, "run_standin.py")
     common = ["--config", CONFIG, "--data-root", data_root, "--no-progress", "--device", "cpu"]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          script, "train", *common, "--work-dir", str(tmp_path / "two"), "data.images_per_gpu=1"],
-                         env=env, capture_output=True, text=True, timeout=180)
-    assert two.returncode == 0, two.stderr[-3000:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", script, "train",
+               *common, "--work-dir", str(tmp_path / "two"), "data.images_per_gpu=1"]
+    two = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        _, stderr = two.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(two.pid, signal.SIGKILL)  # the launcher and both workers
+        two.communicate()
+        raise
+    assert two.returncode == 0, stderr[-3000:]
     assert _train(tmp_path / "one", data_root) == 0
     one_weights, two_weights = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     for name, value in one_weights.items():
