@@ -51,7 +51,6 @@ inline at::MemoryFormat activation_format(const at::Tensor& x) {
 }
 
 at::Tensor split_attention_pool_cpu(const at::Tensor& x, int64_t radix);
-at::Tensor split_attention_pool_backward_cpu(const at::Tensor& grad_gap, const at::Tensor& x, int64_t radix);
 at::Tensor split_attention_combine_cpu(const at::Tensor& x, const at::Tensor& logits, int64_t radix,
                                        int64_t cardinality);
 std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cpu(const at::Tensor& grad_out,

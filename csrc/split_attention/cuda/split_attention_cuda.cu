@@ -351,29 +351,6 @@ __global__ void combine_kernel(const scalar_t* __restrict__ x, const scalar_t* _
   }
 }
 
-// dx[b, r*C + j, hw] = dgap[b, j] / HW
-template <int V, bool CHANNELS_LAST, typename scalar_t>
-__global__ void pool_backward_kernel(const scalar_t* __restrict__ dgap, scalar_t* __restrict__ dx, Dims d) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
-  const int64_t n = d.B * d.R * d.C * d.HW / V;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t first = e * V;
-    Pack<scalar_t, V> o;
-    if (!CHANNELS_LAST) {
-      const int64_t row = first / d.HW, b = row / (d.R * d.C), j = row % d.C;
-      const scalar_t g = static_cast<scalar_t>(static_cast<acc_t>(dgap[b * d.C + j]) * inv_hw);
-#pragma unroll
-      for (int v = 0; v < V; ++v) o.v[v] = g;
-    } else {
-      const int64_t b = first / (d.HW * d.R * d.C), j = first % d.C;
-#pragma unroll
-      for (int v = 0; v < V; ++v) o.v[v] = static_cast<scalar_t>(static_cast<acc_t>(dgap[b * d.C + j + v]) * inv_hw);
-    }
-    store_pack<V>(dx + first, o);
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Launchers
 
@@ -462,37 +439,6 @@ at::Tensor split_attention_pool_cuda(const at::Tensor& x, int64_t radix) {
   return gap;
 }
 
-at::Tensor split_attention_pool_backward_cuda(const at::Tensor& grad_gap, const at::Tensor& x, int64_t radix) {
-  const int64_t C = check_split_attention_input(x, radix, "split_attention_pool_backward");
-  TORCH_CHECK(grad_gap.dim() == 2 && grad_gap.size(0) == x.size(0) && grad_gap.size(1) == C,
-              "split_attention_pool_backward: grad_gap must have shape [", x.size(0), ", ", C, "], got ",
-              grad_gap.sizes());
-  TORCH_CHECK(grad_gap.device() == x.device(), "split_attention_pool_backward: grad_gap is on ", grad_gap.device(),
-              " but x is on ", x.device());
-  const c10::cuda::CUDAGuard guard(x.device());
-  const bool cl = is_channels_last(x);
-  const Dims d = dims_of(x, radix, 1);
-  at::Tensor dx =
-      at::empty(x.sizes(), x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
-  if (dx.numel() == 0) return dx;
-  const at::Tensor g = grad_gap.to(x.scalar_type()).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_pool_bwd_cuda", [&] {
-    constexpr int V = vec_size<scalar_t>();
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    const scalar_t* pg = g.const_data_ptr<scalar_t>();
-    scalar_t* pdx = dx.mutable_data_ptr<scalar_t>();
-    const bool vec = aligned16(pdx) && (cl ? d.C % V == 0 : d.HW % V == 0);
-    const int v = vec ? V : 1;
-    const unsigned blocks = elementwise_blocks(dx.numel() / v);
-    if (cl && vec) pool_backward_kernel<V, true, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pdx, d);
-    else if (cl) pool_backward_kernel<1, true, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pdx, d);
-    else if (vec) pool_backward_kernel<V, false, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pdx, d);
-    else pool_backward_kernel<1, false, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pdx, d);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return dx;
-}
-
 at::Tensor split_attention_combine_cuda(const at::Tensor& x, const at::Tensor& logits, int64_t radix,
                                         int64_t cardinality) {
   check_combine_logits(x, logits, radix, cardinality, "split_attention_combine");
@@ -555,7 +501,6 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cuda(const a
 
 TORCH_LIBRARY_IMPL(resnest_cuda, CUDA, m) {
   m.impl("split_attention_pool", &split_attention_pool_cuda);
-  m.impl("split_attention_pool_backward", &split_attention_pool_backward_cuda);
   m.impl("split_attention_combine", &split_attention_combine_cuda);
   m.impl("split_attention_combine_backward", &split_attention_combine_backward_cuda);
 }
