@@ -17,6 +17,18 @@ from .distributed import all_gather_objects, unwrap_model
 
 logger = logging.getLogger(__name__)
 
+# The layout of COCOeval.summarize(), used when there is nothing to evaluate.
+_SUMMARY_LINES = [
+    f" {'Average ' + kind:<18} ({short}) @[ IoU={iou:<9} | area={area:>6s} | maxDets={dets:>3d} ] = {{:0.3f}}"
+    for kind, short, iou, area, dets in [
+        ("Precision", "AP", "0.50:0.95", "all", 100), ("Precision", "AP", "0.50", "all", 100),
+        ("Precision", "AP", "0.75", "all", 100), ("Precision", "AP", "0.50:0.95", "small", 100),
+        ("Precision", "AP", "0.50:0.95", "medium", 100), ("Precision", "AP", "0.50:0.95", "large", 100),
+        ("Recall", "AR", "0.50:0.95", "all", 1), ("Recall", "AR", "0.50:0.95", "all", 10),
+        ("Recall", "AR", "0.50:0.95", "all", 100), ("Recall", "AR", "0.50:0.95", "small", 100),
+        ("Recall", "AR", "0.50:0.95", "medium", 100), ("Recall", "AR", "0.50:0.95", "large", 100),
+    ]
+]
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
@@ -68,8 +80,8 @@ def coco_summary(coco_gt, results: list[dict], image_ids: list[int], iou_type: s
     """COCOeval on `image_ids` → (12 stats, printed summary text). No detections → all zeros."""
     if iou_type == "segm":  # areas must come from the masks, not the boxes
         results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-    if not results:
-        return [0.0] * 12, f"no detections: {iou_type} AP = 0"
+    if not results:  # COCO.loadRes cannot take an empty list; nothing detected scores 0 everywhere
+        return [0.0] * 12, "\n".join(_SUMMARY_LINES).format(*([0.0] * 12)) + f"\n(no {iou_type} detections)"
     with contextlib.redirect_stdout(io.StringIO()) as text:
         coco_dt = coco_gt.loadRes(results)
         evaluator = COCOeval(coco_gt, coco_dt, iou_type)

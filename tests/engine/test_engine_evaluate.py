@@ -74,4 +74,4 @@ def test_to_coco_results_formats():
 
 def test_no_detections_scores_zero(val_set):
     stats, text = coco_summary(val_set.coco, [], [1, 2], "bbox")
-    assert stats == [0.0] * 12 and "no detections" in text
+    assert stats == [0.0] * 12 and "no bbox detections" in text and text.count("Average") == 12
