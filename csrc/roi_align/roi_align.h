@@ -140,4 +140,23 @@ at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
                                   int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned);
+
+// Checks shared by the CPU and CUDA backward entry points.
+inline void check_roi_align_backward_input(const at::Tensor& grad, const at::Tensor& rois, const RoiAlignParams& p,
+                                           int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
+  const char* op = "roi_align_backward";
+  check_rois(rois, grad.device(), op);
+  check_roi_align_params(p, op);
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), op, ": grad must be a floating tensor, got ",
+              grad.scalar_type());
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == p.pooled_height && grad.size(3) == p.pooled_width,
+              op, ": grad must have shape [", rois.size(0), ", ", channels, ", ", p.pooled_height, ", ",
+              p.pooled_width, "], got ", grad.sizes());
+  TORCH_CHECK(batch_size >= 0 && height >= 0 && width >= 0, op, ": the input shape must be non-negative, got [",
+              batch_size, ", ", channels, ", ", height, ", ", width, "]");
+}
+
+// Accumulation dtype of the gradient buffer: fp32, or fp64 for fp64.
+inline at::ScalarType grad_acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 }  // namespace resnest_cuda

@@ -170,16 +170,9 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
   const RoiAlignParams p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned};
   const char* op = "roi_align_backward";
-  check_rois(rois, grad.device(), op);
-  check_roi_align_params(p, op);
-  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), op, ": grad must be a floating tensor, got ", grad.scalar_type());
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
-                  grad.size(2) == pooled_height && grad.size(3) == pooled_width,
-              op, ": grad must have shape [", rois.size(0), ", ", channels, ", ", pooled_height, ", ", pooled_width,
-              "], got ", grad.sizes());
-  TORCH_CHECK(batch_size >= 0 && height >= 0 && width >= 0, op, ": input shape must be non-negative");
-  const at::ScalarType acc_type = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
+  check_roi_align_backward_input(grad, rois, p, batch_size, channels, height, width);
+  at::Tensor grad_input =
+      at::zeros({batch_size, channels, height, width}, grad.options().dtype(grad_acc_dtype(grad.scalar_type())));
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
   const at::Tensor r = rois_in_acc_dtype(rois, grad.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
