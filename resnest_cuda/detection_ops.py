@@ -195,12 +195,19 @@ def _roi_align_backward(ctx, grad):
     spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
     batch_size, channels, height, width = ctx.input_shape
     grad_input = torch.ops.resnest_cuda.roi_align_backward(
-        grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width,
-        sampling_ratio, aligned,
+        grad,
+        rois,
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        batch_size,
+        channels,
+        height,
+        width,
+        sampling_ratio,
+        aligned,
     )
     return grad_input, None, None, None, None, None, None
 
 
-torch.library.register_autograd(
-    "resnest_cuda::roi_align", _roi_align_backward, setup_context=_roi_align_setup_context
-)
+torch.library.register_autograd("resnest_cuda::roi_align", _roi_align_backward, setup_context=_roi_align_setup_context)

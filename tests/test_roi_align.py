@@ -187,8 +187,14 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("override, error, match", BAD_INPUTS)
 def test_bad_inputs(override, error, match):
-    args = dict(input=torch.zeros(2, 3, 8, 8), rois=torch.tensor([[1.0, 0, 0, 4, 4]]), output_size=2,
-                spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    args = dict(
+        input=torch.zeros(2, 3, 8, 8),
+        rois=torch.tensor([[1.0, 0, 0, 4, 4]]),
+        output_size=2,
+        spatial_scale=1.0,
+        sampling_ratio=0,
+        aligned=True,
+    )
     args.update(override)
     with pytest.raises(error, match=match):
         resnest_cuda.roi_align(**args)
