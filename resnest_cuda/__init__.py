@@ -1,11 +1,26 @@
 """resnest-cuda: fused split-attention kernels, ResNeSt backbones and the ops a two-stage detector needs."""
 
 from . import reference
+from .norm import FrozenBatchNorm2d
 from .ops import cuda_kernels_available, split_attention_combine, split_attention_pool
+from .resnest import Bottleneck, ResNeSt, resnest14, resnest26, resnest50, resnest101, resnest200, resnest269
+from .splat import SplitAttentionConv2d
+from .weights import load_pretrained
 
 __all__ = [
+    "Bottleneck",
+    "FrozenBatchNorm2d",
+    "ResNeSt",
+    "SplitAttentionConv2d",
     "cuda_kernels_available",
+    "load_pretrained",
     "reference",
+    "resnest14",
+    "resnest26",
+    "resnest50",
+    "resnest101",
+    "resnest200",
+    "resnest269",
     "split_attention_combine",
     "split_attention_pool",
 ]
