@@ -49,9 +49,10 @@ class SplitAttentionConv2d(nn.Module):
         super().__init__()
         if radix < 1 or groups < 1:
             raise ValueError(f"radix and groups must be >= 1, got radix={radix}, groups={groups}")
-        if in_channels % groups != 0 or channels % groups != 0:
+        if in_channels % (groups * radix) != 0 or channels % groups != 0:
             raise ValueError(
-                f"in_channels ({in_channels}) and channels ({channels}) must be divisible by groups ({groups})"
+                f"in_channels ({in_channels}) must be divisible by groups*radix ({groups * radix}) and channels "
+                f"({channels}) by groups ({groups}): the conv has groups*radix groups"
             )
         norm = build_norm_layer(norm_layer)
         inter = max(channels * radix // reduction_factor, 32)
