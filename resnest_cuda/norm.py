@@ -164,4 +164,3 @@ def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d | None:
     fused.weight.copy_(weight)
     fused.bias.copy_(bias)
     return fused
-
