@@ -30,6 +30,10 @@ class SplitAttentionConv2d(nn.Module):
     Submodules ``conv, bn0, fc1, bn1, fc2`` carry the official ResNeSt / timm checkpoint names.
     ``impl="fused"`` runs steps 2 and 4 with the resnest_cuda ops; ``impl="reference"`` with plain PyTorch
     (``resnest_cuda.reference``). Both share parameters and state dict. Channels-last input stays channels-last.
+
+    bn1 normalizes a ``[B, inter, 1, 1]`` tensor. With batch statistics (BatchNorm in training) it needs B >= 2;
+    batch 1 raises a ValueError that names the fixes. With ``norm_layer="gn"`` (32 groups) and ``inter == 32``
+    each group holds one value per sample, so bn1 outputs its bias for every input (and torch rejects batch 1).
     """
 
     def __init__(
