@@ -7,7 +7,15 @@ import resnest_cuda
 from .modeling.anchors import AnchorGenerator
 from .modeling.box_head import ConvFCBoxHead
 from .modeling.box_ops import BoxCoder
-from .modeling.config import MODEL_KINDS, BackboneConfig, FPNConfig, MatcherConfig, ModelConfig, RoIHeadConfig, RPNConfig
+from .modeling.config import (
+    MODEL_KINDS,
+    BackboneConfig,
+    FPNConfig,
+    MatcherConfig,
+    ModelConfig,
+    RoIHeadConfig,
+    RPNConfig,
+)
 from .modeling.fpn import FPN
 from .modeling.layers import make_norm_factory
 from .modeling.mask_head import FCNMaskHead

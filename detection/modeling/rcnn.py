@@ -31,7 +31,9 @@ class ImageTransform(nn.Module):
             raise ValueError("images: expected a non-empty list of float tensors [3, H, W]")
         for i, image in enumerate(images):
             if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
-                raise ValueError(f"images[{i}]: expected a float tensor [3, H, W], got {image.dtype} {tuple(image.shape)}")
+                raise ValueError(
+                    f"images[{i}]: expected a float tensor [3, H, W], got {image.dtype} {tuple(image.shape)}"
+                )
         image_sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
         padded_sizes = [(self._pad_to(h), self._pad_to(w)) for h, w in image_sizes]
         batch_h = max(h for h, _ in padded_sizes)

@@ -205,7 +205,8 @@ class StandardRoIHeads(nn.Module):
         scores = cls_logits.float().softmax(dim=1)[:, :-1]  # background is the last column
         detections = []
         counts = [p.shape[0] for p in proposals]
-        for boxes, deltas, scores_i, size in zip(proposals, box_deltas.split(counts), scores.split(counts), image_sizes):
+        per_image = zip(proposals, box_deltas.split(counts), scores.split(counts), image_sizes)
+        for boxes, deltas, scores_i, size in per_image:
             per_class = decode_predictions(self.bbox_head, self.coder, deltas, boxes, size)
             det_boxes, det_scores, det_labels = postprocess_detections(
                 per_class, scores_i, self.score_thr, self.nms_iou, self.max_per_img
