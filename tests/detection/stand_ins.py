@@ -2,8 +2,6 @@
 greedy NMS, batched NMS and RoIAlign (aligned, adaptive sampling) written from SPEC §6, and a tiny conv backbone
 with the ResNeSt detection interface (`out_channels`, `strides`, forward -> 4 maps at strides 4..32)."""
 
-import math
-
 import torch
 from torch import nn
 
@@ -47,33 +45,39 @@ def _bilinear_axis(coords: torch.Tensor, size: int):
 
 
 def roi_align(input, rois, output_size, spatial_scale=1.0, sampling_ratio=0, aligned=True):
+    """RoIs with the same sampling grid are processed together (the adaptive grid depends on each RoI's size)."""
     out_h, out_w = (output_size, output_size) if isinstance(output_size, int) else output_size
     _, channels, height, width = input.shape
-    out = []
-    offset = 0.5 if aligned else 0.0
-    for roi in rois:
-        b = int(roi[0])
-        x1, y1, x2, y2 = (roi[1:] * spatial_scale - offset).tolist()
-        roi_w, roi_h = x2 - x1, y2 - y1
-        if not aligned:
-            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
-        grid_h = sampling_ratio if sampling_ratio > 0 else max(math.ceil(roi_h / out_h), 1)
-        grid_w = sampling_ratio if sampling_ratio > 0 else max(math.ceil(roi_w / out_w), 1)
-        ys = y1 + (torch.arange(out_h * grid_h, dtype=input.dtype) + 0.5) * roi_h / (out_h * grid_h)
-        xs = x1 + (torch.arange(out_w * grid_w, dtype=input.dtype) + 0.5) * roi_w / (out_w * grid_w)
+    out = input.new_zeros((rois.shape[0], channels, out_h, out_w))
+    if rois.shape[0] == 0:
+        return out
+    boxes = rois[:, 1:] * spatial_scale - (0.5 if aligned else 0.0)
+    roi_w, roi_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    if not aligned:
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    if sampling_ratio > 0:
+        grid_h = torch.full_like(roi_h, sampling_ratio, dtype=torch.int64)
+        grid_w = torch.full_like(roi_w, sampling_ratio, dtype=torch.int64)
+    else:
+        grid_h = torch.ceil(roi_h.detach() / out_h).clamp(min=1).long()
+        grid_w = torch.ceil(roi_w.detach() / out_w).clamp(min=1).long()
+    for gh, gw in {(int(a), int(b)) for a, b in zip(grid_h, grid_w)}:
+        idx = torch.nonzero((grid_h == gh) & (grid_w == gw)).squeeze(1)
+        steps_y = (torch.arange(out_h * gh, dtype=input.dtype) + 0.5) / (out_h * gh)
+        steps_x = (torch.arange(out_w * gw, dtype=input.dtype) + 0.5) / (out_w * gw)
+        ys = boxes[idx, 1, None] + steps_y[None] * roi_h[idx, None]  # [R, Ny]
+        xs = boxes[idx, 0, None] + steps_x[None] * roi_w[idx, None]  # [R, Nx]
         yl, yh, wyl, wyh = _bilinear_axis(ys, height)
         xl, xh, wxl, wxh = _bilinear_axis(xs, width)
-        f = input[b]
-        val = (
-            f[:, yl[:, None], xl[None]] * (wyl[:, None] * wxl[None])
-            + f[:, yl[:, None], xh[None]] * (wyl[:, None] * wxh[None])
-            + f[:, yh[:, None], xl[None]] * (wyh[:, None] * wxl[None])
-            + f[:, yh[:, None], xh[None]] * (wyh[:, None] * wxh[None])
-        )
-        out.append(val.view(channels, out_h, grid_h, out_w, grid_w).mean(dim=(2, 4)))
-    if not out:
-        return input.new_zeros((0, channels, out_h, out_w))
-    return torch.stack(out)
+        b = rois[idx, 0].long()[:, None, None]
+        feat = input.permute(0, 2, 3, 1)  # [N, H, W, C]
+        val = 0
+        for y, wy in ((yl, wyl), (yh, wyh)):
+            for x, wx in ((xl, wxl), (xh, wxh)):
+                val = val + feat[b, y[:, :, None], x[:, None, :]] * (wy[:, :, None] * wx[:, None, :])[..., None]
+        val = val.view(idx.numel(), out_h, gh, out_w, gw, channels).mean(dim=(2, 4))  # [R, out_h, out_w, C]
+        out[idx] = val.permute(0, 3, 1, 2).to(out.dtype)
+    return out
 
 
 class TinyBackbone(nn.Module):
@@ -99,3 +103,40 @@ class TinyBackbone(nn.Module):
             x = stage(x)
             outs.append(x)
         return outs
+
+
+def tiny_model(kind: str = "mask_rcnn", seed: int = 0):
+    """The `tiny_test` detector of `kind` ("faster_rcnn" or "mask_rcnn"), on resnest14 when `resnest_cuda` provides
+    it and on `TinyBackbone` otherwise."""
+    from dataclasses import replace
+
+    import resnest_cuda
+    from detection.build import build_model
+    from detection.configs import get_config
+
+    cfg = get_config("tiny_test").model
+    if kind == "faster_rcnn":
+        cfg = replace(cfg, kind=kind, roi_head=replace(cfg.roi_head, mask_head=None))
+    torch.manual_seed(seed)
+    backbone = None
+    if not hasattr(resnest_cuda, cfg.backbone.name):
+        backbone = TinyBackbone()
+        cfg = replace(cfg, fpn=replace(cfg.fpn, in_channels=tuple(backbone.out_channels)))
+    return build_model(cfg, backbone=backbone), cfg
+
+
+def random_batch(num_boxes=(3, 0), sizes=((128, 160), (96, 128)), num_classes: int = 3, seed: int = 0):
+    """Random 0-255 images and targets: boxes inside each image, masks fill each box."""
+    g = torch.Generator().manual_seed(seed)
+    images, targets = [], []
+    for n, (h, w) in zip(num_boxes, sizes):
+        images.append(torch.rand(3, h, w, generator=g) * 255)
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+        wh = 16 + torch.rand(n, 2, generator=g) * torch.tensor([w * 0.35, h * 0.35])
+        boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([w - 1.0, h - 1.0]))], dim=1)
+        masks = torch.zeros(n, h, w, dtype=torch.uint8)
+        for i, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
+            masks[i, y1:y2, x1:x2] = 1
+        labels = torch.randint(0, num_classes, (n,), generator=g)
+        targets.append({"boxes": boxes, "labels": labels, "masks": masks})
+    return images, targets
