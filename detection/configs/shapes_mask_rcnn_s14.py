@@ -2,7 +2,12 @@
 trained from scratch. Sized to train and evaluate on a 2-core CPU in about 10–15 minutes: narrow FPN (64 channels)
 and heads, a 2-fc box head, small anchors (scale 4: 16–256 px) for the small objects, fewer sampled anchors, RoIs
 and proposals than the COCO configs, no frozen stages (there are no pretrained weights to keep), plain BN, and one
-evaluation at the end. `python -m detection.train` with no arguments runs this config."""
+evaluation at the end. `python -m detection.train` with no arguments runs this config.
+
+Measured on a shared 2-core CPU: about 265 s per epoch when lightly loaded (3 epochs + evaluation ≈ 14 min), final
+bbox AP 0.078 / segm AP 0.060 on the 100 val images (AP50 0.196 / 0.167). Training from scratch for 300 iterations
+is far from converged; longer schedules (solver.epochs=12 solver.lr_steps=8,11) or pretrained backbone weights
+are what raise AP."""
 
 from detection.config import Config, DataConfig, SolverConfig
 from detection.modeling.config import (
