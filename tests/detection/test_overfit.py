@@ -1,31 +1,50 @@
-"""Training the tiny Mask R-CNN on two fixed images drives every loss down."""
+"""Overfitting two images with the tiny Mask R-CNN drives every loss down.
+
+The R-CNN heads are trained on a fixed set of proposals (GT boxes jittered, plus random boxes) rather than on the
+RPN's changing output: with RPN proposals the R-CNN losses are measured on a different RoI population every step
+(more positives as the RPN learns), so they need not fall even when the heads learn."""
 
 import torch
 
 from .stand_ins import random_batch, tiny_model
 
 STEPS = 25
+SIZES = ((96, 128), (96, 96))
+
+
+def _fixed_proposals(targets, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    proposals = []
+    for target, (h, w) in zip(targets, SIZES):
+        near_gt = target["boxes"].repeat(4, 1)
+        near_gt = near_gt + (torch.rand(near_gt.shape, generator=g) - 0.5) * 12
+        xy = torch.rand(20, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        random_boxes = torch.cat([xy, xy + 10 + torch.rand(20, 2, generator=g) * 30], dim=1)
+        proposals.append(torch.cat([near_gt, random_boxes]))
+    return proposals
 
 
 def test_losses_decrease_when_overfitting_two_images():
-    torch.manual_seed(0)
     model, _ = tiny_model("mask_rcnn", seed=0)
     model.train()
-    images, targets = random_batch((2, 3), sizes=((96, 128), (96, 96)), seed=1)
+    images, targets = random_batch((2, 3), sizes=SIZES, seed=1)
+    proposals = _fixed_proposals(targets)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.03, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.Adam(params, lr=2e-3)
     history = []
-    for _ in range(STEPS):
-        losses = model(images, targets)
+    for step in range(STEPS):
+        torch.manual_seed(step)  # the samplers draw from the global generator
+        batch, image_sizes, padded_sizes = model.transform(images)
+        features = model.neck(model.backbone(batch))
+        _, rpn_losses = model.rpn_head(features, image_sizes, padded_sizes, targets)
+        _, roi_losses = model.roi_head(features, proposals, image_sizes, targets)
+        losses = {**rpn_losses, **roi_losses}
         optimizer.zero_grad()
         sum(losses.values()).backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
         optimizer.step()
         history.append({k: v.item() for k, v in losses.items()})
-    first = {k: sum(h[k] for h in history[:3]) / 3 for k in history[0]}
-    last = {k: sum(h[k] for h in history[-3:]) / 3 for k in history[0]}
-    # loss_bbox is left out of the comparison: it is divided by the number of sampled RoIs, not of positives, so it
-    # grows while the RPN learns and more proposals become positives (at first mostly the GT boxes, target zero).
-    for name in ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_mask"):
-        assert last[name] < 0.7 * first[name], (name, first[name], last[name])
-    assert all(torch.isfinite(torch.tensor(h["loss_bbox"])) for h in history)
+    assert set(history[0]) == {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"}
+    for name in history[0]:
+        first = sum(h[name] for h in history[:3]) / 3
+        last = sum(h[name] for h in history[-3:]) / 3
+        assert last < 0.8 * first, (name, first, last)
