@@ -25,6 +25,7 @@ class SampledRoIs(NamedTuple):
     box_targets: torch.Tensor  # fp32 [R, 4] encoded deltas (zero for negatives)
     pos: torch.Tensor  # bool [R]
     matched_idxs: torch.Tensor  # int64 [R], GT index within the RoI's image (0 for negatives)
+    is_gt: torch.Tensor  # bool [R], the RoI is a GT box added as a proposal (a cascade drops these when refining)
 
 
 def label_and_sample_proposals(
@@ -51,6 +52,7 @@ def label_and_sample_proposals(
         pos, neg = sampler(match_labels)
         idx = torch.cat([torch.nonzero(pos).squeeze(1), torch.nonzero(neg).squeeze(1)])
         sampled, matched, is_pos = boxes[idx], matched_idxs[idx], pos[idx]
+        is_gt = idx < num_gt if sampler.add_gt_as_proposals else torch.zeros_like(is_pos)
         if num_gt > 0:
             labels = torch.where(is_pos, gt_labels[matched], num_classes)
             encoded = torch.where(is_pos[:, None], coder.encode(sampled, gt_boxes[matched]), 0.0)
@@ -58,7 +60,7 @@ def label_and_sample_proposals(
             labels = torch.full_like(matched, num_classes)
             encoded = sampled.new_zeros(sampled.shape)
         batch_idx = sampled.new_full((sampled.shape[0], 1), float(i))
-        parts.append((torch.cat([batch_idx, sampled], 1), labels, encoded, is_pos, matched))
+        parts.append((torch.cat([batch_idx, sampled], 1), labels, encoded, is_pos, matched, is_gt))
     return SampledRoIs(*(torch.cat(p) for p in zip(*parts)))
 
 
@@ -97,6 +99,27 @@ def postprocess_detections(
     det_boxes, det_scores = boxes[keep_k, keep_c], scores[keep_k, keep_c]
     keep = resnest_cuda.batched_nms(det_boxes, det_scores, keep_c, nms_iou)[:max_per_img]
     return det_boxes[keep], det_scores[keep], keep_c[keep]
+
+
+def mask_head_loss(
+    pooler: MultiScaleRoIAlign,
+    head: FCNMaskHead,
+    features: list[torch.Tensor],
+    samples: SampledRoIs,
+    targets: list[dict[str, torch.Tensor]],
+) -> torch.Tensor:
+    """Per-class BCE of the mask head on the positive sampled RoIs, against their GT masks cropped to the RoI."""
+    pos_idx = torch.nonzero(samples.pos).squeeze(1)
+    rois, labels, matched = samples.rois[pos_idx], samples.labels[pos_idx], samples.matched_idxs[pos_idx]
+    mask_logits = head.select_class(head(pooler(features, rois)), labels)
+    mask_size = mask_logits.shape[-1]
+    gt = []
+    for i, target in enumerate(targets):
+        in_image = torch.nonzero(rois[:, 0] == i).squeeze(1)
+        if "masks" not in target:
+            raise ValueError(f"targets[{i}]: a mask model needs 'masks' (uint8 [N, H, W])")
+        gt.append(mask_targets(target["masks"], rois[in_image, 1:], matched[in_image], mask_size))
+    return mask_bce_loss(mask_logits, torch.cat(gt))
 
 
 class StandardRoIHeads(nn.Module):
@@ -186,17 +209,7 @@ class StandardRoIHeads(nn.Module):
     def _forward_mask_train(
         self, features: list[torch.Tensor], samples: SampledRoIs, targets: list[dict[str, torch.Tensor]]
     ) -> torch.Tensor:
-        pos_idx = torch.nonzero(samples.pos).squeeze(1)
-        rois, labels, matched = samples.rois[pos_idx], samples.labels[pos_idx], samples.matched_idxs[pos_idx]
-        mask_logits = self.mask_head.select_class(self.mask_head(self.mask_pooler(features, rois)), labels)
-        mask_size = mask_logits.shape[-1]
-        gt = []
-        for i, target in enumerate(targets):
-            in_image = torch.nonzero(rois[:, 0] == i).squeeze(1)
-            if "masks" not in target:
-                raise ValueError(f"targets[{i}]: a mask model needs 'masks' (uint8 [N, H, W])")
-            gt.append(mask_targets(target["masks"], rois[in_image, 1:], matched[in_image], mask_size))
-        return mask_bce_loss(mask_logits, torch.cat(gt))
+        return mask_head_loss(self.mask_pooler, self.mask_head, features, samples, targets)
 
     def _forward_box_inference(
         self, features: list[torch.Tensor], proposals: list[torch.Tensor], image_sizes: list[tuple[int, int]]

@@ -115,7 +115,9 @@ def tiny_model(kind: str = "mask_rcnn", seed: int = 0):
     from detection.configs import get_config
 
     cfg = get_config("tiny_test").model
-    if kind == "faster_rcnn":
+    if kind.startswith("cascade"):
+        cfg = get_config("tiny_cascade_test").model
+    if kind in ("faster_rcnn", "cascade_rcnn"):
         cfg = replace(cfg, kind=kind, roi_head=replace(cfg.roi_head, mask_head=None))
     torch.manual_seed(seed)
     backbone = None
