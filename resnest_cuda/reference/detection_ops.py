@@ -5,7 +5,7 @@ Box format everywhere: ``(x1, y1, x2, y2)`` in input-image pixels; rois carry a 
 
 import torch
 
-_ROI_CHUNK = 64  # ROIs sampled together; bounds the [C, chunk, ph, 2S, pw, 2S] gathered tensor
+_ROI_CHUNK = 64  # ROIs pooled together; bounds the [C, chunk, Lh, Lw] gathered windows
 
 
 def _pair(output_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -56,6 +56,23 @@ def _axis_taps(
     return torch.where(valid2, index, 0), torch.where(valid2, weight, 0.0)  # where() also drops NaNs of grid 0
 
 
+def _window_weights(index: torch.Tensor, weight: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Taps ``[K, pooled, 2S]`` -> the window of rows (or columns) each ROI touches and its dense weights.
+
+    Returns ``first`` ``[K]`` (int64) and ``dense`` ``[K, pooled, L]`` with ``dense[k, p, j]`` = total weight of
+    row ``first[k] + j`` in bin ``p`` (L = the widest window).
+    """
+    used = weight != 0
+    if not bool(used.any()):
+        return index.new_zeros(index.shape[0]), weight.new_zeros(index.shape[0], index.shape[1], 1)
+    first = torch.where(used, index, size).amin(dim=(1, 2)).clamp(max=size - 1)
+    last = torch.where(used, index, -1).amax(dim=(1, 2))
+    length = int((last - first + 1).max().clamp(min=1))
+    local = torch.where(used, index - first[:, None, None], 0)
+    dense = weight.new_zeros(index.shape[0], index.shape[1], length)
+    return first, dense.scatter_add_(2, local, weight)
+
+
 def roi_align(
     input: torch.Tensor,
     rois: torch.Tensor,
@@ -66,9 +83,9 @@ def roi_align(
 ) -> torch.Tensor:
     """RoIAlign by its definition: each output bin is the mean of bilinear samples of the feature map.
 
-    A bilinear sample is the product of the linear taps of its row and column coordinates, so the output is
-    ``sum_{t, u} wy[k, p, t] * wx[k, q, u] * input[n_k, c, iy[k, p, t], ix[k, q, u]]`` over the taps of
-    ``_axis_taps``.
+    A bilinear sample is the product of the linear taps of its row and its column coordinate, so the mean over a
+    bin is ``Wy[k, p] @ window_k @ Wx[k, q]^T``, with the summed tap weights of ``_axis_taps`` laid out densely over
+    the window of rows and columns the ROI touches.
 
     Args:
         input: ``[N, C, H, W]`` floating feature map.
@@ -85,15 +102,19 @@ def roi_align(
     feats = input.to(acc)
     r = rois.to(acc)
     n_img, channels, height, width = input.shape
-    iy, wy = _axis_taps(r[:, 2], r[:, 4], ph, height, spatial_scale, sampling_ratio, aligned)  # [K, ph, T]
-    ix, wx = _axis_taps(r[:, 1], r[:, 3], pw, width, spatial_scale, sampling_ratio, aligned)  # [K, pw, U]
-    batch = r[:, 0].long()
     out = feats.new_zeros(r.shape[0], channels, ph, pw)
+    if r.shape[0] == 0:
+        return out.to(input.dtype)
+    y0, wy = _window_weights(*_axis_taps(r[:, 2], r[:, 4], ph, height, spatial_scale, sampling_ratio, aligned), height)
+    x0, wx = _window_weights(*_axis_taps(r[:, 1], r[:, 3], pw, width, spatial_scale, sampling_ratio, aligned), width)
+    # Window rows/columns past the map get weight 0; clamping only keeps their indices valid.
+    rows = (y0[:, None] + torch.arange(wy.shape[2], device=r.device)).clamp(max=height - 1)  # [K, Lh]
+    cols = (x0[:, None] + torch.arange(wx.shape[2], device=r.device)).clamp(max=width - 1)  # [K, Lw]
+    batch = r[:, 0].long()
     for n in range(n_img):
         for k in (batch == n).nonzero()[:, 0].split(_ROI_CHUNK):
-            # samples[c, k, p, t, q, u] = input[n, c, iy[k, p, t], ix[k, q, u]]
-            samples = feats[n][:, iy[k][:, :, :, None, None], ix[k][:, None, None, :, :]]
-            out[k] = torch.einsum("ckptqu,kpt,kqu->kcpq", samples, wy[k], wx[k])
+            window = feats[n][:, rows[k][:, :, None], cols[k][:, None, :]]  # [C, k, Lh, Lw]
+            out[k] = torch.einsum("kph,ckhw,kqw->kcpq", wy[k], window, wx[k])
     return out.to(input.dtype)
 
 
