@@ -14,13 +14,13 @@ def radix_softmax(logits: torch.Tensor, radix: int, cardinality: int) -> torch.T
 
     Softmax over the R splits when R > 1, sigmoid when R == 1.
     """
-    b = logits.shape[0]
-    a = logits.reshape(b, -1)
+    b, rc = logits.shape[0], logits.shape[1]
+    a = logits.reshape(b, rc)
     if radix == 1:
-        return a.sigmoid().reshape(b, 1, -1)
+        return a.sigmoid().reshape(b, 1, rc)
     # (B, K*R*C/K) -> (B, K, R, C/K) -> (B, R, K, C/K): softmax over R, flatten back radix-major.
-    a = a.reshape(b, cardinality, radix, -1).transpose(1, 2)
-    return a.softmax(dim=1).reshape(b, radix, -1)
+    a = a.reshape(b, cardinality, radix, rc // (radix * cardinality)).transpose(1, 2)
+    return a.softmax(dim=1).reshape(b, radix, rc // radix)
 
 
 def split_attention_combine(x: torch.Tensor, logits: torch.Tensor, radix: int, cardinality: int = 1) -> torch.Tensor:

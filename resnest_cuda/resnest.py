@@ -1,0 +1,314 @@
+"""ResNeSt backbones: ResNet-D (deep stem, avg-down shortcuts) with split-attention 3x3 convolutions.
+
+Parameter names follow the official ResNeSt / timm checkpoints (``conv1.{0,1,3,4,6}``, ``bn1``,
+``layer{1-4}.{i}.{conv1,bn1,conv2.{conv,bn0,fc1,bn1,fc2},conv3,bn3,downsample.{1,2}}``, ``fc``), so their
+weights load with ``load_state_dict`` (or ``resnest_cuda.load_pretrained`` for detector layouts).
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from .norm import NormLayer, build_norm_layer, fold_norm_into_conv, is_norm
+from .splat import SplitAttentionConv2d, check_impl
+
+__all__ = [
+    "Bottleneck",
+    "ResNeSt",
+    "resnest14",
+    "resnest26",
+    "resnest50",
+    "resnest101",
+    "resnest200",
+    "resnest269",
+]
+
+STAGE_PLANES = (64, 128, 256, 512)
+STAGE_STRIDES = (4, 8, 16, 32)  # output stride of layer1..layer4 relative to the input
+
+
+def avg_down_shortcut(in_channels: int, out_channels: int, stride: int, norm: NormLayer) -> nn.Sequential:
+    """ResNet-D shortcut: AvgPool(stride) (identity when stride is 1) -> 1x1 conv (no bias) -> norm.
+
+    Indices 1 and 2 are the checkpoint names ``downsample.1`` (conv) and ``downsample.2`` (norm).
+    """
+    pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+    return nn.Sequential(pool, nn.Conv2d(in_channels, out_channels, 1, bias=False), norm(out_channels))
+
+
+class Bottleneck(nn.Module):
+    """ResNeSt bottleneck: ``[B, in_channels, H, W] -> [B, 4*planes, H/stride, W/stride]``.
+
+    conv1 1x1 -> bn1 -> ReLU -> split-attention 3x3 (stride 1) -> AvgPool2d(3, stride, 1) when stride > 1
+    ("avd": attention runs before downsampling) -> conv3 1x1 -> bn3 -> + shortcut -> ReLU.
+    ``downsample`` is the shortcut module (None for identity). ``with_cp`` recomputes the block in backward
+    (torch.utils.checkpoint, non-reentrant) to save activation memory; BatchNorm running statistics are then
+    updated twice per step (once more during the recomputation).
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        radix: int = 2,
+        cardinality: int = 1,
+        bottleneck_width: int = 64,
+        norm_layer: str | NormLayer = nn.BatchNorm2d,
+        with_cp: bool = False,
+        impl: str = "fused",
+    ):
+        super().__init__()
+        norm = build_norm_layer(norm_layer)
+        width = int(planes * (bottleneck_width / 64.0)) * cardinality
+        self.with_cp = with_cp
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = norm(width)
+        self.conv2 = SplitAttentionConv2d(
+            width, width, 3, stride=1, padding=1, groups=cardinality, radix=radix, norm_layer=norm, impl=impl
+        )
+        self.avd = nn.AvgPool2d(3, stride, padding=1) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
+        self.bn3 = norm(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.avd(self.conv2(out))
+        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and torch.is_grad_enabled():
+            return checkpoint(self._residual, x, use_reentrant=False)
+        return self._residual(x)
+
+    @torch.no_grad()
+    def fuse_norms(self) -> None:
+        """Folds bn1, bn3, the split-attention norms and the shortcut norm into their convs where possible."""
+        _fold_pair(self, "conv1", "bn1")
+        _fold_pair(self, "conv3", "bn3")
+        self.conv2.fuse_norms()
+        if isinstance(self.downsample, nn.Sequential) and len(self.downsample) == 3:
+            _fold_pair(self.downsample, "1", "2")
+
+
+def _fold_pair(parent: nn.Module, conv_name: str, norm_name: str) -> None:
+    fused = fold_norm_into_conv(getattr(parent, conv_name), getattr(parent, norm_name))
+    if fused is not None:
+        setattr(parent, conv_name, fused)
+        setattr(parent, norm_name, nn.Identity())
+
+
+def deep_stem(in_channels: int, stem_width: int, norm: NormLayer) -> nn.Sequential:
+    """Three 3x3 convs (stride 2, 1, 1) to ``2*stem_width`` channels; the last one's norm is ``ResNeSt.bn1``."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, stem_width, 3, stride=2, padding=1, bias=False),
+        norm(stem_width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(stem_width, stem_width, 3, stride=1, padding=1, bias=False),
+        norm(stem_width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(stem_width, stem_width * 2, 3, stride=1, padding=1, bias=False),
+    )
+
+
+class ResNeSt(nn.Module):
+    """ResNeSt classifier (``num_classes`` int) or feature backbone (``num_classes=None``).
+
+    Input ``[B, in_channels, H, W]`` float, NCHW or channels_last (the layout is kept throughout).
+    Classifier: returns logits ``[B, num_classes]``. Backbone: returns the outputs of the stages listed in
+    ``out_indices`` (0 = layer1 ... 3 = layer4), ``[B, out_channels[i], H/strides[i], W/strides[i]]``.
+
+    Args:
+        layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNeSt-50.
+        stem_width: width of the first two stem convs; the stem outputs ``2*stem_width`` channels.
+        radix, cardinality, bottleneck_width: split-attention splits R, groups K, and width per group
+            (the 3x3 conv of a stage with ``planes`` has ``planes*bottleneck_width/64*cardinality`` channels).
+        num_classes: classifier outputs (global average pool -> ``fc``), or None for a feature backbone.
+        out_indices: stages whose outputs the backbone returns.
+        frozen_stages: -1 none; 0 the stem; i >= 1 the stem and layer1..layer_i. Frozen parameters have
+            ``requires_grad=False`` and frozen modules stay in eval mode under ``model.train()``.
+        norm_layer: callable ``f(channels) -> module`` or "bn", "syncbn", "gn" (32 groups), "frozen_bn".
+        norm_eval: keep every norm layer in eval mode (running statistics) during training.
+        with_cp: gradient checkpointing per block.
+        impl: "fused" (resnest_cuda ops) or "reference" (plain PyTorch) split attention.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        stem_width: int = 32,
+        radix: int = 2,
+        cardinality: int = 1,
+        bottleneck_width: int = 64,
+        num_classes: int | None = 1000,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        frozen_stages: int = -1,
+        norm_layer: str | NormLayer = "bn",
+        norm_eval: bool = False,
+        with_cp: bool = False,
+        impl: str = "fused",
+        in_channels: int = 3,
+    ):
+        super().__init__()
+        if len(layers) != 4 or min(layers) < 1:
+            raise ValueError(f"layers must list 4 positive block counts, got {tuple(layers)}")
+        if not out_indices or any(i not in range(4) for i in out_indices):
+            raise ValueError(f"out_indices must be a non-empty subset of (0, 1, 2, 3), got {tuple(out_indices)}")
+        if frozen_stages not in range(-1, 5):
+            raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
+        check_impl(impl)
+        norm = build_norm_layer(norm_layer)
+        self.out_indices = tuple(out_indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.fused = False
+        self.out_channels = [STAGE_PLANES[i] * Bottleneck.expansion for i in self.out_indices]
+        self.strides = [STAGE_STRIDES[i] for i in self.out_indices]
+
+        self.conv1 = deep_stem(in_channels, stem_width, norm)
+        self.bn1 = norm(stem_width * 2)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        block_args = dict(
+            radix=radix,
+            cardinality=cardinality,
+            bottleneck_width=bottleneck_width,
+            norm_layer=norm,
+            with_cp=with_cp,
+            impl=impl,
+        )
+        channels = stem_width * 2
+        for i, (planes, blocks) in enumerate(zip(STAGE_PLANES, layers)):
+            stage = self._make_stage(channels, planes, blocks, 1 if i == 0 else 2, norm, block_args)
+            self.add_module(f"layer{i + 1}", stage)
+            channels = planes * Bottleneck.expansion
+        self.fc = nn.Linear(channels, num_classes) if num_classes is not None else None
+        self._init_weights()
+        self._freeze_stages()
+        self.train()  # frozen stages start in eval mode
+
+    @staticmethod
+    def _make_stage(in_channels, planes, blocks, stride, norm, block_args) -> nn.Sequential:
+        out_channels = planes * Bottleneck.expansion
+        downsample = avg_down_shortcut(in_channels, out_channels, stride, norm)
+        layers = [Bottleneck(in_channels, planes, stride, downsample, **block_args)]
+        layers += [Bottleneck(out_channels, planes, 1, None, **block_args) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def stages(self) -> list[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.conv1, self.bn1, *self.stages()[: self.frozen_stages]]
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ResNeSt":
+        """Sets train/eval mode, then puts frozen stages (and with ``norm_eval`` every norm layer) back in eval."""
+        if mode and self.fused:
+            raise RuntimeError("this model was fused for inference (norms folded into convs); it cannot train")
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules():
+                module.eval()
+            if self.norm_eval:
+                for module in self.modules():
+                    if is_norm(module):
+                        module.eval()
+        return self
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W] -> [B, 2*stem_width, H/4, W/4]``."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the stages in ``out_indices``; stages after the last one needed are skipped."""
+        x = self.forward_stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages()[: max(self.out_indices) + 1]):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.fc is None:
+            return self.forward_features(x)
+        x = self.forward_stem(x)
+        for stage in self.stages():
+            x = stage(x)
+        return self.fc(torch.flatten(x.mean(dim=(2, 3)), 1))  # global average pool -> (B, C) -> (B, classes)
+
+    @torch.no_grad()
+    def fuse_for_inference(self) -> "ResNeSt":
+        """Folds every foldable norm into the conv before it and switches split attention to the fused ops.
+
+        Needs eval mode. Folds eval-mode BatchNorm/SyncBatchNorm and FrozenBatchNorm2d (GroupNorm stays): the
+        stem pairs ``conv1.0/1``, ``conv1.3/4``, ``conv1.6/bn1``; per block ``conv1/bn1``, ``conv3/bn3``,
+        ``conv2.conv/bn0``, ``conv2.fc1/bn1`` and ``downsample.1/2``. Folded norms become ``nn.Identity``, so the
+        state dict changes; the model can no longer train. Returns self.
+        """
+        if self.training:
+            raise RuntimeError("fuse_for_inference() needs eval mode: call model.eval() first")
+        _fold_pair(self.conv1, "0", "1")
+        _fold_pair(self.conv1, "3", "4")
+        fused = fold_norm_into_conv(self.conv1[6], self.bn1)
+        if fused is not None:
+            self.conv1[6], self.bn1 = fused, nn.Identity()
+        for stage in self.stages():
+            for block in stage:
+                block.fuse_norms()
+                block.conv2.impl = "fused"
+        self.fused = True
+        return self
+
+
+def resnest14(**kwargs) -> ResNeSt:
+    """ResNeSt-14: blocks (1, 1, 1, 1), stem width 32. Keyword arguments go to ``ResNeSt``."""
+    return ResNeSt((1, 1, 1, 1), stem_width=32, **kwargs)
+
+
+def resnest26(**kwargs) -> ResNeSt:
+    """ResNeSt-26: blocks (2, 2, 2, 2), stem width 32."""
+    return ResNeSt((2, 2, 2, 2), stem_width=32, **kwargs)
+
+
+def resnest50(**kwargs) -> ResNeSt:
+    """ResNeSt-50: blocks (3, 4, 6, 3), stem width 32."""
+    return ResNeSt((3, 4, 6, 3), stem_width=32, **kwargs)
+
+
+def resnest101(**kwargs) -> ResNeSt:
+    """ResNeSt-101: blocks (3, 4, 23, 3), stem width 64."""
+    return ResNeSt((3, 4, 23, 3), stem_width=64, **kwargs)
+
+
+def resnest200(**kwargs) -> ResNeSt:
+    """ResNeSt-200: blocks (3, 24, 36, 3), stem width 64."""
+    return ResNeSt((3, 24, 36, 3), stem_width=64, **kwargs)
+
+
+def resnest269(**kwargs) -> ResNeSt:
+    """ResNeSt-269: blocks (3, 30, 48, 8), stem width 64."""
+    return ResNeSt((3, 30, 48, 8), stem_width=64, **kwargs)

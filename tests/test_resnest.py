@@ -1,0 +1,218 @@
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import resnest_cuda
+from resnest_cuda import FrozenBatchNorm2d, ResNeSt, resnest14, resnest26, resnest50
+from resnest_cuda.norm import SyncBatchNorm
+
+from .test_splat import _randomize_norms
+
+DEPTHS = {
+    "resnest14": ((1, 1, 1, 1), 32),
+    "resnest26": ((2, 2, 2, 2), 32),
+    "resnest50": ((3, 4, 6, 3), 32),
+    "resnest101": ((3, 4, 23, 3), 64),
+    "resnest200": ((3, 24, 36, 3), 64),
+    "resnest269": ((3, 30, 48, 8), 64),
+}
+BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def expected_resnest_keys(blocks, with_fc=True):
+    """The official ResNeSt / timm state-dict keys (SPEC §4), in module order."""
+    keys = ["conv1.0.weight", *(f"conv1.1.{b}" for b in BN), "conv1.3.weight", *(f"conv1.4.{b}" for b in BN)]
+    keys += ["conv1.6.weight", *(f"bn1.{b}" for b in BN)]
+    for stage, n in enumerate(blocks, start=1):
+        for i in range(n):
+            p = f"layer{stage}.{i}."
+            keys += [p + "conv1.weight", *(p + f"bn1.{b}" for b in BN), p + "conv2.conv.weight"]
+            keys += [p + f"conv2.bn0.{b}" for b in BN]
+            keys += [p + "conv2.fc1.weight", p + "conv2.fc1.bias", *(p + f"conv2.bn1.{b}" for b in BN)]
+            keys += [p + "conv2.fc2.weight", p + "conv2.fc2.bias", p + "conv3.weight", *(p + f"bn3.{b}" for b in BN)]
+            if i == 0:
+                keys += [p + "downsample.1.weight", *(p + f"downsample.2.{b}" for b in BN)]
+    return keys + (["fc.weight", "fc.bias"] if with_fc else [])
+
+
+def test_resnest50_state_dict_keys_match_the_official_names():
+    assert list(resnest50().state_dict()) == expected_resnest_keys((3, 4, 6, 3))
+    assert list(resnest50(num_classes=None).state_dict()) == expected_resnest_keys((3, 4, 6, 3), with_fc=False)
+
+
+@pytest.mark.parametrize("name", list(DEPTHS))
+def test_depths_shapes_and_strides(name):
+    blocks, stem_width = DEPTHS[name]
+    model = getattr(resnest_cuda, name)(num_classes=None).eval()
+    assert [len(s) for s in model.stages()] == list(blocks)
+    assert model.conv1[0].out_channels == stem_width and model.bn1.num_features == 2 * stem_width
+    assert model.out_channels == [256, 512, 1024, 2048] and model.strides == [4, 8, 16, 32]
+    with torch.no_grad():
+        feats = model(torch.randn(2, 3, 64, 64))
+    assert [tuple(f.shape) for f in feats] == [(2, 256, 16, 16), (2, 512, 8, 8), (2, 1024, 4, 4), (2, 2048, 2, 2)]
+
+
+def test_classifier_and_out_indices():
+    model = resnest14(num_classes=7).eval()
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+    backbone = resnest14(num_classes=None, out_indices=(1, 3))
+    assert backbone.out_channels == [512, 2048] and backbone.strides == [8, 32] and not hasattr(backbone.fc, "weight")
+    assert [f.shape[1:] for f in backbone(torch.randn(2, 3, 64, 48))] == [(512, 8, 6), (2048, 2, 2)]
+
+
+def test_radix_cardinality_width_variant():
+    # timm's resnest50d_4s2x40d shape of block: R=4, K=2, 40 channels per group -> width 80 in layer1.
+    model = ResNeSt((1, 1, 1, 1), radix=4, cardinality=2, bottleneck_width=40, num_classes=5)
+    assert model.layer1[0].conv2.conv.out_channels == 4 * 80 and model.layer1[0].conv2.conv.groups == 8
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    "build,kwargs",
+    [(resnest14, {}), (resnest26, {}), (resnest14, {"radix": 1}), (resnest14, {"radix": 4, "cardinality": 2})],
+)
+def test_fused_matches_reference_model(build, kwargs):
+    torch.manual_seed(0)
+    fused = build(num_classes=10, impl="fused", **kwargs).double()
+    ref = build(num_classes=10, impl="reference", **kwargs).double()
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    outs = [m(x) for m in (fused, ref)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-9, atol=1e-9)
+    for out in outs:
+        out.square().sum().backward()
+    g_fused, g_ref = _grads(fused), _grads(ref)
+    assert g_fused.keys() == g_ref.keys() and len(g_fused) == len(list(fused.parameters()))
+    for name in g_fused:
+        # Batch-2 BatchNorm on 1x1 maps amplifies float64 rounding (gradients reach 1e6): compare against each
+        # tensor's own scale. fc1.bias gradients are ~0 by construction (bn1 cancels them): hence the max(., 1).
+        atol = 1e-7 * max(g_ref[name].abs().max().item(), 1.0)
+        torch.testing.assert_close(g_fused[name], g_ref[name], rtol=1e-6, atol=atol, msg=name)
+
+
+def test_frozen_stages_no_grad_and_eval_mode():
+    model = resnest14(num_classes=None, frozen_stages=1)
+    frozen = [model.conv1, model.bn1, model.layer1]
+    model.train()
+    for module in frozen:
+        assert all(not p.requires_grad for p in module.parameters())
+        assert all(not m.training for m in module.modules())
+    assert model.layer2.training and model.layer2[0].bn1.training
+    stats = model.layer1[0].bn1.running_mean.clone()
+    sum(f.sum() for f in model(torch.randn(2, 3, 32, 32))).backward()
+    torch.testing.assert_close(model.layer1[0].bn1.running_mean, stats, rtol=0, atol=0)  # eval BN: no update
+    assert all(p.grad is None for m in frozen for p in m.parameters())
+    assert all(p.grad is not None for p in model.layer2.parameters())
+
+
+def test_norm_eval_keeps_every_norm_in_eval():
+    model = resnest14(num_classes=None, norm_eval=True).train()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(not m.training for m in norms)
+    assert model.layer1[0].conv2.training  # only the norms change mode
+    model(torch.randn(1, 3, 32, 32))  # batch 1 works: BN uses running statistics
+
+
+@pytest.mark.parametrize("norm", ["bn", "syncbn", "gn", "frozen_bn", nn.BatchNorm2d])
+def test_norm_layer_choices_train(norm):
+    model = resnest14(num_classes=3, norm_layer=norm).train()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+def test_syncbn_without_process_group_behaves_as_batchnorm():
+    bn, sync = nn.BatchNorm2d(6), SyncBatchNorm(6)
+    x = torch.randn(3, 6, 4, 4)
+    torch.testing.assert_close(sync.train()(x), bn.train()(x))
+    torch.testing.assert_close(sync.running_mean, bn.running_mean)
+    torch.testing.assert_close(sync.eval()(x), bn.eval()(x))
+
+
+def test_frozen_batchnorm_loads_batchnorm_and_matches_eval():
+    bn = nn.BatchNorm2d(5)
+    _randomize_norms(bn)
+    frozen = FrozenBatchNorm2d(5)
+    frozen.load_state_dict(bn.state_dict())  # num_batches_tracked is accepted and dropped
+    x = torch.randn(2, 5, 3, 3).to(memory_format=torch.channels_last)
+    out = frozen(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, bn.eval()(x))
+    torch.testing.assert_close(out, F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias))
+
+
+@pytest.mark.parametrize("norm", ["bn", "frozen_bn"])
+def test_fuse_for_inference_keeps_eval_outputs(norm):
+    # Folding is done in float64; with a float64 model the outputs agree to 1e-9 (relative and absolute).
+    torch.manual_seed(0)
+    model = resnest14(num_classes=10, norm_layer=norm, impl="reference").double().eval()
+    _randomize_norms(model)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    expected = model(x)
+    assert model.fuse_for_inference() is model
+    assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in model.modules())
+    assert all(block.conv2.impl == "fused" for stage in model.stages() for block in stage)
+    torch.testing.assert_close(model(x), expected, rtol=1e-9, atol=1e-9)
+    with pytest.raises(RuntimeError, match="fused for inference"):
+        model.train()
+
+
+def test_fuse_for_inference_needs_eval_and_skips_group_norm():
+    with pytest.raises(RuntimeError, match="needs eval mode"):
+        resnest14().fuse_for_inference()
+    model = resnest14(num_classes=None, norm_layer="gn").eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    model.fuse_for_inference()
+    assert sum(isinstance(m, nn.GroupNorm) for m in model.modules()) > 0
+    for a, b in zip(model(x), expected):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_channels_last_matches_nchw(fuse):
+    torch.manual_seed(0)
+    model = resnest14(num_classes=None).eval()
+    if fuse:
+        model.fuse_for_inference()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        out = model(x.to(memory_format=torch.channels_last))
+    for a, b in zip(out, ref):
+        assert a.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_one_training_error_from_model():
+    with pytest.raises(ValueError, match="batch size 1 in training mode cannot be normalized by bn1"):
+        resnest14().train()(torch.randn(1, 3, 32, 32))
+
+
+def test_gradient_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    plain = resnest14(num_classes=10).double()
+    cp = resnest14(num_classes=10, with_cp=True).double()
+    cp.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    for model in (plain, cp):
+        model(x).square().sum().backward()
+    g_plain, g_cp = _grads(plain), _grads(cp)
+    assert g_plain.keys() == g_cp.keys()
+    for name in g_plain:
+        torch.testing.assert_close(g_cp[name], g_plain[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_bad_model_arguments():
+    with pytest.raises(ValueError, match="out_indices"):
+        resnest14(out_indices=(4,))
+    with pytest.raises(ValueError, match="frozen_stages"):
+        resnest14(frozen_stages=5)
+    with pytest.raises(ValueError, match="impl"):
+        resnest14(impl="triton")
+    with pytest.raises(ValueError, match="4 positive block counts"):
+        ResNeSt((1, 1, 1))
