@@ -6,7 +6,7 @@ import torch
 import resnest_cuda
 from resnest_cuda import reference
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from .helpers import requires_cuda
 
 IMAGE_H, IMAGE_W, STRIDE = 52, 68, 4  # feature map 13 x 17 at spatial_scale 1/4
 
@@ -200,7 +200,7 @@ def test_bad_inputs(override, error, match):
         resnest_cuda.roi_align(**args)
 
 
-@needs_cuda
+@requires_cuda
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
 @pytest.mark.parametrize("aligned", [True, False])
 def test_cuda_matches_cpu(dtype, tol, aligned):
@@ -217,7 +217,7 @@ def test_cuda_matches_cpu(dtype, tol, aligned):
     torch.testing.assert_close(gxd.float().cpu(), gx, rtol=tol * 4, atol=tol * 4)
 
 
-@needs_cuda
+@requires_cuda
 def test_cuda_matches_torchvision():
     torchvision = pytest.importorskip("torchvision")
     x = make_input(3, 5, seed=18, dtype=torch.float32).cuda()
