@@ -215,3 +215,13 @@ def test_bad_model_arguments():
         resnest14(impl="triton")
     with pytest.raises(ValueError, match="4 positive block counts"):
         ResNeSt((1, 1, 1))
+
+
+@pytest.mark.parametrize("avd_first", [False, True])
+def test_avd_position(avd_first):
+    # Stride-2 blocks: split attention runs at the pre-downsampling resolution unless avd_first.
+    model = resnest14(num_classes=None, avd_first=avd_first, out_indices=(1,)).eval()
+    seen = []
+    model.layer2[0].conv2.register_forward_hook(lambda m, inp, out: seen.append(tuple(out.shape[2:])))
+    assert model(torch.randn(2, 3, 32, 32))[0].shape == (2, 512, 4, 4)
+    assert seen == [(4, 4) if avd_first else (8, 8)]
