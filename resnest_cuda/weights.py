@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -40,11 +41,16 @@ _D2_BLOCK_PARTS = {
 
 
 def _unwrap(checkpoint: Mapping) -> dict[str, torch.Tensor]:
-    """Strips the ``state_dict`` (mmdetection) / ``model`` (detectron2) wrapper and a ``module.`` prefix."""
+    """Strips the ``state_dict`` (mmdetection) / ``model`` (detectron2) wrapper and a ``module.`` prefix.
+
+    Non-tensor entries (metadata) are dropped; numpy arrays become tensors.
+    """
     for wrapper in ("state_dict", "model"):
         if isinstance(checkpoint.get(wrapper), Mapping):
             checkpoint = checkpoint[wrapper]
-    state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    # detectron2's model-zoo .pkl files hold numpy arrays: accept them once unpickled by the caller.
+    state = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in checkpoint.items()}
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state

@@ -118,6 +118,16 @@ def test_frozen_bn_model_loads_batchnorm_checkpoints():
         _assert_loaded(model, source)
 
 
+def test_numpy_detectron2_checkpoint():
+    # detectron2 model-zoo files are pickles of numpy arrays.
+    source = _random_state(resnest14(num_classes=None))
+    checkpoint = to_detectron2(source)
+    checkpoint["model"] = {k: v.numpy() for k, v in checkpoint["model"].items()}
+    model = resnest14(num_classes=None)
+    assert load_pretrained(model, checkpoint) == ([], [])
+    _assert_loaded(model, source)
+
+
 def test_classifier_is_dropped_for_a_backbone():
     source = _random_state(resnest14(num_classes=1000))
     assert load_pretrained(resnest14(num_classes=None), source) == ([], [])
