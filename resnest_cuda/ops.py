@@ -112,8 +112,9 @@ def _pool_fake(x, radix):
 
 
 @torch.library.register_fake("resnest_cuda::split_attention_pool_backward")
-def _pool_backward_fake(grad_gap, x, radix):
-    return torch.empty_like(x, memory_format=_activation_format(x))
+def _pool_backward_fake(grad_gap, radix, height, width):
+    batch, rc = grad_gap.shape[0], grad_gap.shape[1] * radix
+    return grad_gap.new_empty((batch, rc)).view(batch, rc, 1, 1).expand(batch, rc, height, width)
 
 
 @torch.library.register_fake("resnest_cuda::split_attention_combine")
@@ -136,13 +137,13 @@ def _combine_backward_fake(grad_out, x, logits, radix, cardinality):
 def _pool_setup_context(ctx, inputs, output):
     x, radix = inputs
     ctx.radix = radix
-    # Only x's metadata is needed; saving it keeps no extra memory alive when combine saves x too.
-    ctx.save_for_backward(x)
+    ctx.height, ctx.width = x.shape[2], x.shape[3]
 
 
 def _pool_backward(ctx, grad_gap):
-    (x,) = ctx.saved_tensors
-    return torch.ops.resnest_cuda.split_attention_pool_backward(grad_gap, x, ctx.radix), None
+    # A broadcast view (stride 0 over H, W): autograd adds it in place to combine's gradient of x.
+    grad_x = torch.ops.resnest_cuda.split_attention_pool_backward(grad_gap, ctx.radix, ctx.height, ctx.width)
+    return grad_x, None
 
 
 def _combine_setup_context(ctx, inputs, output):

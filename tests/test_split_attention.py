@@ -173,7 +173,7 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.resnest_cuda.split_attention_pool.default, (x, 2))
         torch.library.opcheck(torch.ops.resnest_cuda.split_attention_combine.default, (x, logits, 2, 2))
         gap = torch.randn(x.shape[0], 4, dtype=x.dtype, device=device)
-        torch.library.opcheck(torch.ops.resnest_cuda.split_attention_pool_backward.default, (gap, x.detach(), 2))
+        torch.library.opcheck(torch.ops.resnest_cuda.split_attention_pool_backward.default, (gap, 2, 3, 3))
         grad_out = torch.randn(x.shape[0], 4, 3, 3, dtype=x.dtype, device=device)
         torch.library.opcheck(
             torch.ops.resnest_cuda.split_attention_combine_backward.default,
@@ -205,11 +205,39 @@ def test_torch_compile_fullgraph():
 
 
 def test_torch_compile_inductor():
-    """The default backend (inductor) compiles the surrounding graph and calls our kernels."""
+    """The default backend (inductor) compiles the surrounding graph, forward and backward, around our kernels."""
     torch._dynamo.reset()
-    fn = torch.compile(lambda x, lg: resnest_cuda.split_attention_combine(x * 2, lg, 2, 1) + 1, fullgraph=True)
+
+    def fn(x, lg):
+        gap = resnest_cuda.split_attention_pool(x * 2, 2)
+        return resnest_cuda.split_attention_combine(x * 2, lg, 2, 1) + gap[:, :, None, None]
+
+    def fn_ref(x, lg):
+        gap = ref.split_attention_pool(x * 2, 2)
+        return ref.split_attention_combine(x * 2, lg, 2, 1) + gap[:, :, None, None]
+
     x, logits = make_inputs(2, 2, 8, 4, 4, torch.float32, "cpu")
-    torch.testing.assert_close(fn(x, logits), ref.split_attention_combine(x * 2, logits, 2, 1) + 1)
+    x.requires_grad_()
+    logits.requires_grad_()
+    out = torch.compile(fn, fullgraph=True)(x, logits)
+    expected = fn_ref(x, logits)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, logits], grad)
+    want = torch.autograd.grad(expected, [x, logits], grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_pool_alone_gradient(device):
+    """The pool gradient is a broadcast view; it must still be a correct gradient when pool is used alone."""
+    x, _ = make_inputs(2, 2, 4, 3, 5, torch.float64, device, "channels_last")
+    x.requires_grad_()
+    resnest_cuda.split_attention_pool(x, 2).pow(2).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    ref.split_attention_pool(x_ref, 2).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
 
 
 @requires_cuda

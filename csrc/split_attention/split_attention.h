@@ -40,16 +40,17 @@ inline void check_combine_logits(const at::Tensor& x, const at::Tensor& logits, 
   TORCH_CHECK(logits.device() == x.device(), op, ": logits is on ", logits.device(), " but x is on ", x.device());
 }
 
-// Memory format used for a 4-D activation: channels_last when x is laid out that way, NCHW otherwise.
+// Memory format used for a 4-D activation and its outputs: channels_last when x is channels_last-contiguous
+// (and not also NCHW-contiguous, as happens for 1x1 maps), NCHW otherwise; other strided inputs are copied to
+// NCHW first. resnest_cuda/ops.py mirrors this rule in the fake kernels.
 inline at::MemoryFormat activation_format(const at::Tensor& x) {
   if (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
     return at::MemoryFormat::ChannelsLast;
   }
-  return x.suggest_memory_format();
+  return at::MemoryFormat::Contiguous;
 }
 
 at::Tensor split_attention_pool_cpu(const at::Tensor& x, int64_t radix);
-at::Tensor split_attention_pool_backward_cpu(const at::Tensor& grad_gap, const at::Tensor& x, int64_t radix);
 at::Tensor split_attention_combine_cpu(const at::Tensor& x, const at::Tensor& logits, int64_t radix,
                                        int64_t cardinality);
 std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cpu(const at::Tensor& grad_out,

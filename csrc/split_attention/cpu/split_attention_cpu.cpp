@@ -121,34 +121,6 @@ void pool_kernel(const scalar_t* x, scalar_t* gap, const Dims& d, bool channels_
   });
 }
 
-// dx[b, r*C + j, hw] = dgap[b, j] / HW
-template <typename scalar_t>
-void pool_backward_kernel(const scalar_t* dgap, scalar_t* dx, const Dims& d, bool channels_last) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
-  if (!channels_last) {
-    at::parallel_for(0, d.B * d.R * d.C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t b = row / (d.R * d.C), j = row % d.C;
-        const scalar_t v = static_cast<scalar_t>(static_cast<acc_t>(dgap[b * d.C + j]) * inv_hw);
-        std::fill(dx + row * d.HW, dx + (row + 1) * d.HW, v);
-      }
-    });
-    return;
-  }
-  at::parallel_for(0, d.B * d.HW, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t pix = begin; pix < end; ++pix) {
-      const int64_t b = pix / d.HW;
-      scalar_t* px = dx + pix * d.R * d.C;
-      for (int64_t r = 0; r < d.R; ++r) {
-        for (int64_t j = 0; j < d.C; ++j) {
-          px[r * d.C + j] = static_cast<scalar_t>(static_cast<acc_t>(dgap[b * d.C + j]) * inv_hw);
-        }
-      }
-    }
-  });
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // combine: out[b, j] = sum_r att[b, r, j] * x[b, r*C + j]
 
@@ -283,23 +255,6 @@ at::Tensor split_attention_pool_cpu(const at::Tensor& x, int64_t radix) {
   return gap;
 }
 
-at::Tensor split_attention_pool_backward_cpu(const at::Tensor& grad_gap, const at::Tensor& x, int64_t radix) {
-  const int64_t C = check_split_attention_input(x, radix, "split_attention_pool_backward");
-  TORCH_CHECK(grad_gap.dim() == 2 && grad_gap.size(0) == x.size(0) && grad_gap.size(1) == C,
-              "split_attention_pool_backward: grad_gap must have shape [", x.size(0), ", ", C, "], got ",
-              grad_gap.sizes());
-  const at::MemoryFormat fmt = activation_format(x);
-  const Dims d = dims_of(x, radix, 1);
-  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
-  if (dx.numel() == 0) return dx;
-  const at::Tensor g = grad_gap.to(x.scalar_type()).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_pool_bwd_cpu", [&] {
-    pool_backward_kernel<scalar_t>(g.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), d,
-                                   fmt == at::MemoryFormat::ChannelsLast);
-  });
-  return dx;
-}
-
 at::Tensor split_attention_combine_cpu(const at::Tensor& x, const at::Tensor& logits, int64_t radix,
                                        int64_t cardinality) {
   check_combine_logits(x, logits, radix, cardinality, "split_attention_combine");
@@ -343,7 +298,6 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cpu(const at
 
 TORCH_LIBRARY_IMPL(resnest_cuda, CPU, m) {
   m.impl("split_attention_pool", &split_attention_pool_cpu);
-  m.impl("split_attention_pool_backward", &split_attention_pool_backward_cpu);
   m.impl("split_attention_combine", &split_attention_combine_cpu);
   m.impl("split_attention_combine_backward", &split_attention_combine_backward_cpu);
 }
