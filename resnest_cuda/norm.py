@@ -163,4 +163,10 @@ def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d | None:
         bias = bias + conv.bias.double() * scale.double()
     fused.weight.copy_(weight)
     fused.bias.copy_(bias)
+    if (
+        conv.weight.dim() == 4
+        and not conv.weight.is_contiguous()
+        and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    ):
+        fused = fused.to(memory_format=torch.channels_last)  # keep a channels_last model channels_last
     return fused
