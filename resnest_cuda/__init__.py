@@ -1,6 +1,7 @@
 """resnest-cuda: fused split-attention kernels, ResNeSt backbones and the ops a two-stage detector needs."""
 
 from . import reference
+from .detection_ops import batched_nms, nms, roi_align
 from .norm import FrozenBatchNorm2d
 from .ops import cuda_kernels_available, split_attention_combine, split_attention_pool
 from .resnest import Bottleneck, ResNeSt, resnest14, resnest26, resnest50, resnest101, resnest200, resnest269
@@ -12,8 +13,10 @@ __all__ = [
     "FrozenBatchNorm2d",
     "ResNeSt",
     "SplitAttentionConv2d",
+    "batched_nms",
     "cuda_kernels_available",
     "load_pretrained",
+    "nms",
     "reference",
     "resnest14",
     "resnest26",
@@ -21,6 +24,7 @@ __all__ = [
     "resnest101",
     "resnest200",
     "resnest269",
+    "roi_align",
     "split_attention_combine",
     "split_attention_pool",
 ]

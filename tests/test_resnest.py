@@ -2,11 +2,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from test_splat import _randomize_norms
 
 import resnest_cuda
 from resnest_cuda import FrozenBatchNorm2d, ResNeSt, resnest14, resnest26, resnest50
 from resnest_cuda.norm import SyncBatchNorm
+
+from .test_splat import _randomize_norms
 
 DEPTHS = {
     "resnest14": ((1, 1, 1, 1), 32),

@@ -4,10 +4,11 @@ import itertools
 
 import pytest
 import torch
-from conftest import devices, requires_cuda
 
 import resnest_cuda
 from resnest_cuda import reference as ref
+
+from .helpers import devices, requires_cuda
 
 # (atol, rtol) for comparing a dtype's fused result with the fp64 reference cast to that dtype.
 TOL = {

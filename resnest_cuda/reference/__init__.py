@@ -1,5 +1,6 @@
 """Pure-PyTorch references of every custom op: the executable specification the kernels are tested against."""
 
+from .detection_ops import batched_nms, nms, roi_align
 from .split_attention import split_attention_combine, split_attention_pool
 
-__all__ = ["split_attention_combine", "split_attention_pool"]
+__all__ = ["batched_nms", "nms", "roi_align", "split_attention_combine", "split_attention_pool"]

@@ -1,3 +1,5 @@
+"""Shared test helpers: the devices kernels are tested on."""
+
 import pytest
 import torch
 

@@ -1,0 +1,175 @@
+"""Microbenchmark of RoIAlign and NMS: ours vs torchvision on CUDA, ours vs the pure-PyTorch reference on CPU.
+
+RoIAlign pools ROIs from a 5-level FPN pyramid (batch 2 at an 800x1216 input, 256 channels, strides 4..64); each ROI
+is pooled from level floor(log2(sqrt(w*h) / 56)) clamped to 0..3 (strides 4..32), as the detector's RoI extractor
+does. NMS runs on proposal-like boxes (clustered, random scores) at IoU 0.7.
+
+    python -m benchmarks.bench_detection_ops --out results.json            # every device available
+    python -m benchmarks.bench_detection_ops --device cpu --iters 2 --out cpu.json
+"""
+
+import argparse
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+import resnest_cuda
+from resnest_cuda import reference
+
+IMAGE_H, IMAGE_W, BATCH, CHANNELS = 800, 1216, 2, 256
+STRIDES = (4, 8, 16, 32, 64)
+ROI_STRIDES = STRIDES[:4]
+
+
+def feature_pyramid(device: str, dtype: torch.dtype) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        torch.randn(BATCH, CHANNELS, math.ceil(IMAGE_H / s), math.ceil(IMAGE_W / s), generator=g).to(device, dtype)
+        for s in STRIDES
+    ]
+
+
+def random_boxes(num: int, seed: int) -> torch.Tensor:
+    """``[num, 4]`` xyxy boxes inside the image: sizes log-uniform in 16..800 px, aspect ratio 0.5..2."""
+    g = torch.Generator().manual_seed(seed)
+    size = torch.exp(torch.empty(num).uniform_(math.log(16), math.log(800), generator=g))
+    ratio = torch.exp(torch.empty(num).uniform_(math.log(0.5), math.log(2.0), generator=g))
+    w, h = size * ratio.sqrt(), size / ratio.sqrt()
+    cx, cy = torch.rand(num, generator=g) * IMAGE_W, torch.rand(num, generator=g) * IMAGE_H
+    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
+    return torch.min(boxes.clamp(min=0), torch.tensor([IMAGE_W, IMAGE_H, IMAGE_W, IMAGE_H]).float())
+
+
+def rois_per_level(num: int, device: str) -> list[torch.Tensor]:
+    """``num`` ROIs ``[k, 5]`` over the batch, split by FPN level (finest_scale 56, levels 0..3)."""
+    boxes = random_boxes(num, seed=num)
+    batch = (torch.arange(num) % BATCH).float()[:, None]
+    rois = torch.cat([batch, boxes], dim=1)
+    scale = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()
+    level = torch.floor(torch.log2(scale / 56 + 1e-6)).clamp(0, len(ROI_STRIDES) - 1).long()
+    return [rois[level == i].to(device) for i in range(len(ROI_STRIDES))]
+
+
+def nms_inputs(num: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(num)
+    base = random_boxes(num // 10 + 1, seed=num + 1)
+    boxes = base[torch.randint(0, len(base), (num,), generator=g)]
+    boxes = boxes + torch.randn(num, 4, generator=g) * 8  # proposal-like clusters around objects
+    boxes[:, 2:] = torch.max(boxes[:, 2:], boxes[:, :2] + 1)
+    return boxes.to(device), torch.rand(num, generator=g).to(device)
+
+
+def timed_ms(fn: Callable[[], object], device: str, iters: int) -> float:
+    """Median wall time of fn() in milliseconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(iters):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def multilevel_roi_align(impl: Callable, feats: list[torch.Tensor], rois: list[torch.Tensor], size: int):
+    return [impl(f, r, (size, size), 1.0 / s, 0, True) for f, r, s in zip(feats, rois, ROI_STRIDES) if len(r) > 0]
+
+
+def bench_roi_align(
+    impl: Callable, feats, rois, size: int, device: str, iters: int, backward: bool = True
+) -> tuple[float, float | None]:
+    feats_g = [f.detach().requires_grad_() for f in feats]
+    grads = [torch.randn_like(o) for o in multilevel_roi_align(impl, feats, rois, size)]
+
+    def forward():
+        with torch.no_grad():
+            multilevel_roi_align(impl, feats, rois, size)
+
+    def forward_backward():
+        outs = multilevel_roi_align(impl, feats_g, rois, size)
+        torch.autograd.backward(outs, grads)
+
+    return timed_ms(forward, device, iters), timed_ms(forward_backward, device, iters) if backward else None
+
+
+def implementations(device: str) -> dict[str, dict[str, Callable]]:
+    impls = {"ours": {"roi_align": resnest_cuda.roi_align, "nms": resnest_cuda.nms}}
+    if device == "cpu":
+        impls["reference"] = {"roi_align": reference.roi_align, "nms": reference.nms}
+    else:
+        try:
+            import torchvision
+
+            impls["torchvision"] = {"roi_align": torchvision.ops.roi_align, "nms": torchvision.ops.nms}
+        except ImportError:
+            pass
+    return impls
+
+
+def run_device(device: str, iters: int, dtype: torch.dtype, roi_sets, nms_sizes) -> list[dict]:
+    feats = feature_pyramid(device, dtype)
+    records = []
+    for name, ops in implementations(device).items():
+        for num in roi_sets:
+            rois = rois_per_level(num, device)
+            for size in (7, 14):
+                # The reference's autograd graph keeps [k, C, ph, W] matmul results per level (GBs at 14x14).
+                backward = not (name == "reference" and size > 7)
+                fwd, fwd_bwd = bench_roi_align(ops["roi_align"], feats, rois, size, device, iters, backward)
+                case = f"{num} rois {size}x{size} (per level {[len(r) for r in rois]})"
+                rec = dict(op="roi_align", case=case, device=device, impl=name, fwd_ms=fwd)
+                records.append(rec if fwd_bwd is None else dict(rec, fwd_bwd_ms=fwd_bwd))
+        for num in nms_sizes:
+            boxes, scores = nms_inputs(num, device)
+            ms = timed_ms(lambda ops=ops, b=boxes, s=scores: ops["nms"](b, s, 0.7), device, iters)
+            records.append(dict(op="nms", case=f"{num} boxes iou 0.7", device=device, impl=name, fwd_ms=ms))
+    return records
+
+
+def print_table(records: list[dict]) -> None:
+    print(f"{'device':6} {'op':9} {'case':52} {'impl':11} {'fwd ms':>10} {'fwd+bwd ms':>11} {'ours x':>7}")
+    for r in records:
+        ours = next(o for o in records if o["impl"] == "ours" and o["case"] == r["case"] and o["device"] == r["device"])
+        speedup = r["fwd_ms"] / ours["fwd_ms"]
+        fb = f"{r['fwd_bwd_ms']:11.2f}" if "fwd_bwd_ms" in r else f"{'-':>11}"
+        print(f"{r['device']:6} {r['op']:9} {r['case']:52} {r['impl']:11} {r['fwd_ms']:10.2f} {fb} {speedup:7.2f}")
+    print("ours x = this row's forward time / ours (how many times faster ours is)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--iters", type=int, default=0, help="timed iterations (default: 20 on CUDA, 3 on CPU)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--out", required=True, help="path of the JSON results")
+    args = parser.parse_args()
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    dtype = getattr(torch, args.dtype)
+    records = []
+    for device in devices:
+        iters = args.iters or (20 if device == "cuda" else 3)
+        records += run_device(device, iters, dtype, roi_sets=(1000, 512 * 4), nms_sizes=(2000, 10000))
+    print_table(records)
+    meta = dict(
+        torch=torch.__version__,
+        dtype=args.dtype,
+        cpu=platform.processor() or platform.machine(),
+        cpu_threads=torch.get_num_threads(),
+        gpu=torch.cuda.get_device_name() if "cuda" in devices else None,
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
+    with open(args.out, "w") as f:
+        json.dump(dict(meta=meta, results=records), f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+#pragma once
+// Non-maximum suppression: shared input checks, the IoU used by the CPU and CUDA kernels, and declarations.
+//
+//   boxes   [N, 4]  (x1, y1, x2, y2), any floating dtype; area (x2 - x1) * (y2 - y1), no +1
+//   scores  [N]     any floating dtype
+//   keep    [M]     int64 indices of the kept boxes in descending score order (ties broken by the lower index)
+//
+// A box is suppressed when its IoU with a higher-scoring kept box is > iou_threshold.
+#include <ATen/ATen.h>
+
+#ifndef RESNEST_HOST_DEVICE
+#if defined(__CUDACC__)
+#define RESNEST_HOST_DEVICE __host__ __device__
+#else
+#define RESNEST_HOST_DEVICE
+#endif
+#endif
+
+namespace resnest_cuda {
+
+// Arithmetic rounded after every operation, also on the GPU (where the compiler would otherwise fuse a*b+c into
+// one FMA): the CPU and CUDA kernels and the PyTorch reference then compute bit-identical IoUs, and boxes exactly
+// at the threshold are treated the same everywhere.
+RESNEST_HOST_DEVICE inline float sub_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+RESNEST_HOST_DEVICE inline float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+RESNEST_HOST_DEVICE inline float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+RESNEST_HOST_DEVICE inline double sub_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+RESNEST_HOST_DEVICE inline double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+RESNEST_HOST_DEVICE inline double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline acc_t box_area(const acc_t* b) {
+  return mul_rn(sub_rn(b[2], b[0]), sub_rn(b[3], b[1]));
+}
+
+// IoU of two xyxy boxes given their areas; NaN (so never above a threshold) when both are empty.
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline acc_t box_iou(const acc_t* a, acc_t area_a, const acc_t* b, acc_t area_b) {
+  const acc_t left = a[0] > b[0] ? a[0] : b[0];
+  const acc_t top = a[1] > b[1] ? a[1] : b[1];
+  const acc_t right = a[2] < b[2] ? a[2] : b[2];
+  const acc_t bottom = a[3] < b[3] ? a[3] : b[3];
+  acc_t w = sub_rn(right, left);
+  acc_t h = sub_rn(bottom, top);
+  w = w > acc_t(0) ? w : acc_t(0);
+  h = h > acc_t(0) ? h : acc_t(0);
+  const acc_t inter = mul_rn(w, h);
+  return inter / sub_rn(add_rn(area_a, area_b), inter);
+}
+
+inline void check_nms_input(const at::Tensor& boxes, const at::Tensor& scores, const char* op) {
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, op, ": boxes must have shape [N, 4] (x1, y1, x2, y2), got ",
+              boxes.sizes());
+  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), op, ": boxes must be a floating tensor, got ",
+              boxes.scalar_type());
+  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), op, ": scores must have shape [",
+              boxes.size(0), "] (one per box), got ", scores.sizes());
+  TORCH_CHECK(at::isFloatingType(scores.scalar_type()), op, ": scores must be a floating tensor, got ",
+              scores.scalar_type());
+  TORCH_CHECK(scores.device() == boxes.device(), op, ": scores is on ", scores.device(), " but boxes is on ",
+              boxes.device());
+}
+
+// Box coordinates in the dtype the IoU is computed in: fp32 (fp64 for fp64 boxes), contiguous.
+inline at::Tensor boxes_in_acc_dtype(const at::Tensor& boxes) {
+  return boxes.to(boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
+}
+
+at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold);
+
+}  // namespace resnest_cuda

@@ -1,0 +1,162 @@
+#pragma once
+// RoIAlign (aligned=True as in mmcv/detectron2; aligned=False as torchvision's legacy mode): shared input checks,
+// per-ROI geometry and declarations for the CPU and CUDA kernels.
+//
+//   input   [N, C, H, W]  any strides (NCHW, channels_last, or a strided view)
+//   rois    [K, 5]        (batch_index, x1, y1, x2, y2) in input-image coordinates, any floating dtype
+//   output  [K, C, ph, pw] contiguous, input's dtype
+//
+// A ROI is mapped onto the feature map with start = coord * spatial_scale - offset (offset 0.5 when aligned,
+// else 0 and the ROI size clamped to >= 1). Each of the ph x pw bins averages grid_h x grid_w bilinear samples
+// (grid = sampling_ratio, or ceil(bin size) when sampling_ratio <= 0) over max(grid_h * grid_w, 1); a sample
+// outside [-1, H] x [-1, W] contributes 0.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+
+#ifndef RESNEST_HOST_DEVICE
+#if defined(__CUDACC__)
+#define RESNEST_HOST_DEVICE __host__ __device__
+#else
+#define RESNEST_HOST_DEVICE
+#endif
+#endif
+
+namespace resnest_cuda {
+
+struct RoiAlignParams {
+  double spatial_scale;
+  int64_t pooled_height;
+  int64_t pooled_width;
+  int64_t sampling_ratio;
+  bool aligned;
+};
+
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline acc_t ceil_of(acc_t v) {
+#if defined(__CUDA_ARCH__)
+  return ::ceil(v);
+#else
+  return std::ceil(v);
+#endif
+}
+
+// Where one ROI falls on the feature map, along both axes.
+template <typename acc_t>
+struct RoiGeometry {
+  acc_t start_y, start_x;  // top-left corner in feature-map coordinates
+  acc_t bin_h, bin_w;      // bin size
+  int64_t grid_h, grid_w;  // samples per bin along each axis (>= 0)
+};
+
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline RoiGeometry<acc_t> roi_geometry(const acc_t* roi, acc_t scale, int64_t pooled_h,
+                                                           int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
+  const acc_t offset = aligned ? acc_t(0.5) : acc_t(0);
+  RoiGeometry<acc_t> g;
+  g.start_x = roi[1] * scale - offset;
+  g.start_y = roi[2] * scale - offset;
+  acc_t roi_w = roi[3] * scale - offset - g.start_x;
+  acc_t roi_h = roi[4] * scale - offset - g.start_y;
+  if (!aligned) {
+    // Legacy mode: malformed ROIs are forced to 1x1 so every bin has a positive size.
+    roi_w = roi_w > acc_t(1) ? roi_w : acc_t(1);
+    roi_h = roi_h > acc_t(1) ? roi_h : acc_t(1);
+  }
+  g.bin_h = roi_h / static_cast<acc_t>(pooled_h);
+  g.bin_w = roi_w / static_cast<acc_t>(pooled_w);
+  // An aligned ROI may have zero or negative size: then it has no samples and pools to 0.
+  g.grid_h = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil_of(g.bin_h));
+  g.grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil_of(g.bin_w));
+  g.grid_h = g.grid_h > 0 ? g.grid_h : 0;
+  g.grid_w = g.grid_w > 0 ? g.grid_w : 0;
+  return g;
+}
+
+// Sample coordinate of sample i (of grid) in bin p along one axis.
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline acc_t sample_coord(acc_t start, acc_t bin, int64_t p, int64_t i, int64_t grid) {
+  return start + static_cast<acc_t>(p) * bin + (static_cast<acc_t>(i) + acc_t(0.5)) * bin / static_cast<acc_t>(grid);
+}
+
+// Linear interpolation taps of a coordinate along one axis of length `size`: value = w_lo * v[lo] + w_hi * v[hi].
+// Outside [-1, size] both weights are 0.
+template <typename acc_t>
+struct AxisTap {
+  int64_t lo, hi;
+  acc_t w_lo, w_hi;
+};
+
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline AxisTap<acc_t> axis_tap(acc_t v, int64_t size) {
+  AxisTap<acc_t> t{0, 0, acc_t(0), acc_t(0)};
+  if (v < acc_t(-1) || v > static_cast<acc_t>(size)) return t;
+  if (v <= acc_t(0)) v = acc_t(0);
+  t.lo = static_cast<int64_t>(v);
+  if (t.lo >= size - 1) {
+    t.lo = t.hi = size - 1;
+    v = static_cast<acc_t>(t.lo);
+  } else {
+    t.hi = t.lo + 1;
+  }
+  const acc_t frac = v - static_cast<acc_t>(t.lo);
+  t.w_lo = acc_t(1) - frac;
+  t.w_hi = frac;
+  return t;
+}
+
+inline void check_roi_align_params(const RoiAlignParams& p, const char* op) {
+  TORCH_CHECK(p.pooled_height >= 1 && p.pooled_width >= 1, op, ": output_size must be positive, got (",
+              p.pooled_height, ", ", p.pooled_width, ")");
+  TORCH_CHECK(p.spatial_scale > 0, op, ": spatial_scale must be > 0, got ", p.spatial_scale);
+}
+
+inline void check_rois(const at::Tensor& rois, const at::Device& device, const char* op) {
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op,
+              ": rois must have shape [K, 5] (batch_index, x1, y1, x2, y2), got ", rois.sizes());
+  TORCH_CHECK(at::isFloatingType(rois.scalar_type()), op, ": rois must be a floating tensor, got ",
+              rois.scalar_type());
+  TORCH_CHECK(rois.device() == device, op, ": rois is on ", rois.device(), " but input is on ", device);
+}
+
+inline void check_roi_align_input(const at::Tensor& input, const at::Tensor& rois, const RoiAlignParams& p,
+                                  const char* op) {
+  TORCH_CHECK(input.dim() == 4, op, ": input must be a 4-D tensor [N, C, H, W], got ", input.dim(), " dims");
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be float64/float32/float16/bfloat16, got ",
+              input.scalar_type());
+  check_rois(rois, input.device(), op);
+  check_roi_align_params(p, op);
+}
+
+// rois in the accumulation dtype (fp32, or fp64 for fp64 input), contiguous.
+inline at::Tensor rois_in_acc_dtype(const at::Tensor& rois, at::ScalarType input_dtype) {
+  const at::ScalarType acc = input_dtype == at::kDouble ? at::kDouble : at::kFloat;
+  return rois.to(acc).contiguous();
+}
+
+at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_height,
+                         int64_t pooled_width, int64_t sampling_ratio, bool aligned);
+at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
+                                  int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
+                                  int64_t height, int64_t width, int64_t sampling_ratio, bool aligned);
+
+// Checks shared by the CPU and CUDA backward entry points.
+inline void check_roi_align_backward_input(const at::Tensor& grad, const at::Tensor& rois, const RoiAlignParams& p,
+                                           int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
+  const char* op = "roi_align_backward";
+  check_rois(rois, grad.device(), op);
+  check_roi_align_params(p, op);
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), op, ": grad must be a floating tensor, got ",
+              grad.scalar_type());
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
+                  grad.size(2) == p.pooled_height && grad.size(3) == p.pooled_width,
+              op, ": grad must have shape [", rois.size(0), ", ", channels, ", ", p.pooled_height, ", ",
+              p.pooled_width, "], got ", grad.sizes());
+  TORCH_CHECK(batch_size >= 0 && height >= 0 && width >= 0, op, ": the input shape must be non-negative, got [",
+              batch_size, ", ", channels, ", ", height, ", ", width, "]");
+}
+
+// Accumulation dtype of the gradient buffer: fp32, or fp64 for fp64.
+inline at::ScalarType grad_acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+}  // namespace resnest_cuda

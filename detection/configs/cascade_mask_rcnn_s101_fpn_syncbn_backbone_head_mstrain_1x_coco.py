@@ -1,0 +1,12 @@
+"""Cascade Mask R-CNN, ResNeSt-101-FPN: the S-50 config with the deeper backbone (blocks 3,4,23,3, stem width 64).
+mmdetection: cascade_mask_rcnn_s101_fpn_syncbn-backbone+head_mstrain_1x_coco (box AP 47.7, mask AP 41.4)."""
+
+from dataclasses import replace
+
+from detection.configs.cascade_mask_rcnn_s50_fpn_syncbn_backbone_head_mstrain_1x_coco import config as base
+
+config = replace(
+    base,
+    name="cascade_mask_rcnn_s101_fpn_syncbn-backbone+head_mstrain_1x_coco",
+    model=replace(base.model, backbone=replace(base.model.backbone, name="resnest101")),
+)

@@ -1,0 +1,1 @@
+"""Detection data: COCO-format datasets, the synthetic shapes dataset, transforms and loaders."""

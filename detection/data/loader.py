@@ -1,0 +1,78 @@
+"""Data loaders: sharded shuffling whose order is a function of (seed, epoch), aspect-ratio grouped batches,
+collation to lists (images keep their own sizes; the model pads).
+"""
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Batches whose images share an aspect-ratio group (landscape / portrait), so padding wastes little.
+
+    Indices arrive in the order of `sampler`; each group fills its own buffer and a batch is emitted when a buffer
+    holds `batch_size` indices. Leftovers of all groups are emitted last, in sampler order, in chunks of
+    `batch_size`; so the number of batches is always ceil(len(sampler) / batch_size), the same on every rank.
+    """
+
+    def __init__(self, sampler: Sampler[int], group_ids: list[int], batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.sampler = sampler
+        self.group_ids = group_ids
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        buffers: dict[int, list[tuple[int, int]]] = {}  # group -> [(position in sampler order, index)]
+        for position, index in enumerate(self.sampler):
+            buffer = buffers.setdefault(self.group_ids[index], [])
+            buffer.append((position, index))
+            if len(buffer) == self.batch_size:
+                yield [i for _, i in buffer]
+                buffer.clear()
+        leftovers = [i for _, i in sorted(pair for buffer in buffers.values() for pair in buffer)]
+        for start in range(0, len(leftovers), self.batch_size):
+            yield leftovers[start:start + self.batch_size]
+
+    def __len__(self) -> int:
+        return (len(self.sampler) + self.batch_size - 1) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+def collate(batch: list) -> tuple[list[torch.Tensor], list[dict], int]:
+    """Drop unreadable samples (None) and return (images, targets, number dropped)."""
+    kept = [sample for sample in batch if sample is not None]
+    images = [image for image, _ in kept]
+    targets = [target for _, target in kept]
+    return images, targets, len(batch) - len(kept)
+
+
+def build_train_loader(dataset, images_per_gpu: int, workers: int, seed: int, rank: int = 0,
+                       world_size: int = 1) -> DataLoader:
+    """Shuffled, sharded (one shard per rank; the shuffle is seeded with seed + epoch), aspect-ratio grouped.
+    Call `set_loader_epoch(loader, epoch)` before iterating each epoch."""
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    batch_sampler = GroupedBatchSampler(sampler, dataset.aspect_groups(), images_per_gpu)
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def build_test_loader(dataset, images_per_gpu: int, workers: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """In-order shards; DistributedSampler pads with repeated images, which evaluation de-duplicates by image id."""
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+    return DataLoader(dataset, batch_size=images_per_gpu, sampler=sampler, num_workers=workers, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Make the shuffle and the per-sample augmentation of this epoch a function of (seed, epoch).
+
+    The loader's generator (worker base seeds) is reseeded too, so creating the iterator never touches the global
+    torch RNG and any worker-side randomness repeats on resume."""
+    loader.batch_sampler.set_epoch(epoch)
+    loader.dataset.set_epoch(epoch)
+    loader.generator.manual_seed(loader.batch_sampler.sampler.seed * 100003 + epoch)

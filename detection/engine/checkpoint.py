@@ -1,0 +1,87 @@
+"""Training checkpoints: atomic writes, full resume state, and the one loader for our own files.
+
+A checkpoint is a dict: `model` (state_dict), `optimizer`, `iteration` (optimizer steps done), `epoch` (epochs
+completed), `rng` (python / numpy / torch / cuda states), `config` (the config name), `meta` (free-form).
+The learning rate is a pure function of (iteration, epoch), so no separate scheduler object is stored.
+"""
+
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+
+LATEST = "latest.pth"
+
+
+def get_rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save to a temporary file in the same folder, then os.replace: readers never see a partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(work_dir: str, model: torch.nn.Module, optimizer, *, epoch: int, iteration: int,
+                    config_name: str, rng: dict | None = None, meta: dict | None = None) -> str:
+    """Write epoch_<epoch>.pth and refresh latest.pth (a copy, atomically replaced — no symlinks).
+    Returns the epoch file's path."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "iteration": iteration,
+        "rng": rng if rng is not None else get_rng_states(),
+        "config": config_name,
+        "meta": meta or {},
+    }
+    path = os.path.join(work_dir, f"epoch_{epoch}.pth")
+    atomic_save(state, path)
+    latest = os.path.join(work_dir, LATEST)
+    tmp = os.path.join(work_dir, f".{LATEST}.tmp{os.getpid()}")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, latest)
+    return path
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Load a checkpoint written by `save_checkpoint` (or a bare state_dict, returned as {"model": ...}).
+
+    weights_only=False because our checkpoints hold RNG states and numpy objects; only call this on files this
+    project wrote — unpickling an untrusted file can execute code."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if isinstance(state, dict) and "model" not in state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        state = {"model": state}
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path} is not a checkpoint of this project (no 'model' entry)")
+    return state
+
+
+def load_model_weights(model: torch.nn.Module, path: str) -> dict:
+    """Load only the model weights (strict) from `path`; returns the whole checkpoint dict."""
+    state = load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    return state

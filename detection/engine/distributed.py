@@ -1,0 +1,87 @@
+"""Distributed helpers for runs started by torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment).
+
+Without those variables everything degrades to a single process. NCCL on GPU, gloo on CPU. Only rank 0 logs,
+writes metrics and checkpoints; evaluation results are gathered to every rank and scored on rank 0.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group when launched by torchrun; pick the device ("cuda:<local_rank>" when CUDA exists,
+    else CPU, unless `device` is given)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj` (any picklable value), in rank order."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean of scalar tensors over ranks (one all-reduce), as Python floats; every rank gets the same values, so
+    decisions taken on them (stopping on a non-finite loss) agree across ranks."""
+    names = sorted(values)
+    stacked = torch.stack([values[n].detach().float().reshape(()) for n in names])
+    if is_distributed():
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return dict(zip(names, stacked.tolist()))
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DDP when world_size > 1. Normalisation layers are left as the model built them (SyncBN is its choice).
+    find_unused_parameters: a head can receive no gradient in an iteration (e.g. no positive RoI for the mask
+    head), which DDP would otherwise report as an error."""
+    if info.world_size == 1:
+        return model
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,75 @@
+"""Command-line `key=value` overrides of config dataclasses, e.g. `solver.epochs=2 data.train_scales=96,128`.
+
+Values are converted to the field's annotated type: int, float, bool (true/false/1/0/yes/no), str, `X | None`
+("none" → None), tuple/list of X (comma separated, brackets optional); anything else is parsed as a Python
+literal. Unknown keys raise an error that lists the valid ones.
+"""
+
+import ast
+import dataclasses
+import types
+import typing
+
+
+def _convert(text: str, annotation, key: str):
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text.strip().lower() in ("none", "null") and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _convert(text, option, key)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError("; ".join(errors))
+    if origin in (tuple, list):
+        items = [s.strip() for s in text.strip().strip("()[]").split(",") if s.strip()]
+        item_type = args[0] if args else str
+        return origin(_convert(s, item_type, key) for s in items)
+    if annotation is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"{key}: expected a boolean (true/false), got {text!r}")
+    if annotation in (int, float, str):
+        try:
+            return annotation(text)
+        except ValueError:
+            raise ValueError(f"{key}: expected {annotation.__name__}, got {text!r}") from None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_override(config, assignment: str) -> None:
+    """Apply one `a.b.c=value` to the nested dataclass `config`, in place."""
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} must look like key=value (e.g. solver.epochs=2)")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    target = config
+    for depth, name in enumerate(parts):
+        if not dataclasses.is_dataclass(target):
+            raise ValueError(f"override {key!r}: {'.'.join(parts[:depth])} is not a config section")
+        hints = typing.get_type_hints(type(target))
+        names = [f.name for f in dataclasses.fields(target)]
+        if name not in names:
+            where = ".".join(parts[:depth]) or "the config"
+            raise ValueError(f"unknown config key {key!r}: {where} has no field {name!r}; valid: {', '.join(names)}")
+        if depth == len(parts) - 1:
+            annotation = hints.get(name, typing.Any)
+            if annotation in (object, typing.Any):
+                annotation = type(getattr(target, name))
+            setattr(target, name, _convert(text, annotation, key))
+        else:
+            target = getattr(target, name)
+
+
+def apply_overrides(config, assignments: list[str]) -> None:
+    for assignment in assignments:
+        apply_override(config, assignment)

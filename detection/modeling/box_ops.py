@@ -1,0 +1,117 @@
+"""Box math as pure tensor functions. Boxes are float [N, 4] (x1, y1, x2, y2) in pixels; width = x2 - x1 (no +1)."""
+
+import math
+
+import torch
+
+# Largest |dw|, |dh| accepted when decoding: a box may grow or shrink at most 1000/16 times per step.
+MAX_LOG_SCALE = math.log(1000.0 / 16)
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """[N, 4] xyxy -> [N] areas."""
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Pairwise IoU: [N, 4], [M, 4] xyxy -> [N, M]. Degenerate (zero-area) pairs get IoU 0."""
+    area1 = box_area(boxes1)
+    area2 = box_area(boxes2)
+    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # [N, M, 2]
+    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, None] + area2[None, :] - inter
+    return inter / union.clamp(min=eps)
+
+
+def encode_boxes(
+    boxes: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    means: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0),
+    stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0),
+) -> torch.Tensor:
+    """Regression targets (dx, dy, dw, dh) taking `boxes` [N, 4] to `gt_boxes` [N, 4], normalised as
+    (delta - means) / stds. Computed in fp32; returns fp32 [N, 4]."""
+    boxes = boxes.float()
+    gt_boxes = gt_boxes.float()
+    pw = boxes[:, 2] - boxes[:, 0]
+    ph = boxes[:, 3] - boxes[:, 1]
+    px = boxes[:, 0] + 0.5 * pw
+    py = boxes[:, 1] + 0.5 * ph
+    gw = gt_boxes[:, 2] - gt_boxes[:, 0]
+    gh = gt_boxes[:, 3] - gt_boxes[:, 1]
+    gx = gt_boxes[:, 0] + 0.5 * gw
+    gy = gt_boxes[:, 1] + 0.5 * gh
+    deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=1)
+    means_t = deltas.new_tensor(means)
+    stds_t = deltas.new_tensor(stds)
+    return (deltas - means_t) / stds_t
+
+
+def decode_boxes(
+    boxes: torch.Tensor,
+    deltas: torch.Tensor,
+    means: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0),
+    stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0),
+    max_shape: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Apply normalised deltas [..., 4] to `boxes` [..., 4] (broadcastable), inverse of `encode_boxes`.
+
+    Decoding runs in fp32 (exp of half-precision deltas overflows) and clamps dw, dh to +-log(1000/16) so one bad
+    prediction cannot produce an inf box. With `max_shape` = (h, w) the result is clipped to the image.
+    Returns fp32 boxes of the broadcast shape.
+    """
+    boxes = boxes.float()
+    deltas = deltas.float() * deltas.new_tensor(stds, dtype=torch.float32) + deltas.new_tensor(
+        means, dtype=torch.float32
+    )
+    pw = boxes[..., 2] - boxes[..., 0]
+    ph = boxes[..., 3] - boxes[..., 1]
+    px = boxes[..., 0] + 0.5 * pw
+    py = boxes[..., 1] + 0.5 * ph
+    dw = deltas[..., 2].clamp(min=-MAX_LOG_SCALE, max=MAX_LOG_SCALE)
+    dh = deltas[..., 3].clamp(min=-MAX_LOG_SCALE, max=MAX_LOG_SCALE)
+    gx = px + pw * deltas[..., 0]
+    gy = py + ph * deltas[..., 1]
+    gw = pw * torch.exp(dw)
+    gh = ph * torch.exp(dh)
+    out = torch.stack([gx - 0.5 * gw, gy - 0.5 * gh, gx + 0.5 * gw, gy + 0.5 * gh], dim=-1)
+    if max_shape is not None:
+        out = clip_boxes(out, max_shape)
+    return out
+
+
+def clip_boxes(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Clip [..., 4] xyxy boxes to an image of size (h, w): x to [0, w], y to [0, h]."""
+    h, w = size
+    x = boxes[..., 0::2].clamp(min=0, max=w)
+    y = boxes[..., 1::2].clamp(min=0, max=h)
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+
+
+def nonempty_box_mask(boxes: torch.Tensor, min_size: float = 0.0) -> torch.Tensor:
+    """[N, 4] -> bool [N]: boxes whose width and height are both > min_size."""
+    return ((boxes[:, 2] - boxes[:, 0]) > min_size) & ((boxes[:, 3] - boxes[:, 1]) > min_size)
+
+
+def scale_boxes(boxes: torch.Tensor, scale_xy: tuple[float, float]) -> torch.Tensor:
+    """Multiply x coordinates by scale_xy[0] and y coordinates by scale_xy[1]. [N, 4] -> [N, 4]."""
+    sx, sy = scale_xy
+    return boxes * boxes.new_tensor([sx, sy, sx, sy])
+
+
+class BoxCoder:
+    """Delta coder with fixed normalisation `means`, `stds` (see `encode_boxes` / `decode_boxes`)."""
+
+    def __init__(self, means: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0), stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)):
+        self.means = tuple(float(m) for m in means)
+        self.stds = tuple(float(s) for s in stds)
+
+    def encode(self, boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+        return encode_boxes(boxes, gt_boxes, self.means, self.stds)
+
+    def decode(
+        self, boxes: torch.Tensor, deltas: torch.Tensor, max_shape: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        return decode_boxes(boxes, deltas, self.means, self.stds, max_shape)

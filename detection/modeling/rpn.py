@@ -1,0 +1,182 @@
+"""Region proposal network: a shared 3x3 conv head over the pyramid, anchor targets and losses, and proposal
+generation (top-k per level, NMS per level, top max_per_img per image). Parameter names follow mmdetection's
+RPNHead (`rpn_conv`, `rpn_cls`, `rpn_reg`)."""
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+import resnest_cuda
+
+from .anchors import AnchorGenerator, inside_image_mask, valid_anchor_mask
+from .box_ops import BoxCoder, box_iou, clip_boxes, nonempty_box_mask
+from .losses import box_regression_loss, sigmoid_ce_loss
+from .matcher import Matcher
+from .sampler import RandomSampler
+
+
+class ProposalSettings(NamedTuple):
+    nms_pre: int  # candidates kept per level before NMS (<= 0: all)
+    nms_iou: float
+    max_per_img: int
+    min_box_size: float = 0.0
+
+
+class RPNHead(nn.Module):
+    """RPN with sigmoid objectness (one logit per anchor) and class-agnostic box deltas.
+
+    forward(features, image_sizes, padded_sizes, targets) -> (proposals, losses): `proposals` is a list of [P_i, 4]
+    fp32 xyxy boxes (detached) in input-image pixels; `losses` holds loss_rpn_cls and loss_rpn_bbox in training.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        feat_channels: int,
+        anchor_generator: AnchorGenerator,
+        coder: BoxCoder,
+        matcher: Matcher,
+        sampler: RandomSampler,
+        train_settings: ProposalSettings,
+        test_settings: ProposalSettings,
+        allowed_border: float = -1.0,
+        box_loss: str = "l1",
+        box_loss_beta: float = 1.0,
+        cls_loss_weight: float = 1.0,
+        box_loss_weight: float = 1.0,
+    ):
+        super().__init__()
+        num_anchors = anchor_generator.num_anchors
+        self.rpn_conv = nn.Conv2d(in_channels, feat_channels, 3, padding=1)
+        self.rpn_cls = nn.Conv2d(feat_channels, num_anchors, 1)
+        self.rpn_reg = nn.Conv2d(feat_channels, num_anchors * 4, 1)
+        for conv in (self.rpn_conv, self.rpn_cls, self.rpn_reg):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+        self.anchor_generator = anchor_generator
+        self.coder = coder
+        self.matcher = matcher
+        self.sampler = sampler
+        self.train_settings = train_settings
+        self.test_settings = test_settings
+        self.allowed_border = allowed_border
+        self.box_loss = box_loss
+        self.box_loss_beta = box_loss_beta
+        self.cls_loss_weight = cls_loss_weight
+        self.box_loss_weight = box_loss_weight
+
+    def forward(
+        self,
+        features: list[torch.Tensor],
+        image_sizes: list[tuple[int, int]],
+        padded_sizes: list[tuple[int, int]] | None = None,
+        targets: list[dict[str, torch.Tensor]] | None = None,
+    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        logits_per_level, deltas_per_level = self._forward_head(features)
+        anchors_per_level = self.anchor_generator([tuple(f.shape[-2:]) for f in features])
+        settings = self.train_settings if self.training else self.test_settings
+        with torch.no_grad():
+            proposals = self._generate_proposals(
+                anchors_per_level, [x.detach() for x in logits_per_level], [x.detach() for x in deltas_per_level],
+                image_sizes, settings,
+            )
+        losses = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("targets: required in training mode")
+            valid = self._valid_anchors(anchors_per_level, features, image_sizes, padded_sizes or image_sizes)
+            losses = self._losses(
+                torch.cat(anchors_per_level), valid, torch.cat(logits_per_level, 1), torch.cat(deltas_per_level, 1),
+                targets,
+            )
+        return proposals, losses
+
+    def _forward_head(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level: objectness logits [N, H*W*A] and deltas [N, H*W*A, 4], in (H, W, A) order like the anchors."""
+        logits, deltas = [], []
+        for x in features:
+            t = torch.relu(self.rpn_conv(x))
+            n = x.shape[0]
+            logits.append(self.rpn_cls(t).permute(0, 2, 3, 1).reshape(n, -1))  # (N, A, H, W) -> (N, H*W*A)
+            deltas.append(self.rpn_reg(t).permute(0, 2, 3, 1).reshape(n, -1, 4))  # (N, A*4, H, W) -> (N, H*W*A, 4)
+        return logits, deltas
+
+    def _generate_proposals(
+        self,
+        anchors_per_level: list[torch.Tensor],
+        logits_per_level: list[torch.Tensor],
+        deltas_per_level: list[torch.Tensor],
+        image_sizes: list[tuple[int, int]],
+        settings: ProposalSettings,
+    ) -> list[torch.Tensor]:
+        scores, boxes, levels = [], [], []
+        for level, (anchors, logits, deltas) in enumerate(zip(anchors_per_level, logits_per_level, deltas_per_level)):
+            k = logits.shape[1] if settings.nms_pre <= 0 else min(settings.nms_pre, logits.shape[1])
+            top_scores, top_idx = logits.sigmoid().topk(k, dim=1)  # [N, k], whole batch at once
+            top_deltas = deltas.gather(1, top_idx[..., None].expand(-1, -1, 4))
+            boxes.append(self.coder.decode(anchors[top_idx], top_deltas))  # [N, k, 4]
+            scores.append(top_scores)
+            levels.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
+        scores, boxes, levels = torch.cat(scores, 1), torch.cat(boxes, 1), torch.cat(levels)
+        proposals = []
+        for i, size in enumerate(image_sizes):
+            boxes_i = clip_boxes(boxes[i], size)
+            keep = nonempty_box_mask(boxes_i, settings.min_box_size)
+            boxes_i, scores_i, levels_i = boxes_i[keep], scores[i][keep], levels[keep]
+            keep = resnest_cuda.batched_nms(boxes_i, scores_i, levels_i, settings.nms_iou)[: settings.max_per_img]
+            proposals.append(boxes_i[keep])
+        return proposals
+
+    def _valid_anchors(
+        self,
+        anchors_per_level: list[torch.Tensor],
+        features: list[torch.Tensor],
+        image_sizes: list[tuple[int, int]],
+        padded_sizes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        """bool [N, K]: anchors that may be assigned (not in batch padding; inside the image ± allowed_border)."""
+        anchors = torch.cat(anchors_per_level)
+        valid = []
+        for image_size, padded_size in zip(image_sizes, padded_sizes):
+            in_grid = torch.cat([
+                valid_anchor_mask(
+                    tuple(f.shape[-2:]), padded_size, stride, self.anchor_generator.num_anchors, anchors.device
+                )
+                for f, stride in zip(features, self.anchor_generator.strides)
+            ])
+            valid.append(in_grid & inside_image_mask(anchors, image_size, self.allowed_border))
+        return torch.stack(valid)
+
+    def _losses(
+        self,
+        anchors: torch.Tensor,
+        valid: torch.Tensor,
+        logits: torch.Tensor,
+        deltas: torch.Tensor,
+        targets: list[dict[str, torch.Tensor]],
+    ) -> dict[str, torch.Tensor]:
+        """anchors [K, 4]; valid bool [N, K]; logits [N, K]; deltas [N, K, 4]."""
+        labels, weights, box_targets, pos_masks = [], [], [], []
+        for i, target in enumerate(targets):
+            gt_boxes = target["boxes"].to(anchors)
+            matched_idxs, match_labels = self.matcher(box_iou(gt_boxes, anchors), valid[i])
+            pos, neg = self.sampler(match_labels)
+            matched_gt = gt_boxes[matched_idxs] if gt_boxes.shape[0] > 0 else anchors
+            # Non-positive rows may hold log(0) for degenerate boxes; they carry zero weight, so zero them.
+            encoded = torch.where(pos[:, None], self.coder.encode(anchors, matched_gt), 0.0)
+            labels.append(pos.float())
+            weights.append((pos | neg).float())
+            box_targets.append(encoded)
+            pos_masks.append(pos)
+        labels, weights = torch.stack(labels), torch.stack(weights)
+        num_samples = weights.sum()
+        box_weights = torch.stack(pos_masks)[..., None].float().expand_as(deltas)
+        loss_cls = sigmoid_ce_loss(logits, labels, weights, num_samples)
+        loss_box = box_regression_loss(
+            self.box_loss, deltas, torch.stack(box_targets), box_weights, num_samples, self.box_loss_beta
+        )
+        return {
+            "loss_rpn_cls": loss_cls * self.cls_loss_weight,
+            "loss_rpn_bbox": loss_box * self.box_loss_weight,
+        }

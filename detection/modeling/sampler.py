@@ -1,0 +1,41 @@
+"""Random positive/negative sampling of matched boxes, computed on-device without host synchronisation."""
+
+import torch
+
+from .matcher import NEGATIVE, POSITIVE
+
+
+def random_subset_mask(mask: torch.Tensor, k: int | torch.Tensor, generator: torch.Generator | None = None):
+    """bool [N] -> bool [N] with min(k, mask.sum()) of the True entries kept, chosen uniformly at random.
+
+    `k` may be a 0-dim tensor, so the count never has to be read on the host."""
+    keys = torch.rand(mask.shape, device=mask.device, generator=generator)
+    keys = keys.masked_fill(~mask, 2.0)  # non-candidates sort last
+    order = keys.argsort()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=mask.device)
+    return mask & (rank < k)
+
+
+class RandomSampler:
+    """Sample up to `num` boxes with at most `num * pos_fraction` positives; negatives fill the remainder.
+
+    `add_gt_as_proposals` is read by the R-CNN head, which prepends the GT boxes to the proposals before matching.
+    """
+
+    def __init__(self, num: int, pos_fraction: float, add_gt_as_proposals: bool = False):
+        if num <= 0 or not 0.0 <= pos_fraction <= 1.0:
+            raise ValueError(f"need num > 0 and 0 <= pos_fraction <= 1, got num={num}, pos_fraction={pos_fraction}")
+        self.num = num
+        self.pos_fraction = pos_fraction
+        self.add_gt_as_proposals = add_gt_as_proposals
+
+    def __call__(
+        self, match_labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """match_labels: int8 [N] from `Matcher` -> (pos_mask, neg_mask), bool [N] each."""
+        num_pos_expected = int(self.num * self.pos_fraction)
+        pos_mask = random_subset_mask(match_labels == POSITIVE, num_pos_expected, generator)
+        num_neg_expected = self.num - pos_mask.sum()
+        neg_mask = random_subset_mask(match_labels == NEGATIVE, num_neg_expected, generator)
+        return pos_mask, neg_mask

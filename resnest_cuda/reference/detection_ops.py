@@ -1,0 +1,135 @@
+"""RoIAlign and NMS in plain PyTorch: the executable specification of the kernels (SPEC §6).
+
+Box format everywhere: ``(x1, y1, x2, y2)`` in input-image pixels; rois carry a leading batch index.
+"""
+
+import torch
+
+_ROI_CHUNK = 64  # ROIs pooled together by one matmul; bounds the [chunk, C, ph, W] intermediate
+
+
+def _pair(output_size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(output_size, int):
+        return output_size, output_size
+    return int(output_size[0]), int(output_size[1])
+
+
+def _axis_weights(
+    lo: torch.Tensor, hi: torch.Tensor, pooled: int, size: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> torch.Tensor:
+    """Interpolation matrix of one axis: ``[K, pooled, size]``, row ``p`` = mean of bin ``p``'s linear samples.
+
+    lo, hi: ``[K]`` ROI edges along this axis (image pixels), in the accumulation dtype.
+    Sample ``i`` of bin ``p`` sits at ``start + p*bin + (i + 0.5)*bin/grid``; outside ``[-1, size]`` it is 0;
+    below 0 it is clamped to 0; it interpolates linearly between ``floor(v)`` and ``floor(v) + 1`` (both the last
+    row/column when ``floor(v) >= size - 1``). The weights of a bin are divided by ``grid``.
+    """
+    offset = 0.5 if aligned else 0.0
+    start = lo * spatial_scale - offset
+    length = hi * spatial_scale - offset - start
+    if not aligned:
+        length = length.clamp(min=1.0)  # legacy mode: ROIs are at least 1x1
+    bin_size = length / pooled
+    if sampling_ratio > 0:
+        grid = torch.full_like(bin_size, float(sampling_ratio))
+    else:
+        grid = torch.ceil(bin_size).clamp(min=0)  # adaptive: ceil(roi / pooled) samples per bin
+    num_samples = int(grid.max().item()) if grid.numel() else 0
+    p = torch.arange(pooled, dtype=lo.dtype, device=lo.device).view(1, pooled, 1)
+    i = torch.arange(num_samples, dtype=lo.dtype, device=lo.device).view(1, 1, num_samples)
+    start, bin_size, grid = start.view(-1, 1, 1), bin_size.view(-1, 1, 1), grid.view(-1, 1, 1)
+    v = start + p * bin_size + (i + 0.5) * bin_size / grid  # [K, pooled, S]
+    valid = (i < grid) & (v >= -1.0) & (v <= size)
+    v = v.clamp(min=0.0)
+    low = torch.floor(v)
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    high = torch.where(at_edge, low, low + 1)
+    v = torch.where(at_edge, low, v)
+    frac = v - low
+    scale = valid.to(v.dtype) / grid.clamp(min=1)
+    index = torch.cat([low, high], dim=2).long()  # [K, pooled, 2S]
+    weight = torch.cat([(1 - frac) * scale, frac * scale], dim=2)
+    weight = torch.where(torch.cat([valid, valid], dim=2), weight, torch.zeros_like(weight))  # drops NaNs of grid 0
+    dense = weight.new_zeros(lo.shape[0], pooled, size)
+    return dense.scatter_add_(2, index.clamp(0, size - 1), weight)
+
+
+def roi_align(
+    input: torch.Tensor,
+    rois: torch.Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+) -> torch.Tensor:
+    """RoIAlign by its definition: each output bin is the mean of bilinear samples of the feature map.
+
+    Bilinear weights are separable, so the mean over a bin's ``grid_h x grid_w`` samples equals
+    ``Wy[k] @ input[n] @ Wx[k]^T`` with the per-axis interpolation matrices of ``_axis_weights``.
+
+    Args:
+        input: ``[N, C, H, W]`` floating feature map.
+        rois: ``[K, 5]`` rows ``(batch_index, x1, y1, x2, y2)`` in image pixels.
+        output_size: ``ph`` or ``(ph, pw)``.
+        spatial_scale: feature-map pixels per image pixel (1 / stride).
+        sampling_ratio: samples per bin along each axis; ``<= 0`` means ``ceil(roi_size / output_size)`` per ROI.
+        aligned: shift by -0.5 pixel (mmcv/detectron2); False is the legacy mode (no shift, ROI size >= 1).
+    Returns:
+        ``[K, C, ph, pw]`` in input's dtype (computed in fp32, or fp64 for fp64 input); differentiable w.r.t. input.
+    """
+    ph, pw = _pair(output_size)
+    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+    feats = input.to(acc)
+    r = rois.to(acc)
+    n_img, channels, height, width = input.shape
+    wy = _axis_weights(r[:, 2], r[:, 4], ph, height, spatial_scale, sampling_ratio, aligned)  # [K, ph, H]
+    wx = _axis_weights(r[:, 1], r[:, 3], pw, width, spatial_scale, sampling_ratio, aligned)  # [K, pw, W]
+    batch = r[:, 0].long()
+    out = feats.new_zeros(r.shape[0], channels, ph, pw)
+    for n in range(n_img):
+        for idx in (batch == n).nonzero()[:, 0].split(_ROI_CHUNK):
+            # [k, 1, ph, H] @ [C, H, W] -> [k, C, ph, W]; @ [k, 1, W, pw] -> [k, C, ph, pw]
+            out[idx] = wy[idx].unsqueeze(1) @ feats[n] @ wx[idx].transpose(1, 2).unsqueeze(1)
+    return out.to(input.dtype)
+
+
+def _iou_one_to_many(box: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """IoU of one xyxy box ``[4]`` with ``[M, 4]`` boxes -> ``[M]``; area ``(x2-x1)*(y2-y1)``, no +1."""
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    w = (torch.minimum(others[:, 2], box[2]) - torch.maximum(others[:, 0], box[0])).clamp(min=0)
+    h = (torch.minimum(others[:, 3], box[3]) - torch.maximum(others[:, 1], box[1])).clamp(min=0)
+    inter = w * h
+    return inter / (area + areas - inter)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy NMS. boxes ``[N, 4]`` xyxy, scores ``[N]`` -> int64 kept indices in descending score order.
+
+    Boxes are visited by descending score (ties: lower index first); a box is kept unless its IoU with an
+    already kept box is > iou_threshold. IoUs are computed in fp32 (fp64 for fp64 boxes).
+    """
+    order = torch.sort(scores, descending=True, stable=True).indices
+    b = boxes.to(torch.float64 if boxes.dtype == torch.float64 else torch.float32)[order]
+    suppressed = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
+    keep = []
+    for i in range(b.shape[0]):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed[i + 1 :] |= _iou_one_to_many(b[i], b[i + 1 :]) > iou_threshold
+    return order[torch.tensor(keep, dtype=torch.long, device=b.device)]
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """NMS within each class of ``idxs`` ``[N]``; kept indices of all classes in descending score order
+    (ties: lower index first)."""
+    keep = []
+    for c in torch.unique(idxs):
+        cls_idx = (idxs == c).nonzero()[:, 0]
+        keep.append(cls_idx[nms(boxes[cls_idx], scores[cls_idx], iou_threshold)])
+    if not keep:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    kept = torch.cat(keep).sort().values
+    return kept[torch.sort(scores[kept], descending=True, stable=True).indices]

@@ -1,0 +1,75 @@
+"""One training step and one eval forward of the tiny Faster and Mask R-CNN, with and without ground truth."""
+
+import pytest
+import torch
+
+from .stand_ins import random_batch, tiny_model
+
+KINDS = ["faster_rcnn", "mask_rcnn"]
+LOSS_KEYS = {
+    "faster_rcnn": {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"},
+    "mask_rcnn": {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"},
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("num_boxes", [(3, 1), (2, 0), (0, 0)])
+def test_training_step(kind, num_boxes):
+    model, _ = tiny_model(kind)
+    model.train()
+    images, targets = random_batch(num_boxes)
+    losses = model(images, targets)
+    assert set(losses) == LOSS_KEYS[kind]
+    for name, value in losses.items():
+        assert value.dim() == 0 and torch.isfinite(value), name
+    total = sum(losses.values())
+    total.backward()
+    head_grads = [p.grad for p in model.roi_head.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in head_grads)
+    if sum(num_boxes) == 0:
+        assert losses["loss_rpn_bbox"] == 0 and losses["loss_bbox"] == 0
+    else:
+        assert losses["loss_rpn_bbox"] > 0 and losses["loss_cls"] > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_eval_forward(kind):
+    model, cfg = tiny_model(kind)
+    model.eval()
+    images, _ = random_batch((1, 1))
+    # A barely trained head scores near 1/(C+1); lower the threshold so the post-processing produces detections.
+    model.roi_head.score_thr = 0.0
+    with torch.no_grad():
+        outputs = model(images)
+        rescaled = model(images, original_sizes=[(256, 320), (48, 64)])
+    assert len(outputs) == 2
+    for out, image in zip(outputs, images):
+        n = out["boxes"].shape[0]
+        assert 0 < n <= cfg.roi_head.test.max_per_img
+        assert out["scores"].shape == (n,) and out["labels"].dtype == torch.int64
+        assert (out["scores"][:-1] >= out["scores"][1:]).all()
+        assert out["labels"].min() >= 0 and out["labels"].max() < cfg.roi_head.stages[0].box_head.num_classes
+        h, w = image.shape[1:]
+        assert (out["boxes"][:, 2] <= w).all() and (out["boxes"][:, 3] <= h).all()
+        if kind == "mask_rcnn":
+            assert out["masks"].shape == (n, h, w) and out["masks"].dtype == torch.bool
+        else:
+            assert "masks" not in out
+    for out, big, size in zip(outputs, rescaled, [(256, 320), (48, 64)]):
+        scale = torch.tensor([size[1] / 160, size[0] / 128] * 2) if size[0] == 256 else torch.tensor([0.5] * 4)
+        torch.testing.assert_close(big["boxes"], out["boxes"] * scale)
+        if kind == "mask_rcnn":
+            assert big["masks"].shape[1:] == size
+
+
+def test_training_needs_targets_and_validates():
+    model, _ = tiny_model("faster_rcnn")
+    model.train()
+    images, targets = random_batch((1, 1))
+    with pytest.raises(ValueError, match="targets"):
+        model(images)
+    bad = [{**targets[0], "labels": targets[0]["labels"].int()}, targets[1]]
+    with pytest.raises(ValueError, match=r"targets\[0\]\['labels'\]"):
+        model(images, bad)
+    with pytest.raises(ValueError, match=r"images\[0\]"):
+        model([images[0].to(torch.uint8)], targets[:1])
