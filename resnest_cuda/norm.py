@@ -17,6 +17,7 @@ __all__ = [
     "NormLayer",
     "build_norm_layer",
     "uses_batch_statistics",
+    "batch_statistics_are_local",
     "is_norm",
     "fold_norm_into_conv",
 ]
@@ -116,6 +117,19 @@ def is_norm(module: nn.Module) -> bool:
 def uses_batch_statistics(module: nn.Module) -> bool:
     """True when ``module`` normalizes with statistics of the current batch (BatchNorm in training mode)."""
     return isinstance(module, _BatchNorm) and (module.training or module.running_mean is None)
+
+
+def batch_statistics_are_local(module: nn.Module) -> bool:
+    """True when ``module`` normalizes with statistics of this process's batch alone.
+
+    BatchNorm in training mode, except a SyncBatchNorm that reduces over a process group of several members.
+    """
+    if not uses_batch_statistics(module):
+        return False
+    if isinstance(module, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized():
+        group = module.process_group if module.process_group is not None else dist.group.WORLD
+        return dist.get_world_size(group) == 1
+    return True
 
 
 def _norm_scale_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
