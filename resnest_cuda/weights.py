@@ -12,6 +12,7 @@ All three layouts are converted to the official names used by ``resnest_cuda.Res
 
 import logging
 import os
+import pickle
 import re
 from collections.abc import Mapping
 
@@ -140,7 +141,14 @@ def load_pretrained(
         ValueError: on an unrecognized layout or on any shape mismatch (nothing is loaded then).
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        checkpoint = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"load_pretrained: {os.fspath(path_or_state_dict)!r} holds objects other than tensors and plain "
+                "containers (training metadata?), which weights_only loading refuses. If you trust the file, load "
+                "it with torch.load(path, weights_only=False) and pass the result instead."
+            ) from exc
     else:
         checkpoint = path_or_state_dict
     if not isinstance(checkpoint, Mapping):

@@ -142,6 +142,18 @@ def test_load_from_path(tmp_path):
     _assert_loaded(model, source)
 
 
+class _Meta:  # stands for arbitrary training metadata pickled into a checkpoint
+    pass
+
+
+def test_untrusted_pickle_is_refused_with_advice(tmp_path):
+    path = tmp_path / "with_meta.pth"
+    torch.save({"state_dict": _random_state(resnest14()), "meta": _Meta()}, path)
+    with pytest.raises(ValueError, match="weights_only=False"):
+        load_pretrained(resnest14(), path)
+    assert load_pretrained(resnest14(), torch.load(path, weights_only=False)) == ([], [])
+
+
 def test_shape_mismatch_is_refused_with_key_and_shapes():
     source = _random_state(resnest14(num_classes=1000))
     with pytest.raises(ValueError, match=r"fc\.weight: checkpoint \(1000, 2048\) vs model \(10, 2048\)"):
