@@ -138,7 +138,9 @@ def load_pretrained(
     Returns:
         ``(missing, unexpected)``: model keys the checkpoint lacked, and converted checkpoint keys the model lacks.
     Raises:
-        ValueError: on an unrecognized layout or on any shape mismatch (nothing is loaded then).
+        ValueError: on an unrecognized layout, on any shape mismatch (nothing is loaded then), or when a file
+            holds objects that ``weights_only`` loading refuses.
+        RuntimeError: with ``strict=True``, when keys are missing or unexpected.
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         try:
