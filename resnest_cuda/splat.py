@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from . import ops, reference
-from .norm import NormLayer, build_norm_layer, fold_norm_into_conv, uses_batch_statistics
+from .norm import NormLayer, batch_statistics_are_local, build_norm_layer, fold_norm_into_conv
 
 __all__ = ["SplitAttentionConv2d", "IMPLS"]
 
@@ -32,8 +32,9 @@ class SplitAttentionConv2d(nn.Module):
     (``resnest_cuda.reference``). Both share parameters and state dict. Channels-last input stays channels-last.
 
     bn1 normalizes a ``[B, inter, 1, 1]`` tensor. With batch statistics (BatchNorm in training) it needs B >= 2;
-    batch 1 raises a ValueError that names the fixes. With ``norm_layer="gn"`` (32 groups) and ``inter == 32``
-    each group holds one value per sample, so bn1 outputs its bias for every input (and torch rejects batch 1).
+    batch 1 raises a ValueError that names the fixes (not for a SyncBatchNorm synchronized over several
+    processes). With ``norm_layer="gn"`` (32 groups) and ``inter == 32`` each group holds one value per sample,
+    so bn1 outputs its bias for every input (and torch rejects batch 1).
     """
 
     def __init__(
@@ -81,7 +82,8 @@ class SplitAttentionConv2d(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def _check_bn1_batch(self, batch: int) -> None:
-        if batch == 1 and uses_batch_statistics(self.bn1):
+        # A SyncBatchNorm over several processes gathers the statistics across them: batch 1 per process is fine.
+        if batch == 1 and batch_statistics_are_local(self.bn1):
             raise ValueError(
                 "SplitAttentionConv2d: batch size 1 in training mode cannot be normalized by bn1. bn1 normalizes "
                 f"the pooled attention vector of shape [1, {self.bn1.num_features}, 1, 1], which has a single value "

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from resnest_cuda import FrozenBatchNorm2d, SplitAttentionConv2d
+from resnest_cuda import FrozenBatchNorm2d, SplitAttentionConv2d, norm
 
 
 def _randomize_norms(module: nn.Module) -> None:
@@ -87,6 +87,18 @@ def test_batch_one_training_gives_clear_error():
     # GroupNorm(32, inter) needs inter > 32 at batch 1 (torch rejects one value per group): inter = 64 here.
     gn = SplitAttentionConv2d(4, 128, norm_layer="gn").train()
     assert gn(torch.randn(1, 4, 5, 5)).shape == (1, 128, 5, 5)
+
+
+def test_batch_one_allowed_with_syncbn_over_several_processes(monkeypatch):
+    m = SplitAttentionConv2d(4, 8, norm_layer="syncbn").train()
+    with pytest.raises(ValueError, match="batch size 1"):
+        m._check_bn1_batch(1)  # no process group: statistics are local
+    monkeypatch.setattr(norm.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(norm.dist, "get_world_size", lambda group=None: 8)
+    assert not norm.batch_statistics_are_local(m.bn1)
+    m._check_bn1_batch(1)  # statistics gathered over 8 processes
+    monkeypatch.setattr(norm.dist, "get_world_size", lambda group=None: 1)
+    assert norm.batch_statistics_are_local(m.bn1)
 
 
 @pytest.mark.parametrize("radix,cardinality", [(1, 1), (2, 2), (4, 1)])
