@@ -94,16 +94,21 @@ class SplitAttentionConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.relu(self.bn0(self.conv(x)))  # (B, R*C, H, W), radix-major
-        pool = ops.split_attention_pool if self.impl == "fused" else reference.split_attention_pool
-        gap = pool(u, self.radix)  # (B, C)
-        gap = gap.view(gap.shape[0], gap.shape[1], 1, 1)
-        self._check_bn1_batch(gap.shape[0])
-        z = self.relu(self.bn1(self.fc1(gap)))  # (B, inter, 1, 1)
-        logits = self.fc2(z)  # (B, R*C, 1, 1), cardinal-major
+        self._check_bn1_batch(u.shape[0])
+        if self.impl == "fused":
+            # One autograd node for pool -> attention -> combine (grad of u written once), see ops.split_attention.
+            params = [*self.fc1.parameters(), *self.bn1.parameters(), *self.fc2.parameters()]
+            attention = lambda gap: self._attention(gap, u.dtype)  # noqa: E731
+            return ops.split_attention(u, self.radix, self.cardinality, attention, params)
+        gap = reference.split_attention_pool(u, self.radix)  # (B, C)
+        logits = self._attention(gap, u.dtype)
+        return reference.split_attention_combine(u, logits, self.radix, self.cardinality)  # (B, C, H, W)
+
+    def _attention(self, gap: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, C) pooled features -> (B, R*C, 1, 1) cardinal-major logits in `dtype`."""
+        z = self.relu(self.bn1(self.fc1(gap.view(gap.shape[0], gap.shape[1], 1, 1))))  # (B, inter, 1, 1)
         # Under autocast a norm that runs in fp32 (GroupNorm) leaves u in fp32 while the 1x1 convs return bf16/fp16.
-        logits = logits.to(u.dtype)
-        combine = ops.split_attention_combine if self.impl == "fused" else reference.split_attention_combine
-        return combine(u, logits, self.radix, self.cardinality)  # (B, C, H, W)
+        return self.fc2(z).to(dtype)
 
     @torch.no_grad()
     def fuse_norms(self) -> None:
