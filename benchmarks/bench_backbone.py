@@ -7,26 +7,24 @@ Inference is also measured after ``fuse_for_inference()`` (impl "fused+fold").
     python benchmarks/bench_backbone.py --out results.json                       # GPU: batch 64 at 224
     python benchmarks/bench_backbone.py --device cpu --batch 2 --size 64 --iters 2 --out /tmp/bench.json
 
-Peak memory is ``torch.cuda.max_memory_allocated`` (reported as null on CPU).
+Throughput is from the median iteration time. Peak memory is ``torch.cuda.max_memory_allocated`` over warmup and
+timed iterations (null on CPU).
 """
 
 import argparse
-import datetime
-import json
-import platform
 import sys
-import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:
-    import resnest_cuda
-except ImportError:  # run as a script from a source checkout (python benchmarks/bench_backbone.py)
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-    import resnest_cuda
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the repository root, for an in-place build
+from common import environment, save_json, time_ms  # noqa: E402
+
+import resnest_cuda  # noqa: E402
 
 TIMM_NAMES = {
     "resnest14": "resnest14d",
@@ -58,23 +56,6 @@ def build_model(name: str, impl: str) -> nn.Module:
 
         return timm.create_model(TIMM_NAMES[name], pretrained=False)
     return getattr(resnest_cuda, name)(impl="fused" if impl == "fused+fold" else impl)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(step, iters: int, warmup: int, device: torch.device) -> float:
-    """Runs ``step`` warmup + iters times; returns seconds per iteration of the timed part."""
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    _sync(device)
-    return (time.perf_counter() - start) / iters
 
 
 def _autocast(device: torch.device, dtype_name: str):
@@ -113,9 +94,9 @@ def run_case(args, device: torch.device, name: str, impl: str, layout: str, comp
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = _timed(step, args.iters, args.warmup, device)
-    result.images_per_s = args.batch / seconds
-    result.ms_per_iter = seconds * 1e3
+    ms = time_ms(step, device, warmup=args.warmup, iters=args.iters)  # median per iteration
+    result.images_per_s = args.batch / (ms * 1e-3)
+    result.ms_per_iter = ms
     if device.type == "cuda":
         result.peak_mem_gb = torch.cuda.max_memory_allocated(device) / 2**30
     return result
@@ -176,17 +157,8 @@ def main(argv=None):
         print(f"{name:<11} {impl:<11} {layout:<14} {compiled!s:<8} {mode:<6} {ips} {mem}", flush=True)
         if result.error:
             print(f"    {result.error}")
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    report = {
-        "device": device_name,
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "args": vars(args),
-        "results": [asdict(r) for r in results],
-    }
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+    report = {"environment": environment(device), "args": vars(args), "results": [asdict(r) for r in results]}
+    save_json(args.out, report)
     return report
 
 

@@ -126,10 +126,12 @@ def run_device(device: str, iters: int, dtype: torch.dtype, roi_sets, nms_sizes)
                 case = f"{num} rois {size}x{size} (per level {[len(r) for r in rois]})"
                 rec = dict(op="roi_align", case=case, device=device, impl=name, fwd_ms=fwd)
                 records.append(rec if fwd_bwd is None else dict(rec, fwd_bwd_ms=fwd_bwd))
+                print(f"  {records[-1]}", flush=True)
         for num in nms_sizes:
             boxes, scores = nms_inputs(num, device)
             ms = timed_ms(lambda ops=ops, b=boxes, s=scores: ops["nms"](b, s, 0.7), device, iters)
             records.append(dict(op="nms", case=f"{num} boxes iou 0.7", device=device, impl=name, fwd_ms=ms))
+            print(f"  {records[-1]}", flush=True)
     return records
 
 

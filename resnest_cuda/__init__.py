@@ -3,7 +3,7 @@
 from . import reference
 from .detection_ops import batched_nms, nms, roi_align
 from .norm import FrozenBatchNorm2d
-from .ops import cuda_kernels_available, split_attention_combine, split_attention_pool
+from .ops import cuda_kernels_available, split_attention, split_attention_combine, split_attention_pool
 from .resnest import Bottleneck, ResNeSt, resnest14, resnest26, resnest50, resnest101, resnest200, resnest269
 from .splat import SplitAttentionConv2d
 from .weights import load_pretrained
@@ -25,6 +25,7 @@ __all__ = [
     "resnest200",
     "resnest269",
     "roi_align",
+    "split_attention",
     "split_attention_combine",
     "split_attention_pool",
 ]

@@ -17,6 +17,7 @@ __all__ = [
     "NormLayer",
     "build_norm_layer",
     "uses_batch_statistics",
+    "batch_statistics_are_local",
     "is_norm",
     "fold_norm_into_conv",
 ]
@@ -118,6 +119,19 @@ def uses_batch_statistics(module: nn.Module) -> bool:
     return isinstance(module, _BatchNorm) and (module.training or module.running_mean is None)
 
 
+def batch_statistics_are_local(module: nn.Module) -> bool:
+    """True when ``module`` normalizes with statistics of this process's batch alone.
+
+    BatchNorm in training mode, except a SyncBatchNorm that reduces over a process group of several members.
+    """
+    if not uses_batch_statistics(module):
+        return False
+    if isinstance(module, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized():
+        group = module.process_group if module.process_group is not None else dist.group.WORLD
+        return dist.get_world_size(group) == 1
+    return True
+
+
 def _norm_scale_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     if isinstance(norm, FrozenBatchNorm2d):
         return norm.scale_and_shift()
@@ -163,4 +177,10 @@ def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d | None:
         bias = bias + conv.bias.double() * scale.double()
     fused.weight.copy_(weight)
     fused.bias.copy_(bias)
+    if (
+        conv.weight.dim() == 4
+        and not conv.weight.is_contiguous()
+        and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    ):
+        fused = fused.to(memory_format=torch.channels_last)  # keep a channels_last model channels_last
     return fused

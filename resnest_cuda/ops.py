@@ -12,7 +12,7 @@ import torch
 
 from ._library import has_kernel
 
-__all__ = ["split_attention_pool", "split_attention_combine", "cuda_kernels_available"]
+__all__ = ["split_attention_pool", "split_attention_combine", "split_attention", "cuda_kernels_available"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -130,6 +130,17 @@ def _combine_backward_fake(grad_out, x, logits, radix, cardinality):
     )
 
 
+@torch.library.register_fake("resnest_cuda::split_attention_logits_backward")
+def _logits_backward_fake(grad_out, x, logits, radix, cardinality):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("resnest_cuda::split_attention_input_backward")
+def _input_backward_fake(grad_out, logits, grad_gap, radix, cardinality):
+    b, c, h, w = grad_out.shape
+    return grad_out.new_empty((b, radix * c, h, w)).contiguous(memory_format=_activation_format(grad_out))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Autograd: each backward is itself a registered op, so torch.compile traces it like any other.
 
@@ -167,3 +178,76 @@ torch.library.register_autograd(
 torch.library.register_autograd(
     "resnest_cuda::split_attention_combine", _combine_backward, setup_context=_combine_setup_context
 )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The whole split-attention tail as one autograd node (eager training).
+
+
+class _SplitAttention(torch.autograd.Function):
+    """pool -> attention(gap) -> combine with a backward that writes grad_x once.
+
+    With the two ops as separate autograd nodes, grad_x receives two contributions (softmax_r * grad_out from
+    combine, grad_gap / HW from pool) that autograd must add. Here the small attention graph (gap -> logits) is
+    built inside forward and differentiated inside backward, so grad_gap is known before grad_x is written:
+    backward = one reduction over H, W (the logits gradient) + autograd through the [B, C] attention MLP + one
+    elementwise kernel writing grad_x = softmax_r(logits) * grad_out + grad_gap / HW.
+    """
+
+    @staticmethod
+    def forward(ctx, x, radix, cardinality, attention, *params):
+        gap = torch.ops.resnest_cuda.split_attention_pool(x, radix)
+        with torch.enable_grad():
+            gap_in = gap.detach().requires_grad_()
+            logits = attention(gap_in)
+        _check_combine(x, logits.detach(), radix, cardinality)
+        out = torch.ops.resnest_cuda.split_attention_combine(x, logits.detach(), radix, cardinality)
+        ctx.save_for_backward(x)
+        ctx.graph = (gap_in, logits)
+        ctx.radix, ctx.cardinality, ctx.num_params = radix, cardinality, len(params)
+        ctx.params = params
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        gap_in, logits = ctx.graph
+        radix, cardinality = ctx.radix, ctx.cardinality
+        flat_logits = logits.detach()
+        grad_logits = torch.ops.resnest_cuda.split_attention_logits_backward(
+            grad_out, x, flat_logits, radix, cardinality
+        )
+        wanted = [i for i, p in enumerate(ctx.params) if p.requires_grad]
+        inputs = [gap_in] + [ctx.params[i] for i in wanted]
+        grads = torch.autograd.grad(logits, inputs, grad_logits, allow_unused=True)
+        grad_gap = grads[0] if grads[0] is not None else torch.zeros_like(gap_in)
+        grad_x = torch.ops.resnest_cuda.split_attention_input_backward(
+            grad_out, flat_logits, grad_gap, radix, cardinality
+        )
+        param_grads = [None] * ctx.num_params
+        for i, g in zip(wanted, grads[1:]):
+            param_grads[i] = g
+        ctx.graph = None
+        return (grad_x, None, None, None, *param_grads)
+
+
+def split_attention(x: torch.Tensor, radix: int, cardinality: int, attention, params=()) -> torch.Tensor:
+    """The full split-attention tail: ``combine(x, attention(pool(x)))``, differentiable in x and `params`.
+
+    Args:
+        x: ``[B, R*C, H, W]`` (see :func:`split_attention_pool`).
+        attention: callable ``gap [B, C] -> logits [B, R*C]`` (or ``[B, R*C, 1, 1]``), cardinal-major; typically
+            fc1 -> norm -> ReLU -> fc2. It runs once, in forward (norm running statistics update once).
+        params: the tensors `attention` uses that need gradients (e.g. ``list(module.parameters())``).
+
+    In eager mode with gradients enabled this runs as one autograd node whose backward writes grad_x once (see
+    ``_SplitAttention``); under ``torch.compile`` or without gradients it is the two registered ops, which the
+    compiler traces like any other.
+    """
+    _check_x(x, radix, "split_attention")
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    if needs_grad and not torch.compiler.is_compiling():
+        return _SplitAttention.apply(x, radix, cardinality, attention, *params)
+    logits = attention(split_attention_pool(x, radix))
+    return split_attention_combine(x, logits, radix, cardinality)

@@ -43,6 +43,7 @@ class Bottleneck(nn.Module):
 
     conv1 1x1 -> bn1 -> ReLU -> split-attention 3x3 (stride 1) -> AvgPool2d(3, stride, 1) when stride > 1
     ("avd": attention runs before downsampling) -> conv3 1x1 -> bn3 -> + shortcut -> ReLU.
+    ``avd_first=True`` pools before the split-attention conv instead (the 4s2x40d / 1s4x24d ablation models).
     ``downsample`` is the shortcut module (None for identity). ``with_cp`` recomputes the block in backward
     (torch.utils.checkpoint, non-reentrant) to save activation memory; BatchNorm running statistics are then
     updated twice per step (once more during the recomputation).
@@ -62,6 +63,7 @@ class Bottleneck(nn.Module):
         norm_layer: str | NormLayer = nn.BatchNorm2d,
         with_cp: bool = False,
         impl: str = "fused",
+        avd_first: bool = False,
     ):
         super().__init__()
         norm = build_norm_layer(norm_layer)
@@ -72,6 +74,7 @@ class Bottleneck(nn.Module):
         self.conv2 = SplitAttentionConv2d(
             width, width, 3, stride=1, padding=1, groups=cardinality, radix=radix, norm_layer=norm, impl=impl
         )
+        self.avd_first = avd_first
         self.avd = nn.AvgPool2d(3, stride, padding=1) if stride > 1 else nn.Identity()
         self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
         self.bn3 = norm(planes * self.expansion)
@@ -80,7 +83,7 @@ class Bottleneck(nn.Module):
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.avd(self.conv2(out))
+        out = self.conv2(self.avd(out)) if self.avd_first else self.avd(self.conv2(out))
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         return self.relu(out + shortcut)
@@ -140,6 +143,7 @@ class ResNeSt(nn.Module):
         norm_eval: keep every norm layer in eval mode (running statistics) during training.
         with_cp: gradient checkpointing per block.
         impl: "fused" (resnest_cuda ops) or "reference" (plain PyTorch) split attention.
+        avd_first: downsample before the split-attention conv (timm's resnest50d_4s2x40d / 1s4x24d).
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class ResNeSt(nn.Module):
         with_cp: bool = False,
         impl: str = "fused",
         in_channels: int = 3,
+        avd_first: bool = False,
     ):
         super().__init__()
         if len(layers) != 4 or min(layers) < 1:
@@ -185,6 +190,7 @@ class ResNeSt(nn.Module):
             norm_layer=norm,
             with_cp=with_cp,
             impl=impl,
+            avd_first=avd_first,
         )
         channels = stem_width * 2
         for i, (planes, blocks) in enumerate(zip(STAGE_PLANES, layers)):

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from . import ops, reference
-from .norm import NormLayer, build_norm_layer, fold_norm_into_conv, uses_batch_statistics
+from .norm import NormLayer, batch_statistics_are_local, build_norm_layer, fold_norm_into_conv
 
 __all__ = ["SplitAttentionConv2d", "IMPLS"]
 
@@ -32,8 +32,9 @@ class SplitAttentionConv2d(nn.Module):
     (``resnest_cuda.reference``). Both share parameters and state dict. Channels-last input stays channels-last.
 
     bn1 normalizes a ``[B, inter, 1, 1]`` tensor. With batch statistics (BatchNorm in training) it needs B >= 2;
-    batch 1 raises a ValueError that names the fixes. With ``norm_layer="gn"`` (32 groups) and ``inter == 32``
-    each group holds one value per sample, so bn1 outputs its bias for every input (and torch rejects batch 1).
+    batch 1 raises a ValueError that names the fixes (not for a SyncBatchNorm synchronized over several
+    processes). With ``norm_layer="gn"`` (32 groups) and ``inter == 32`` each group holds one value per sample,
+    so bn1 outputs its bias for every input (and torch rejects batch 1).
     """
 
     def __init__(
@@ -81,7 +82,8 @@ class SplitAttentionConv2d(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def _check_bn1_batch(self, batch: int) -> None:
-        if batch == 1 and uses_batch_statistics(self.bn1):
+        # A SyncBatchNorm over several processes gathers the statistics across them: batch 1 per process is fine.
+        if batch == 1 and batch_statistics_are_local(self.bn1):
             raise ValueError(
                 "SplitAttentionConv2d: batch size 1 in training mode cannot be normalized by bn1. bn1 normalizes "
                 f"the pooled attention vector of shape [1, {self.bn1.num_features}, 1, 1], which has a single value "
@@ -92,16 +94,21 @@ class SplitAttentionConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = self.relu(self.bn0(self.conv(x)))  # (B, R*C, H, W), radix-major
-        pool = ops.split_attention_pool if self.impl == "fused" else reference.split_attention_pool
-        gap = pool(u, self.radix)  # (B, C)
-        gap = gap.view(gap.shape[0], gap.shape[1], 1, 1)
-        self._check_bn1_batch(gap.shape[0])
-        z = self.relu(self.bn1(self.fc1(gap)))  # (B, inter, 1, 1)
-        logits = self.fc2(z)  # (B, R*C, 1, 1), cardinal-major
+        self._check_bn1_batch(u.shape[0])
+        if self.impl == "fused":
+            # One autograd node for pool -> attention -> combine (grad of u written once), see ops.split_attention.
+            params = [*self.fc1.parameters(), *self.bn1.parameters(), *self.fc2.parameters()]
+            attention = lambda gap: self._attention(gap, u.dtype)  # noqa: E731
+            return ops.split_attention(u, self.radix, self.cardinality, attention, params)
+        gap = reference.split_attention_pool(u, self.radix)  # (B, C)
+        logits = self._attention(gap, u.dtype)
+        return reference.split_attention_combine(u, logits, self.radix, self.cardinality)  # (B, C, H, W)
+
+    def _attention(self, gap: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, C) pooled features -> (B, R*C, 1, 1) cardinal-major logits in `dtype`."""
+        z = self.relu(self.bn1(self.fc1(gap.view(gap.shape[0], gap.shape[1], 1, 1))))  # (B, inter, 1, 1)
         # Under autocast a norm that runs in fp32 (GroupNorm) leaves u in fp32 while the 1x1 convs return bf16/fp16.
-        logits = logits.to(u.dtype)
-        combine = ops.split_attention_combine if self.impl == "fused" else reference.split_attention_combine
-        return combine(u, logits, self.radix, self.cardinality)  # (B, C, H, W)
+        return self.fc2(z).to(dtype)
 
     @torch.no_grad()
     def fuse_norms(self) -> None:

@@ -12,9 +12,11 @@ All three layouts are converted to the official names used by ``resnest_cuda.Res
 
 import logging
 import os
+import pickle
 import re
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -40,11 +42,16 @@ _D2_BLOCK_PARTS = {
 
 
 def _unwrap(checkpoint: Mapping) -> dict[str, torch.Tensor]:
-    """Strips the ``state_dict`` (mmdetection) / ``model`` (detectron2) wrapper and a ``module.`` prefix."""
+    """Strips the ``state_dict`` (mmdetection) / ``model`` (detectron2) wrapper and a ``module.`` prefix.
+
+    Non-tensor entries (metadata) are dropped; numpy arrays become tensors.
+    """
     for wrapper in ("state_dict", "model"):
         if isinstance(checkpoint.get(wrapper), Mapping):
             checkpoint = checkpoint[wrapper]
-    state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    # detectron2's model-zoo .pkl files hold numpy arrays: accept them once unpickled by the caller.
+    state = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in checkpoint.items()}
+    state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
@@ -131,10 +138,19 @@ def load_pretrained(
     Returns:
         ``(missing, unexpected)``: model keys the checkpoint lacked, and converted checkpoint keys the model lacks.
     Raises:
-        ValueError: on an unrecognized layout or on any shape mismatch (nothing is loaded then).
+        ValueError: on an unrecognized layout, on any shape mismatch (nothing is loaded then), or when a file
+            holds objects that ``weights_only`` loading refuses.
+        RuntimeError: with ``strict=True``, when keys are missing or unexpected.
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        checkpoint = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"load_pretrained: {os.fspath(path_or_state_dict)!r} holds objects other than tensors and plain "
+                "containers (training metadata?), which weights_only loading refuses. If you trust the file, load "
+                "it with torch.load(path, weights_only=False) and pass the result instead."
+            ) from exc
     else:
         checkpoint = path_or_state_dict
     if not isinstance(checkpoint, Mapping):

@@ -6,7 +6,7 @@ import torch
 import resnest_cuda
 from resnest_cuda import reference
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from .helpers import requires_cuda
 
 
 def clustered_boxes(n: int, seed: int, integer: bool = True, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +121,7 @@ def test_bad_inputs(override, error, match):
             resnest_cuda.nms(**args)
 
 
-@needs_cuda
+@requires_cuda
 @pytest.mark.parametrize("n", [1, 63, 64, 65, 1000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cuda_matches_cpu(n, dtype):
@@ -138,7 +138,7 @@ def test_cuda_matches_cpu(n, dtype):
     assert empty.shape == (0,) and empty.is_cuda
 
 
-@needs_cuda
+@requires_cuda
 def test_cuda_matches_torchvision():
     torchvision = pytest.importorskip("torchvision")
     g = torch.Generator().manual_seed(5)

@@ -49,8 +49,8 @@ def test_depths_shapes_and_strides(name):
     assert model.conv1[0].out_channels == stem_width and model.bn1.num_features == 2 * stem_width
     assert model.out_channels == [256, 512, 1024, 2048] and model.strides == [4, 8, 16, 32]
     with torch.no_grad():
-        feats = model(torch.randn(2, 3, 64, 64))
-    assert [tuple(f.shape) for f in feats] == [(2, 256, 16, 16), (2, 512, 8, 8), (2, 1024, 4, 4), (2, 2048, 2, 2)]
+        feats = model(torch.randn(2, 3, 32, 32))
+    assert [tuple(f.shape) for f in feats] == [(2, 256, 8, 8), (2, 512, 4, 4), (2, 1024, 2, 2), (2, 2048, 1, 1)]
 
 
 def test_classifier_and_out_indices():
@@ -186,6 +186,12 @@ def test_channels_last_matches_nchw(fuse):
     for a, b in zip(out, ref):
         assert a.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    if not fuse:  # folding a channels_last model keeps its conv weights channels_last
+        model.fuse_for_inference()
+        assert model.layer1[0].conv2.conv.weight.is_contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            for a, b in zip(model(x.to(memory_format=torch.channels_last)), ref):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_batch_one_training_error_from_model():
@@ -216,3 +222,13 @@ def test_bad_model_arguments():
         resnest14(impl="triton")
     with pytest.raises(ValueError, match="4 positive block counts"):
         ResNeSt((1, 1, 1))
+
+
+@pytest.mark.parametrize("avd_first", [False, True])
+def test_avd_position(avd_first):
+    # Stride-2 blocks: split attention runs at the pre-downsampling resolution unless avd_first.
+    model = resnest14(num_classes=None, avd_first=avd_first, out_indices=(1,)).eval()
+    seen = []
+    model.layer2[0].conv2.register_forward_hook(lambda m, inp, out: seen.append(tuple(out.shape[2:])))
+    assert model(torch.randn(2, 3, 32, 32))[0].shape == (2, 512, 4, 4)
+    assert seen == [(4, 4) if avd_first else (8, 8)]

@@ -6,7 +6,7 @@ import torch
 import resnest_cuda
 from resnest_cuda import reference
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from .helpers import requires_cuda
 
 IMAGE_H, IMAGE_W, STRIDE = 52, 68, 4  # feature map 13 x 17 at spatial_scale 1/4
 
@@ -167,6 +167,18 @@ def test_empty_rois():
     assert gx.shape == x.shape and gx.abs().max() == 0
 
 
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_nan_coordinates_pool_to_zero(sampling_ratio, aligned):
+    x = make_input(1, 2, seed=16, dtype=torch.float32)
+    rois = torch.tensor([[0.0, float("nan"), 3.0, 20.0, 30.0], [0.0, 2.0, 3.0, 20.0, float("nan")], [0, 2, 3, 20, 30]])
+    out = resnest_cuda.roi_align(x, rois, 3, 1 / STRIDE, sampling_ratio, aligned)
+    # NaN sample coordinates are outside the map. A NaN size gives no samples when aligned; legacy mode raises
+    # sizes below 1 (NaN included) to 1, so that ROI is still sampled from its finite corner.
+    assert out[0].abs().max() == 0 and torch.isfinite(out).all()
+    assert (out[1].abs().max() == 0) == aligned and out[2].abs().max() > 0
+
+
 BAD_INPUTS = [
     (dict(input=torch.zeros(3, 8, 8)), ValueError, "input"),
     (dict(input=torch.zeros(1, 3, 8, 8, dtype=torch.int32)), TypeError, "input"),
@@ -200,7 +212,7 @@ def test_bad_inputs(override, error, match):
         resnest_cuda.roi_align(**args)
 
 
-@needs_cuda
+@requires_cuda
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
 @pytest.mark.parametrize("aligned", [True, False])
 def test_cuda_matches_cpu(dtype, tol, aligned):
@@ -217,7 +229,7 @@ def test_cuda_matches_cpu(dtype, tol, aligned):
     torch.testing.assert_close(gxd.float().cpu(), gx, rtol=tol * 4, atol=tol * 4)
 
 
-@needs_cuda
+@requires_cuda
 def test_cuda_matches_torchvision():
     torchvision = pytest.importorskip("torchvision")
     x = make_input(3, 5, seed=18, dtype=torch.float32).cuda()

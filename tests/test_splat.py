@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from resnest_cuda import FrozenBatchNorm2d, SplitAttentionConv2d
+from resnest_cuda import FrozenBatchNorm2d, SplitAttentionConv2d, norm
 
 
 def _randomize_norms(module: nn.Module) -> None:
@@ -89,6 +89,18 @@ def test_batch_one_training_gives_clear_error():
     assert gn(torch.randn(1, 4, 5, 5)).shape == (1, 128, 5, 5)
 
 
+def test_batch_one_allowed_with_syncbn_over_several_processes(monkeypatch):
+    m = SplitAttentionConv2d(4, 8, norm_layer="syncbn").train()
+    with pytest.raises(ValueError, match="batch size 1"):
+        m._check_bn1_batch(1)  # no process group: statistics are local
+    monkeypatch.setattr(norm.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(norm.dist, "get_world_size", lambda group=None: 8)
+    assert not norm.batch_statistics_are_local(m.bn1)
+    m._check_bn1_batch(1)  # statistics gathered over 8 processes
+    monkeypatch.setattr(norm.dist, "get_world_size", lambda group=None: 1)
+    assert norm.batch_statistics_are_local(m.bn1)
+
+
 @pytest.mark.parametrize("radix,cardinality", [(1, 1), (2, 2), (4, 1)])
 def test_fuse_norms_keeps_eval_output(radix, cardinality):
     m = SplitAttentionConv2d(8, 8, radix=radix, groups=cardinality).double().eval()
@@ -115,3 +127,20 @@ def test_bad_arguments():
         SplitAttentionConv2d(6, 8, groups=2, radix=2)
     with pytest.raises(ValueError, match="norm_layer must be a callable or one of"):
         SplitAttentionConv2d(4, 8, norm_layer="layernorm")
+
+
+def test_fused_training_under_torch_compile_fullgraph():
+    """Under torch.compile the fused module traces as the two registered ops (no graph break), forward and
+    backward, and matches eager (which runs the single-node autograd path)."""
+    torch.manual_seed(0)
+    module = SplitAttentionConv2d(16, 16, radix=2, groups=2)
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    eager_out = module(x)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), [x, module.fc1.weight, module.conv.weight])
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    grads = torch.autograd.grad(out.square().sum(), [x, module.fc1.weight, module.conv.weight])
+    torch.testing.assert_close(out, eager_out)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b)

@@ -296,3 +296,91 @@ def test_raw_op_checks_in_cpp():
 def test_device_mismatch():
     with pytest.raises(ValueError, match="logits is on"):
         resnest_cuda.split_attention_combine(torch.randn(2, 8, 3, 3, device="cuda"), torch.randn(2, 8), 2)
+
+
+def _attention_mlp(channels, radix, cardinality, dtype=torch.float64, device="cpu"):
+    fc1 = torch.nn.Conv2d(channels, 32, 1, groups=cardinality).to(device, dtype)
+    bn1 = torch.nn.BatchNorm2d(32).to(device, dtype)
+    fc2 = torch.nn.Conv2d(32, radix * channels, 1, groups=cardinality).to(device, dtype)
+    params = list(fc1.parameters()) + list(bn1.parameters()) + list(fc2.parameters())
+
+    def attention(gap):
+        return fc2(torch.relu(bn1(fc1(gap.view(gap.shape[0], -1, 1, 1)))))
+
+    return attention, params, bn1
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("radix,cardinality,layout", [(1, 1, "contiguous"), (2, 1, "channels_last"),
+                                                       (2, 2, "contiguous"), (4, 2, "channels_last")])
+def test_split_attention_single_node_matches_reference(device, radix, cardinality, layout):
+    """resnest_cuda.split_attention (one autograd node, grad_x written once) vs the reference tail, forward and
+    gradients of x and of the attention MLP's parameters; the norm's running statistics update exactly once."""
+    x, _ = make_inputs(3, radix, 8, 5, 6, torch.float64, device, layout)
+    x.requires_grad_()
+    attention, params, bn1 = _attention_mlp(8, radix, cardinality, device=device)
+    out = resnest_cuda.split_attention(x, radix, cardinality, attention, params)
+    assert int(bn1.num_batches_tracked) == 1
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x] + params, grad)
+    expected = ref.split_attention_combine(x, attention(ref.split_attention_pool(x, radix)), radix, cardinality)
+    want = torch.autograd.grad(expected, [x] + params, grad)
+    torch.testing.assert_close(out, expected)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    if layout == "channels_last":
+        assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_split_attention_without_grad_and_compiled():
+    attention, params, _ = _attention_mlp(8, 2, 1, torch.float32)
+    x, _ = make_inputs(2, 2, 8, 4, 4, torch.float32, "cpu")
+    with torch.no_grad():
+        eager = resnest_cuda.split_attention(x, 2, 1, attention, params)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: resnest_cuda.split_attention(x, 2, 1, attention, params), fullgraph=True,
+                             backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager)
+
+
+def test_backward_halves_opcheck_and_match_combined_backward():
+    """split_attention_logits_backward + split_attention_input_backward equal the combine backward plus the pool
+    gradient; both pass opcheck."""
+    for layout in ["contiguous", "channels_last"]:
+        x, logits = make_inputs(2, 2, 4, 3, 5, torch.float64, "cpu", layout)
+        grad_out = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+        grad_gap = torch.randn(2, 4, dtype=torch.float64)
+        ops = torch.ops.resnest_cuda
+        dx, dl = ops.split_attention_combine_backward(grad_out, x, logits, 2, 2)
+        torch.testing.assert_close(ops.split_attention_logits_backward(grad_out, x, logits, 2, 2), dl)
+        dx_total = ops.split_attention_input_backward(grad_out, logits, grad_gap, 2, 2)
+        torch.testing.assert_close(dx_total, dx + ops.split_attention_pool_backward(grad_gap, 2, 3, 5))
+        torch.library.opcheck(ops.split_attention_logits_backward.default, (grad_out, x, logits, 2, 2))
+        torch.library.opcheck(ops.split_attention_input_backward.default, (grad_out, logits, grad_gap, 2, 2))
+    with pytest.raises(RuntimeError, match="grad_gap must have shape"):
+        ops.split_attention_input_backward(grad_out, logits, torch.randn(3, 4, dtype=torch.float64), 2, 2)
+
+
+@requires_cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_single_node_tail_on_detection_shapes(layout):
+    for shape in [(2, 2, 64, 100, 152), (8, 2, 512, 7, 7)]:
+        b, r, c, h, w = shape
+        x, _ = make_inputs(b, r, c, h, w, torch.float32, "cuda", layout)
+        x.requires_grad_()
+        attention, params, _ = _attention_mlp(c, r, 1, torch.float32, "cuda")
+        out = resnest_cuda.split_attention(x, r, 1, attention, params)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, [x], grad)[0]
+        x64 = x.detach().double().requires_grad_()
+        params64 = [p.detach().double() for p in params]
+        fc1w, fc1b, bnw, bnb, fc2w, fc2b = params64
+        gap = ref.split_attention_pool(x64, r)
+        z = torch.nn.functional.conv2d(gap[:, :, None, None], fc1w, fc1b)
+        z = torch.relu(torch.nn.functional.batch_norm(z, None, None, bnw, bnb, training=True))
+        logits = torch.nn.functional.conv2d(z, fc2w, fc2b)
+        expected = ref.split_attention_combine(x64, logits, r, 1)
+        torch.testing.assert_close(out.double(), expected, atol=1e-4, rtol=1e-4)
+        want = torch.autograd.grad(expected, [x64], grad.double())[0]
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-3)

@@ -118,6 +118,16 @@ def test_frozen_bn_model_loads_batchnorm_checkpoints():
         _assert_loaded(model, source)
 
 
+def test_numpy_detectron2_checkpoint():
+    # detectron2 model-zoo files are pickles of numpy arrays.
+    source = _random_state(resnest14(num_classes=None))
+    checkpoint = to_detectron2(source)
+    checkpoint["model"] = {k: v.numpy() for k, v in checkpoint["model"].items()}
+    model = resnest14(num_classes=None)
+    assert load_pretrained(model, checkpoint) == ([], [])
+    _assert_loaded(model, source)
+
+
 def test_classifier_is_dropped_for_a_backbone():
     source = _random_state(resnest14(num_classes=1000))
     assert load_pretrained(resnest14(num_classes=None), source) == ([], [])
@@ -130,6 +140,18 @@ def test_load_from_path(tmp_path):
     model = resnest14(num_classes=None)
     assert load_pretrained(model, str(path)) == ([], [])
     _assert_loaded(model, source)
+
+
+class _Meta:  # stands for arbitrary training metadata pickled into a checkpoint
+    pass
+
+
+def test_untrusted_pickle_is_refused_with_advice(tmp_path):
+    path = tmp_path / "with_meta.pth"
+    torch.save({"state_dict": _random_state(resnest14()), "meta": _Meta()}, path)
+    with pytest.raises(ValueError, match="weights_only=False"):
+        load_pretrained(resnest14(), path)
+    assert load_pretrained(resnest14(), torch.load(path, weights_only=False)) == ([], [])
 
 
 def test_shape_mismatch_is_refused_with_key_and_shapes():

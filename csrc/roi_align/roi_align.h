@@ -60,17 +60,16 @@ RESNEST_HOST_DEVICE inline RoiGeometry<acc_t> roi_geometry(const acc_t* roi, acc
   acc_t roi_w = roi[3] * scale - offset - g.start_x;
   acc_t roi_h = roi[4] * scale - offset - g.start_y;
   if (!aligned) {
-    // Legacy mode: malformed ROIs are forced to 1x1 so every bin has a positive size.
+    // Legacy mode: sizes below 1 are raised to 1, so every bin has a positive size.
     roi_w = roi_w > acc_t(1) ? roi_w : acc_t(1);
     roi_h = roi_h > acc_t(1) ? roi_h : acc_t(1);
   }
   g.bin_h = roi_h / static_cast<acc_t>(pooled_h);
   g.bin_w = roi_w / static_cast<acc_t>(pooled_w);
-  // An aligned ROI may have zero or negative size: then it has no samples and pools to 0.
-  g.grid_h = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil_of(g.bin_h));
-  g.grid_w = sampling_ratio > 0 ? sampling_ratio : static_cast<int64_t>(ceil_of(g.bin_w));
-  g.grid_h = g.grid_h > 0 ? g.grid_h : 0;
-  g.grid_w = g.grid_w > 0 ? g.grid_w : 0;
+  // An aligned ROI may have zero or negative size: with adaptive sampling it then has no samples and pools to 0
+  // (a NaN size too).
+  g.grid_h = sampling_ratio > 0 ? sampling_ratio : (g.bin_h > acc_t(0) ? static_cast<int64_t>(ceil_of(g.bin_h)) : 0);
+  g.grid_w = sampling_ratio > 0 ? sampling_ratio : (g.bin_w > acc_t(0) ? static_cast<int64_t>(ceil_of(g.bin_w)) : 0);
   return g;
 }
 
@@ -81,7 +80,7 @@ RESNEST_HOST_DEVICE inline acc_t sample_coord(acc_t start, acc_t bin, int64_t p,
 }
 
 // Linear interpolation taps of a coordinate along one axis of length `size`: value = w_lo * v[lo] + w_hi * v[hi].
-// Outside [-1, size] both weights are 0.
+// Outside [-1, size] (or NaN) both weights are 0.
 template <typename acc_t>
 struct AxisTap {
   int64_t lo, hi;
@@ -91,7 +90,7 @@ struct AxisTap {
 template <typename acc_t>
 RESNEST_HOST_DEVICE inline AxisTap<acc_t> axis_tap(acc_t v, int64_t size) {
   AxisTap<acc_t> t{0, 0, acc_t(0), acc_t(0)};
-  if (v < acc_t(-1) || v > static_cast<acc_t>(size)) return t;
+  if (!(v >= acc_t(-1) && v <= static_cast<acc_t>(size))) return t;
   if (v <= acc_t(0)) v = acc_t(0);
   t.lo = static_cast<int64_t>(v);
   if (t.lo >= size - 1) {

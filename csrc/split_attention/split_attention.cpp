@@ -27,6 +27,15 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
   m.def(
       "split_attention_combine_backward(Tensor grad_out, Tensor x, Tensor logits, int radix, int cardinality)"
       " -> (Tensor, Tensor)");
+  // The two halves of the combine backward for a caller that knows grad_gap before writing grad_x (the eager
+  // fused path of SplitAttentionConv2d): the logits gradient alone (a reduction over H, W), then
+  // grad_x = softmax_r(logits) * grad_out + grad_gap / (H*W), written once.
+  m.def(
+      "split_attention_logits_backward(Tensor grad_out, Tensor x, Tensor logits, int radix, int cardinality)"
+      " -> Tensor");
+  m.def(
+      "split_attention_input_backward(Tensor grad_out, Tensor logits, Tensor grad_gap, int radix, int cardinality)"
+      " -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(resnest_cuda, CompositeExplicitAutograd, m) {

@@ -23,10 +23,9 @@ from .poolers import MultiScaleRoIAlign, boxes_to_rois
 from .roi_heads import (
     SampledRoIs,
     box_head_losses,
-    decode_predictions,
+    detections_per_image,
     label_and_sample_proposals,
     mask_head_loss,
-    postprocess_detections,
 )
 from .sampler import RandomSampler
 
@@ -175,15 +174,10 @@ class CascadeRoIHeads(nn.Module):
                     self.coders[i].decode(b, d, max_shape=size) for b, d, size in zip(boxes, deltas, image_sizes)
                 ]
         scores = (logits_sum / self.num_stages).softmax(dim=1)[:, :-1]  # background is the last column
-        detections = []
-        per_image = zip(boxes, box_deltas.split(counts), scores.split(counts), image_sizes)
-        for boxes_i, deltas_i, scores_i, size in per_image:
-            per_class = decode_predictions(self.bbox_head[-1], self.coders[-1], deltas_i, boxes_i, size)
-            det_boxes, det_scores, det_labels = postprocess_detections(
-                per_class, scores_i, self.score_thr, self.nms_iou, self.max_per_img
-            )
-            detections.append({"boxes": det_boxes, "scores": det_scores, "labels": det_labels})
-        return detections
+        return detections_per_image(
+            self.bbox_head[-1], self.coders[-1], boxes, box_deltas, scores, image_sizes,
+            self.score_thr, self.nms_iou, self.max_per_img,
+        )
 
     def _forward_mask_inference(self, features: list[torch.Tensor], detections: list[dict[str, torch.Tensor]]):
         """Adds `mask_probs` [D, M, M], the mean of every stage head's sigmoid mask, to each detection dict."""

@@ -6,39 +6,19 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from resnest_cuda.norm import build_norm_layer
+
 NormFactory = Callable[[int], nn.Module]
 
 
-def make_norm_factory(kind: str, num_groups: int = 32) -> NormFactory | None:
-    """Return `channels -> norm module` for `kind`, or None for "none".
-
-    "syncbn" gives `nn.SyncBatchNorm`: it synchronises batch statistics over the default process group when one is
-    initialised with more than one process, and otherwise (a single process, CPU or GPU) behaves exactly like
-    `BatchNorm2d`. "frozen_bn" is a BatchNorm2d whose statistics and affine parameters are not trained.
-    """
-    if kind == "bn":
-        return nn.BatchNorm2d
-    if kind == "syncbn":
-        return nn.SyncBatchNorm
-    if kind == "gn":
-        return lambda channels: nn.GroupNorm(num_groups, channels)
-    if kind == "frozen_bn":
-        return FrozenBatchNorm2d
+def make_norm_factory(kind: str) -> NormFactory | None:
+    """Return `channels -> norm module` for `kind`, or None for "none". The names are the backbone's
+    (`resnest_cuda.norm.build_norm_layer`): "bn", "gn" (32 groups), "frozen_bn" and "syncbn", a SyncBatchNorm that
+    synchronises batch statistics only when a process group of more than one process exists and otherwise (one
+    process, CPU or GPU, with or without an initialised group) behaves exactly like BatchNorm2d."""
     if kind == "none":
         return None
-    raise ValueError(f"norm: expected one of 'bn', 'syncbn', 'gn', 'frozen_bn', 'none', got {kind!r}")
-
-
-class FrozenBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that always uses its running statistics and whose affine parameters are not trained."""
-
-    def __init__(self, channels: int):
-        super().__init__(channels)
-        self.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> "FrozenBatchNorm2d":
-        return super().train(False)
+    return build_norm_layer(kind)
 
 
 class ConvBlock(nn.Module):

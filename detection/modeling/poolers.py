@@ -54,7 +54,8 @@ class MultiScaleRoIAlign(nn.Module):
         out = first.new_zeros((rois.shape[0], first.shape[1], self.output_size, self.output_size))
         if rois.shape[0] == 0:
             return out
-        rois = rois.to(first.dtype)
+        # RoI coordinates stay fp32 under autocast: in bf16 those of a 1333-px image would be off by up to 4 px.
+        rois = rois.float()
         levels = assign_levels(rois[:, 1:], num_levels, self.finest_scale)
         for level in range(num_levels):
             idx = torch.nonzero(levels == level).squeeze(1)

@@ -92,7 +92,7 @@ class GeneralizedRCNN(nn.Module):
             raise ValueError(f"original_sizes: expected {len(images)} entries, got {len(original_sizes)}")
         output_sizes = original_sizes if original_sizes is not None else image_sizes
         return [
-            self._postprocess(det, in_size, tuple(out_size))
+            self._postprocess(det, in_size, (int(out_size[0]), int(out_size[1])))
             for det, in_size, out_size in zip(detections, image_sizes, output_sizes)
         ]
 

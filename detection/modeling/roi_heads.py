@@ -122,6 +122,28 @@ def mask_head_loss(
     return mask_bce_loss(mask_logits, torch.cat(gt))
 
 
+def detections_per_image(
+    head: ConvFCBoxHead,
+    coder: BoxCoder,
+    proposals: list[torch.Tensor],
+    box_deltas: torch.Tensor,
+    scores: torch.Tensor,
+    image_sizes: list[tuple[int, int]],
+    score_thr: float,
+    nms_iou: float,
+    max_per_img: int,
+) -> list[dict[str, torch.Tensor]]:
+    """Decode a batch of RoIs (proposals per image, deltas [K, 4C or 4], foreground scores [K, C], K = all RoIs)
+    and post-process image by image -> one dict of `boxes`, `scores`, `labels` per image."""
+    counts = [p.shape[0] for p in proposals]
+    detections = []
+    for boxes, deltas, scores_i, size in zip(proposals, box_deltas.split(counts), scores.split(counts), image_sizes):
+        per_class = decode_predictions(head, coder, deltas, boxes, size)
+        det_boxes, det_scores, det_labels = postprocess_detections(per_class, scores_i, score_thr, nms_iou, max_per_img)
+        detections.append({"boxes": det_boxes, "scores": det_scores, "labels": det_labels})
+    return detections
+
+
 class StandardRoIHeads(nn.Module):
     """One box stage (`bbox_head`) and an optional `mask_head`, as in Faster and Mask R-CNN.
 
@@ -216,16 +238,10 @@ class StandardRoIHeads(nn.Module):
     ) -> list[dict[str, torch.Tensor]]:
         cls_logits, box_deltas = self._forward_box(features, boxes_to_rois(proposals))
         scores = cls_logits.float().softmax(dim=1)[:, :-1]  # background is the last column
-        detections = []
-        counts = [p.shape[0] for p in proposals]
-        per_image = zip(proposals, box_deltas.split(counts), scores.split(counts), image_sizes)
-        for boxes, deltas, scores_i, size in per_image:
-            per_class = decode_predictions(self.bbox_head, self.coder, deltas, boxes, size)
-            det_boxes, det_scores, det_labels = postprocess_detections(
-                per_class, scores_i, self.score_thr, self.nms_iou, self.max_per_img
-            )
-            detections.append({"boxes": det_boxes, "scores": det_scores, "labels": det_labels})
-        return detections
+        return detections_per_image(
+            self.bbox_head, self.coder, proposals, box_deltas, scores, image_sizes,
+            self.score_thr, self.nms_iou, self.max_per_img,
+        )
 
     def _forward_mask_inference(self, features: list[torch.Tensor], detections: list[dict[str, torch.Tensor]]):
         """Adds `mask_probs` [D, M, M] to each detection dict."""

@@ -113,7 +113,7 @@ class RPNHead(nn.Module):
         scores, boxes, levels = [], [], []
         for level, (anchors, logits, deltas) in enumerate(zip(anchors_per_level, logits_per_level, deltas_per_level)):
             k = logits.shape[1] if settings.nms_pre <= 0 else min(settings.nms_pre, logits.shape[1])
-            top_scores, top_idx = logits.sigmoid().topk(k, dim=1)  # [N, k], whole batch at once
+            top_scores, top_idx = logits.float().sigmoid().topk(k, dim=1)  # [N, k], whole batch at once
             top_deltas = deltas.gather(1, top_idx[..., None].expand(-1, -1, 4))
             boxes.append(self.coder.decode(anchors[top_idx], top_deltas))  # [N, k, 4]
             scores.append(top_scores)

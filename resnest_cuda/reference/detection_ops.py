@@ -5,7 +5,7 @@ Box format everywhere: ``(x1, y1, x2, y2)`` in input-image pixels; rois carry a 
 
 import torch
 
-_ROI_CHUNK = 64  # ROIs pooled together by one matmul; bounds the [chunk, C, ph, W] intermediate
+_ROI_CHUNK = 64  # ROIs pooled together; bounds the [C, chunk, Lh, Lw] gathered windows
 
 
 def _pair(output_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -14,15 +14,17 @@ def _pair(output_size: int | tuple[int, int]) -> tuple[int, int]:
     return int(output_size[0]), int(output_size[1])
 
 
-def _axis_weights(
+def _axis_taps(
     lo: torch.Tensor, hi: torch.Tensor, pooled: int, size: int, spatial_scale: float, sampling_ratio: int, aligned: bool
-) -> torch.Tensor:
-    """Interpolation matrix of one axis: ``[K, pooled, size]``, row ``p`` = mean of bin ``p``'s linear samples.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear-interpolation taps of every sample along one axis.
 
     lo, hi: ``[K]`` ROI edges along this axis (image pixels), in the accumulation dtype.
-    Sample ``i`` of bin ``p`` sits at ``start + p*bin + (i + 0.5)*bin/grid``; outside ``[-1, size]`` it is 0;
-    below 0 it is clamped to 0; it interpolates linearly between ``floor(v)`` and ``floor(v) + 1`` (both the last
-    row/column when ``floor(v) >= size - 1``). The weights of a bin are divided by ``grid``.
+    Returns ``index`` (int64) and ``weight``, both ``[K, pooled, 2S]`` (S = the largest grid of any ROI): the
+    ``2S`` taps of bin ``p``. Sample ``i`` of bin ``p`` sits at ``v = start + p*bin + (i + 0.5)*bin/grid``; outside
+    ``[-1, size]`` it contributes 0; below 0 it is clamped to 0; it interpolates between ``floor(v)`` and
+    ``floor(v) + 1`` (both the last row/column when ``floor(v) >= size - 1``). Weights include the ``1/grid`` of
+    the mean; unused taps (``i >= grid``) have weight 0.
     """
     offset = 0.5 if aligned else 0.0
     start = lo * spatial_scale - offset
@@ -48,11 +50,27 @@ def _axis_weights(
     v = torch.where(at_edge, low, v)
     frac = v - low
     scale = valid.to(v.dtype) / grid.clamp(min=1)
-    index = torch.cat([low, high], dim=2).long()  # [K, pooled, 2S]
+    index = torch.cat([low, high], dim=2).clamp(0, size - 1).long()
     weight = torch.cat([(1 - frac) * scale, frac * scale], dim=2)
-    weight = torch.where(torch.cat([valid, valid], dim=2), weight, torch.zeros_like(weight))  # drops NaNs of grid 0
-    dense = weight.new_zeros(lo.shape[0], pooled, size)
-    return dense.scatter_add_(2, index.clamp(0, size - 1), weight)
+    valid2 = torch.cat([valid, valid], dim=2)
+    return torch.where(valid2, index, 0), torch.where(valid2, weight, 0.0)  # where() also drops NaNs of grid 0
+
+
+def _window_weights(index: torch.Tensor, weight: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Taps ``[K, pooled, 2S]`` -> the window of rows (or columns) each ROI touches and its dense weights.
+
+    Returns ``first`` ``[K]`` (int64) and ``dense`` ``[K, pooled, L]`` with ``dense[k, p, j]`` = total weight of
+    row ``first[k] + j`` in bin ``p`` (L = the widest window).
+    """
+    used = weight != 0
+    if not bool(used.any()):
+        return index.new_zeros(index.shape[0]), weight.new_zeros(index.shape[0], index.shape[1], 1)
+    first = torch.where(used, index, size).amin(dim=(1, 2)).clamp(max=size - 1)
+    last = torch.where(used, index, -1).amax(dim=(1, 2))
+    length = int((last - first + 1).max().clamp(min=1))
+    local = torch.where(used, index - first[:, None, None], 0)
+    dense = weight.new_zeros(index.shape[0], index.shape[1], length)
+    return first, dense.scatter_add_(2, local, weight)
 
 
 def roi_align(
@@ -65,8 +83,9 @@ def roi_align(
 ) -> torch.Tensor:
     """RoIAlign by its definition: each output bin is the mean of bilinear samples of the feature map.
 
-    Bilinear weights are separable, so the mean over a bin's ``grid_h x grid_w`` samples equals
-    ``Wy[k] @ input[n] @ Wx[k]^T`` with the per-axis interpolation matrices of ``_axis_weights``.
+    A bilinear sample is the product of the linear taps of its row and its column coordinate, so the mean over a
+    bin is ``Wy[k, p] @ window_k @ Wx[k, q]^T``, with the summed tap weights of ``_axis_taps`` laid out densely over
+    the window of rows and columns the ROI touches.
 
     Args:
         input: ``[N, C, H, W]`` floating feature map.
@@ -83,14 +102,19 @@ def roi_align(
     feats = input.to(acc)
     r = rois.to(acc)
     n_img, channels, height, width = input.shape
-    wy = _axis_weights(r[:, 2], r[:, 4], ph, height, spatial_scale, sampling_ratio, aligned)  # [K, ph, H]
-    wx = _axis_weights(r[:, 1], r[:, 3], pw, width, spatial_scale, sampling_ratio, aligned)  # [K, pw, W]
-    batch = r[:, 0].long()
     out = feats.new_zeros(r.shape[0], channels, ph, pw)
+    if r.shape[0] == 0:
+        return out.to(input.dtype)
+    y0, wy = _window_weights(*_axis_taps(r[:, 2], r[:, 4], ph, height, spatial_scale, sampling_ratio, aligned), height)
+    x0, wx = _window_weights(*_axis_taps(r[:, 1], r[:, 3], pw, width, spatial_scale, sampling_ratio, aligned), width)
+    # Window rows/columns past the map get weight 0; clamping only keeps their indices valid.
+    rows = (y0[:, None] + torch.arange(wy.shape[2], device=r.device)).clamp(max=height - 1)  # [K, Lh]
+    cols = (x0[:, None] + torch.arange(wx.shape[2], device=r.device)).clamp(max=width - 1)  # [K, Lw]
+    batch = r[:, 0].long()
     for n in range(n_img):
-        for idx in (batch == n).nonzero()[:, 0].split(_ROI_CHUNK):
-            # [k, 1, ph, H] @ [C, H, W] -> [k, C, ph, W]; @ [k, 1, W, pw] -> [k, C, ph, pw]
-            out[idx] = wy[idx].unsqueeze(1) @ feats[n] @ wx[idx].transpose(1, 2).unsqueeze(1)
+        for k in (batch == n).nonzero()[:, 0].split(_ROI_CHUNK):
+            window = feats[n][:, rows[k][:, :, None], cols[k][:, None, :]]  # [C, k, Lh, Lw]
+            out[k] = torch.einsum("kph,ckhw,kqw->kcpq", wy[k], window, wx[k])
     return out.to(input.dtype)
 
 

@@ -7,6 +7,7 @@ from detection.modeling.fpn import FPN
 from detection.modeling.layers import make_norm_factory
 from detection.modeling.mask_head import FCNMaskHead, mask_targets, paste_masks
 from detection.modeling.roi_heads import postprocess_detections
+from resnest_cuda.norm import SyncBatchNorm
 
 
 def test_fpn_levels_names_and_p6():
@@ -29,7 +30,7 @@ def test_box_head_shapes_and_names():
     assert {"shared_convs.3.conv.weight", "shared_convs.3.bn.running_var", "shared_fcs.0.weight", "fc_cls.bias",
             "fc_reg.weight"} <= keys
     assert "shared_convs.0.conv.bias" not in keys  # conv bias only without a norm
-    assert isinstance(head.shared_convs[0].bn, torch.nn.SyncBatchNorm)
+    assert isinstance(head.shared_convs[0].bn, SyncBatchNorm)
     # class-specific deltas: class 2 is columns 8..11; background (80) rows are clamped, not an error
     reg = torch.arange(2 * 320.0).view(2, 320)
     picked = head.select_deltas(reg, torch.tensor([2, 80]))

@@ -73,3 +73,20 @@ def test_training_needs_targets_and_validates():
         model(images, bad)
     with pytest.raises(ValueError, match=r"images\[0\]"):
         model([images[0].to(torch.uint8)], targets[:1])
+
+
+def test_image_transform_normalises_and_pads_to_32():
+    from detection.modeling.rcnn import ImageTransform
+
+    transform = ImageTransform((123.68, 116.779, 103.939), (58.393, 57.12, 57.375), size_divisor=32)
+    a = torch.full((3, 50, 70), 255.0)
+    b = torch.zeros(3, 64, 33)
+    batch, sizes, padded = transform([a, b])
+    assert batch.shape == (2, 3, 64, 96)
+    assert sizes == [(50, 70), (64, 33)] and padded == [(64, 96), (64, 64)]
+    torch.testing.assert_close(batch[0, :, 0, 0], torch.tensor([(255 - 123.68) / 58.393, (255 - 116.779) / 57.12,
+                                                                (255 - 103.939) / 57.375]))
+    torch.testing.assert_close(batch[1, 0, 5, 5], torch.tensor(-123.68 / 58.393))
+    assert batch[0, :, 50:].eq(0).all() and batch[0, :, :, 70:].eq(0).all()  # zero padding after normalising
+    with pytest.raises(ValueError, match="images"):
+        transform([])

@@ -202,6 +202,7 @@ void combine_backward_kernel(const scalar_t* dout, const scalar_t* x, const scal
         for (int64_t r = 0; r < d.R; ++r) {
           const int64_t xrow = (b * d.R + r) * d.C + j;
           ds[xrow] = row_dot<scalar_t, acc_t>(pg, x + xrow * d.HW, d.HW);
+          if (dx == nullptr) continue;
           const acc_t a = att[xrow];
           scalar_t* pdx = dx + xrow * d.HW;
           for (int64_t i = 0; i < d.HW; ++i) pdx[i] = static_cast<scalar_t>(a * static_cast<acc_t>(pg[i]));
@@ -219,15 +220,13 @@ void combine_backward_kernel(const scalar_t* dout, const scalar_t* x, const scal
         for (int64_t hw = 0; hw < d.HW; ++hw) {
           const scalar_t* pg = dout + (b * d.HW + hw) * d.C + j0;
           const scalar_t* px = x + (b * d.HW + hw) * d.R * d.C + j0;
-          scalar_t* pdx = dx + (b * d.HW + hw) * d.R * d.C + j0;
           for (int64_t r = 0; r < d.R; ++r) {
-            const acc_t* a = att.data() + (b * d.R + r) * d.C + j0;
             acc_t* pa = acc.data() + r * kChannelBlock;
-            for (int64_t c = 0; c < nc; ++c) {
-              const acc_t g = static_cast<acc_t>(pg[c]);
-              pa[c] += g * static_cast<acc_t>(px[r * d.C + c]);
-              pdx[r * d.C + c] = static_cast<scalar_t>(a[c] * g);
-            }
+            for (int64_t c = 0; c < nc; ++c) pa[c] += static_cast<acc_t>(pg[c]) * static_cast<acc_t>(px[r * d.C + c]);
+            if (dx == nullptr) continue;
+            const acc_t* a = att.data() + (b * d.R + r) * d.C + j0;
+            scalar_t* pdx = dx + (b * d.HW + hw) * d.R * d.C + r * d.C + j0;
+            for (int64_t c = 0; c < nc; ++c) pdx[c] = static_cast<scalar_t>(a[c] * static_cast<acc_t>(pg[c]));
           }
         }
         for (int64_t r = 0; r < d.R; ++r) {
@@ -237,6 +236,42 @@ void combine_backward_kernel(const scalar_t* dout, const scalar_t* x, const scal
     });
   }
   logits_grad<scalar_t, acc_t>(att, ds, dlogits, d);
+}
+
+// dx[b, r*C + j] = att[b, r, j] * dout[b, j] + dgap[b, j] / HW
+template <typename scalar_t>
+void input_backward_kernel(const scalar_t* dout, const scalar_t* logits, const at::opmath_type<scalar_t>* dgap,
+                           scalar_t* dx, const Dims& d, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, d);
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
+  if (!channels_last) {
+    at::parallel_for(0, d.B * d.R * d.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t xrow = begin; xrow < end; ++xrow) {
+        const int64_t b = xrow / (d.R * d.C), j = xrow % d.C;
+        const acc_t a = att[xrow];
+        const acc_t g = dgap[b * d.C + j] * inv_hw;
+        const scalar_t* pg = dout + (b * d.C + j) * d.HW;
+        scalar_t* pdx = dx + xrow * d.HW;
+        for (int64_t i = 0; i < d.HW; ++i) pdx[i] = static_cast<scalar_t>(a * static_cast<acc_t>(pg[i]) + g);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, d.B * d.HW, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t pix = begin; pix < end; ++pix) {
+      const int64_t b = pix / d.HW;
+      const scalar_t* pg = dout + pix * d.C;
+      const acc_t* pgap = dgap + b * d.C;
+      for (int64_t r = 0; r < d.R; ++r) {
+        const acc_t* a = att.data() + (b * d.R + r) * d.C;
+        scalar_t* pdx = dx + (pix * d.R + r) * d.C;
+        for (int64_t j = 0; j < d.C; ++j) {
+          pdx[j] = static_cast<scalar_t>(a[j] * static_cast<acc_t>(pg[j]) + pgap[j] * inv_hw);
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -276,11 +311,8 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cpu(const at
                                                                         const at::Tensor& logits, int64_t radix,
                                                                         int64_t cardinality) {
   check_combine_logits(x, logits, radix, cardinality, "split_attention_combine_backward");
+  check_grad_out(grad_out, x, radix, "split_attention_combine_backward");
   const Dims d = dims_of(x, radix, cardinality);
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == d.B && grad_out.size(1) == d.C &&
-                  grad_out.size(2) == x.size(2) && grad_out.size(3) == x.size(3),
-              "split_attention_combine_backward: grad_out must have shape [", d.B, ", ", d.C, ", ", x.size(2), ", ",
-              x.size(3), "], got ", grad_out.sizes());
   const at::MemoryFormat fmt = activation_format(x);
   const at::Tensor xc = x.contiguous(fmt);
   const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
@@ -296,7 +328,48 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cpu(const at
   return {dx, dlogits};
 }
 
+at::Tensor split_attention_logits_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                              const at::Tensor& logits, int64_t radix, int64_t cardinality) {
+  check_combine_logits(x, logits, radix, cardinality, "split_attention_logits_backward");
+  check_grad_out(grad_out, x, radix, "split_attention_logits_backward");
+  const Dims d = dims_of(x, radix, cardinality);
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
+  const at::Tensor lc = logits.contiguous();
+  at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
+  if (d.B == 0) return dlogits;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_logits_bwd_cpu", [&] {
+    combine_backward_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                                      lc.const_data_ptr<scalar_t>(), nullptr, dlogits.mutable_data_ptr<scalar_t>(), d,
+                                      fmt == at::MemoryFormat::ChannelsLast);
+  });
+  return dlogits;
+}
+
+at::Tensor split_attention_input_backward_cpu(const at::Tensor& grad_out, const at::Tensor& logits,
+                                              const at::Tensor& grad_gap, int64_t radix, int64_t cardinality) {
+  check_input_backward_args(grad_out, logits, grad_gap, radix, cardinality);
+  const at::MemoryFormat fmt = activation_format(grad_out);
+  const at::Tensor gc = grad_out.contiguous(fmt);
+  const Dims d{grad_out.size(0), radix, grad_out.size(1), cardinality, grad_out.size(2) * grad_out.size(3)};
+  at::Tensor dx = at::empty({d.B, d.R * d.C, grad_out.size(2), grad_out.size(3)}, grad_out.options().memory_format(fmt));
+  if (dx.numel() == 0) return dx;
+  const at::Tensor lc = logits.contiguous();
+  const at::Tensor dg = grad_gap.to(grad_out.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "split_attention_input_bwd_cpu",
+                                  [&] {
+                                    input_backward_kernel<scalar_t>(
+                                        gc.const_data_ptr<scalar_t>(), lc.const_data_ptr<scalar_t>(),
+                                        dg.const_data_ptr<at::opmath_type<scalar_t>>(), dx.mutable_data_ptr<scalar_t>(), d,
+                                        fmt == at::MemoryFormat::ChannelsLast);
+                                  });
+  return dx;
+}
+
 TORCH_LIBRARY_IMPL(resnest_cuda, CPU, m) {
+  m.impl("split_attention_logits_backward", &split_attention_logits_backward_cpu);
+  m.impl("split_attention_input_backward", &split_attention_input_backward_cpu);
   m.impl("split_attention_pool", &split_attention_pool_cpu);
   m.impl("split_attention_combine", &split_attention_combine_cpu);
   m.impl("split_attention_combine_backward", &split_attention_combine_backward_cpu);

@@ -176,8 +176,9 @@ __global__ void reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_
         }
       } else {
         const scalar_t* pg = dout + row * d.HW;
-        scalar_t* pdx = dx + ((b * d.R + r) * d.C + j) * d.HW;
-        const acc_t a = active ? Attention<scalar_t, acc_t>(logits, d, b, j).weight(r) : acc_t(0);
+        // dx == nullptr: only the logits gradient is wanted (split_attention_logits_backward).
+        scalar_t* pdx = dx != nullptr ? dx + ((b * d.R + r) * d.C + j) * d.HW : nullptr;
+        const acc_t a = active && pdx != nullptr ? Attention<scalar_t, acc_t>(logits, d, b, j).weight(r) : acc_t(0);
         for (int64_t i = begin + int64_t(lane) * V; i < end; i += int64_t(GROUP) * V) {
           const Pack<scalar_t, V> xv = load_pack<V>(px + i);
           const Pack<scalar_t, V> gv = load_pack<V>(pg + i);
@@ -188,7 +189,7 @@ __global__ void reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_
             acc += g * static_cast<acc_t>(xv.v[v]);
             o.v[v] = static_cast<scalar_t>(a * g);
           }
-          store_pack<V>(pdx + i, o);
+          if (pdx != nullptr) store_pack<V>(pdx + i, o);
         }
         const acc_t total = group_sum<GROUP>(acc, shared);
         if (lane == 0 && active) partial[((b * splits + s) * d.R + r) * d.C + j] = total;
@@ -236,7 +237,9 @@ __global__ void reduce_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_
       } else {
         acc_t a[V];
 #pragma unroll
-        for (int v = 0; v < V; ++v) a[v] = Attention<scalar_t, acc_t>(logits, d, b, j0 + v).weight(ro);
+        for (int v = 0; v < V; ++v) {
+          a[v] = dx != nullptr ? Attention<scalar_t, acc_t>(logits, d, b, j0 + v).weight(ro) : acc_t(0);
+        }
         for (int64_t hw = begin + ty; hw < end; hw += TY) {
           const int64_t pix = b * d.HW + hw;
           const Pack<scalar_t, V> gv = load_pack<V>(dout + pix * d.C + j0);
@@ -248,7 +251,7 @@ __global__ void reduce_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_
             acc[v] += g * static_cast<acc_t>(xv.v[v]);
             o.v[v] = static_cast<scalar_t>(a[v] * g);
           }
-          store_pack<V>(dx + pix * nrc + ro * d.C + j0, o);
+          if (dx != nullptr) store_pack<V>(dx + pix * nrc + ro * d.C + j0, o);
         }
       }
     }
@@ -351,6 +354,39 @@ __global__ void combine_kernel(const scalar_t* __restrict__ x, const scalar_t* _
   }
 }
 
+// dx[b, r*C + j, hw] = att[b, r, j] * dout[b, j, hw] + dgap[b, j] / HW
+template <int V, bool CHANNELS_LAST, typename scalar_t>
+__global__ void input_backward_kernel(const scalar_t* __restrict__ dout, const scalar_t* __restrict__ logits,
+                                      const at::opmath_type<scalar_t>* __restrict__ dgap, scalar_t* __restrict__ dx,
+                                      Dims d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
+  const int64_t n = d.B * d.R * d.C * d.HW / V;
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t first = e * V;
+    Pack<scalar_t, V> o;
+    if (!CHANNELS_LAST) {  // V divides HW: one (b, r, j) row
+      const int64_t xrow = first / d.HW, hw = first - xrow * d.HW;
+      const int64_t b = xrow / (d.R * d.C), rj = xrow - b * d.R * d.C, r = rj / d.C, j = rj - r * d.C;
+      const acc_t a = Attention<scalar_t, acc_t>(logits, d, b, j).weight(r);
+      const acc_t g = dgap[b * d.C + j] * inv_hw;
+      const Pack<scalar_t, V> gv = load_pack<V>(dout + (b * d.C + j) * d.HW + hw);
+#pragma unroll
+      for (int v = 0; v < V; ++v) o.v[v] = static_cast<scalar_t>(a * static_cast<acc_t>(gv.v[v]) + g);
+    } else {  // V divides C: channels r*C + j .. j+V-1 of one pixel
+      const int64_t pix = first / (d.R * d.C), rj = first - pix * d.R * d.C, r = rj / d.C, j = rj - r * d.C;
+      const int64_t b = pix / d.HW;
+      const Pack<scalar_t, V> gv = load_pack<V>(dout + pix * d.C + j);
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const acc_t a = Attention<scalar_t, acc_t>(logits, d, b, j + v).weight(r);
+        o.v[v] = static_cast<scalar_t>(a * static_cast<acc_t>(gv.v[v]) + dgap[b * d.C + j + v] * inv_hw);
+      }
+    }
+    store_pack<V>(dx + first, o);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Launchers
 
@@ -372,7 +408,7 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
   const scalar_t* px = x.const_data_ptr<scalar_t>();
   const scalar_t* pg = MODE == 1 ? dout.const_data_ptr<scalar_t>() : nullptr;
   const scalar_t* pl = MODE == 1 ? logits.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* pdx = MODE == 1 ? dx.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* pdx = MODE == 1 && dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr;
   bool vec = aligned16(px) && (MODE == 0 || (aligned16(pg) && aligned16(pdx)));
   if (!channels_last) {
     vec = vec && d.HW % V == 0;
@@ -473,12 +509,7 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cuda(const a
                                                                          int64_t cardinality) {
   check_combine_logits(x, logits, radix, cardinality, "split_attention_combine_backward");
   const Dims d = dims_of(x, radix, cardinality);
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == d.B && grad_out.size(1) == d.C &&
-                  grad_out.size(2) == x.size(2) && grad_out.size(3) == x.size(3),
-              "split_attention_combine_backward: grad_out must have shape [", d.B, ", ", d.C, ", ", x.size(2), ", ",
-              x.size(3), "], got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.device() == x.device(), "split_attention_combine_backward: grad_out is on ",
-              grad_out.device(), " but x is on ", x.device());
+  check_grad_out(grad_out, x, radix, "split_attention_combine_backward");
   TORCH_CHECK(d.B <= 65535, "split_attention_combine_backward: batch size must be <= 65535 on CUDA, got ", d.B);
   const c10::cuda::CUDAGuard guard(x.device());
   const bool cl = is_channels_last(x);
@@ -499,7 +530,64 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cuda(const a
   return {dx, dlogits};
 }
 
+at::Tensor split_attention_logits_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                               const at::Tensor& logits, int64_t radix, int64_t cardinality) {
+  check_combine_logits(x, logits, radix, cardinality, "split_attention_logits_backward");
+  check_grad_out(grad_out, x, radix, "split_attention_logits_backward");
+  const Dims d = dims_of(x, radix, cardinality);
+  TORCH_CHECK(d.B <= 65535, "split_attention_logits_backward: batch size must be <= 65535 on CUDA, got ", d.B);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const bool cl = is_channels_last(x);
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
+  const at::Tensor lc = logits.contiguous();
+  at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
+  if (d.B == 0) return dlogits;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_logits_bwd_cuda", [&] {
+    auto [partial, splits] = launch_reduction<1, scalar_t>(xc, gc, lc, at::Tensor(), d, cl);
+    logits_grad_kernel<scalar_t><<<elementwise_blocks(d.B * d.C), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        partial.const_data_ptr<at::opmath_type<scalar_t>>(), lc.const_data_ptr<scalar_t>(),
+        dlogits.mutable_data_ptr<scalar_t>(), d, splits);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dlogits;
+}
+
+at::Tensor split_attention_input_backward_cuda(const at::Tensor& grad_out, const at::Tensor& logits,
+                                               const at::Tensor& grad_gap, int64_t radix, int64_t cardinality) {
+  check_input_backward_args(grad_out, logits, grad_gap, radix, cardinality);
+  const c10::cuda::CUDAGuard guard(grad_out.device());
+  const bool cl = is_channels_last(grad_out);
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor gc = grad_out.contiguous(fmt);
+  const Dims d{grad_out.size(0), radix, grad_out.size(1), cardinality, grad_out.size(2) * grad_out.size(3)};
+  at::Tensor dx = at::empty({d.B, d.R * d.C, grad_out.size(2), grad_out.size(3)}, grad_out.options().memory_format(fmt));
+  if (dx.numel() == 0) return dx;
+  const at::Tensor lc = logits.contiguous();
+  const at::Tensor dg = grad_gap.to(grad_out.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "split_attention_input_bwd_cuda",
+                                  [&] {
+    constexpr int V = vec_size<scalar_t>();
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const scalar_t* pg = gc.const_data_ptr<scalar_t>();
+    const scalar_t* pl = lc.const_data_ptr<scalar_t>();
+    const auto* pd = dg.const_data_ptr<at::opmath_type<scalar_t>>();
+    scalar_t* pdx = dx.mutable_data_ptr<scalar_t>();
+    const bool vec = aligned16(pg) && aligned16(pdx) && (cl ? d.C % V == 0 : d.HW % V == 0);
+    const unsigned blocks = elementwise_blocks(dx.numel() / (vec ? V : 1));
+    if (cl && vec) input_backward_kernel<V, true, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pl, pd, pdx, d);
+    else if (cl) input_backward_kernel<1, true, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pl, pd, pdx, d);
+    else if (vec) input_backward_kernel<V, false, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pl, pd, pdx, d);
+    else input_backward_kernel<1, false, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pl, pd, pdx, d);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dx;
+}
+
 TORCH_LIBRARY_IMPL(resnest_cuda, CUDA, m) {
+  m.impl("split_attention_logits_backward", &split_attention_logits_backward_cuda);
+  m.impl("split_attention_input_backward", &split_attention_input_backward_cuda);
   m.impl("split_attention_pool", &split_attention_pool_cuda);
   m.impl("split_attention_combine", &split_attention_combine_cuda);
   m.impl("split_attention_combine_backward", &split_attention_combine_backward_cuda);
