@@ -81,7 +81,13 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 
 def load_model_weights(model: torch.nn.Module, path: str) -> dict:
-    """Load only the model weights (strict) from `path`; returns the whole checkpoint dict."""
-    state = load_checkpoint(path)
-    model.load_state_dict(state["model"])
-    return state
+    """Load only the model weights (strict) from `path`, one of our checkpoints or an mmdetection checkpoint of a
+    seed model (see `detection.load_checkpoint`); returns the whole checkpoint dict."""
+    from ..weights import load_checkpoint as load_detector_weights
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    # weights_only=False: our checkpoints hold RNG states, mmdetection's a `meta` dict. Only load trusted files.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    load_detector_weights(model, state)
+    return state if isinstance(state, dict) else {}
