@@ -1,13 +1,14 @@
 """Default config: Mask R-CNN with a ResNeSt-14-FPN on the synthetic shapes dataset (96 px images, 4 classes),
-trained from scratch. Sized to train and evaluate on a 2-core CPU in about 10–15 minutes: narrow FPN (64 channels)
+trained from scratch. Sized to train and evaluate on a 2-core CPU in about 12 minutes: narrow FPN (64 channels)
 and heads, a 2-fc box head, small anchors (scale 4: 16–256 px) for the small objects, fewer sampled anchors, RoIs
-and proposals than the COCO configs, no frozen stages (there are no pretrained weights to keep), plain BN, and one
-evaluation at the end. `python -m detection.train` with no arguments runs this config.
+and proposals than the COCO configs, no frozen stages (there are no pretrained weights to keep), plain BN,
+16 epochs of 100 iterations with the learning rate divided by 10 after epochs 12 and 15, and one evaluation at the
+end. `python -m detection.train` with no arguments runs this config.
 
-Measured on a shared 2-core CPU: about 265 s per epoch when lightly loaded (3 epochs + evaluation ≈ 14 min), final
-bbox AP 0.078 / segm AP 0.060 on the 100 val images (AP50 0.196 / 0.167). Training from scratch for 300 iterations
-is far from converged; longer schedules (solver.epochs=12 solver.lr_steps=8,11) or pretrained backbone weights
-are what raise AP."""
+Measured on an idle 2-core CPU (2026-11-25, torch 2.13.0): about 40 s per epoch; 16 epochs with an evaluation every
+3 epochs took 11 min 47 s in all and reached bbox AP 0.476 / segm AP 0.384 on the 100 val images (bbox AP after
+epochs 3, 6, 9, 12, 15: 0.10, 0.17, 0.24, 0.38, 0.48). The earlier 3-epoch schedule reached bbox AP 0.07 in
+about 2 minutes."""
 
 from detection.config import Config, DataConfig, SolverConfig
 from detection.modeling.config import (
@@ -58,6 +59,6 @@ config = Config(
     data=DataConfig(dataset="shapes", root="", with_masks=True, shapes_num_train=400, shapes_num_val=100,
                     shapes_image_size=96, train_scales=(80, 112), scale_mode="range", max_size=192, test_scale=96,
                     min_size=0, images_per_gpu=4, workers_per_gpu=1),
-    solver=SolverConfig(lr=0.04, base_batch_size=16, warmup_iters=50, lr_steps=(2,), epochs=3, eval_interval=3,
-                        log_interval=10),
+    solver=SolverConfig(lr=0.04, base_batch_size=16, warmup_iters=50, lr_steps=(12, 15), epochs=16,
+                        eval_interval=16, log_interval=10),
 )
