@@ -10,11 +10,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .configs import get_config
 from .data.coco import load_rgb
 from .data.transforms import TestTransform
 from .engine.checkpoint import load_model_weights
-from .engine.overrides import apply_overrides
+from .engine.overrides import load_config
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
@@ -60,11 +59,8 @@ def draw_detections(image: Image.Image, output: dict, class_names: list[str], sc
 
 def main(argv=None, model_builder=None) -> int:
     args = parse_args(argv)
-    cfg = get_config(args.config)
-    try:
-        apply_overrides(cfg, args.overrides)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_config(args.config, args.overrides)
+    if cfg is None:
         return 2
     if model_builder is None:
         from .build import build_model as model_builder

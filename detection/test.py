@@ -6,14 +6,13 @@ segm for mask models); works under torchrun too (results are gathered across ran
 import argparse
 import sys
 
-from .configs import get_config
 from .data.build import build_dataset, prepare_data
 from .data.loader import build_test_loader
 from .engine import distributed as dist_utils
 from .engine.checkpoint import load_model_weights
 from .engine.evaluate import evaluate
 from .engine.metrics import setup_logging
-from .engine.overrides import apply_overrides
+from .engine.overrides import load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,11 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None, model_builder=None) -> int:
     args = parse_args(argv)
-    cfg = get_config(args.config)
-    try:
-        apply_overrides(cfg, args.overrides)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_config(args.config, args.overrides)
+    if cfg is None:
         return 2
     if model_builder is None:
         from .build import build_model as model_builder

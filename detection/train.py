@@ -10,9 +10,8 @@ import argparse
 import os
 import sys
 
-from .configs import get_config
 from .engine import distributed as dist_utils
-from .engine.overrides import apply_overrides
+from .engine.overrides import load_config
 from .engine.train import NonFiniteLossError, train
 
 DEFAULT_CONFIG = "shapes_mask_rcnn_s14"
@@ -33,11 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None, model_builder=None) -> int:
     """Returns the exit status: 0 on success, 1 when training stopped on a non-finite loss."""
     args = parse_args(argv)
-    cfg = get_config(args.config)
-    try:
-        apply_overrides(cfg, args.overrides)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = load_config(args.config, args.overrides)
+    if cfg is None:
         return 2
     work_dir = args.work_dir or os.path.join("work_dirs", cfg.name)
     try:

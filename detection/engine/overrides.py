@@ -73,3 +73,18 @@ def apply_override(config, assignment: str) -> None:
 def apply_overrides(config, assignments: list[str]) -> None:
     for assignment in assignments:
         apply_override(config, assignment)
+
+
+def load_config(name_or_path: str, assignments: list[str]):
+    """The config `name_or_path` with `assignments` applied, or None after printing the error (bad override)."""
+    import sys
+
+    from ..configs import get_config
+
+    config = get_config(name_or_path)
+    try:
+        apply_overrides(config, assignments)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
+    return config
