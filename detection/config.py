@@ -55,6 +55,8 @@ class SolverConfig:
     grad_clip: float | None = None  # max gradient norm, None for no clipping
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     checkpoint_interval: int = 1  # epochs
+    keep_checkpoints: int = 0  # keep only the newest N epoch_<n>.pth files (latest.pth always); 0 keeps all
+    checkpoint_iters: int = 0  # also refresh latest.pth every N iterations inside an epoch (0: epoch ends only)
     eval_interval: int = 1  # epochs
     log_interval: int = 20  # iterations
     seed: int = 0

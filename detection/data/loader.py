@@ -22,8 +22,14 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.sampler = sampler
         self.group_ids = group_ids
         self.batch_size = batch_size
+        self.start_batch = 0  # batches of this epoch to skip (a run resumed in the middle of an epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
+        for position, batch in enumerate(self._batches()):
+            if position >= self.start_batch:
+                yield batch
+
+    def _batches(self) -> Iterator[list[int]]:
         buffers: dict[int, list[tuple[int, int]]] = {}  # group -> [(position in sampler order, index)]
         for position, index in enumerate(self.sampler):
             buffer = buffers.setdefault(self.group_ids[index], [])
@@ -36,6 +42,11 @@ class GroupedBatchSampler(Sampler[list[int]]):
             yield leftovers[start:start + self.batch_size]
 
     def __len__(self) -> int:
+        """Batches left in this epoch (all of them unless it starts at start_batch)."""
+        return max(self.num_batches() - self.start_batch, 0)
+
+    def num_batches(self) -> int:
+        """Batches in a whole epoch."""
         return (len(self.sampler) + self.batch_size - 1) // self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
@@ -68,11 +79,15 @@ def build_test_loader(dataset, images_per_gpu: int, workers: int, rank: int = 0,
                       generator=torch.Generator().manual_seed(0))
 
 
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Make the shuffle and the per-sample augmentation of this epoch a function of (seed, epoch).
+def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
+    """Make the shuffle and the per-sample augmentation of this epoch a function of (seed, epoch), and start the
+    epoch at batch `start_batch` (the batches before it are skipped without being loaded).
 
     The loader's generator (worker base seeds) is reseeded too, so creating the iterator never touches the global
     torch RNG and any worker-side randomness repeats on resume."""
+    if not 0 <= start_batch <= loader.batch_sampler.num_batches():
+        raise ValueError(f"start_batch: expected 0..{loader.batch_sampler.num_batches()}, got {start_batch}")
+    loader.batch_sampler.start_batch = start_batch
     loader.batch_sampler.set_epoch(epoch)
     loader.dataset.set_epoch(epoch)
     loader.generator.manual_seed(loader.batch_sampler.sampler.seed * 100003 + epoch)

@@ -1,18 +1,22 @@
 """Training checkpoints: atomic writes, full resume state, and the one loader for our own files.
 
 A checkpoint is a dict: `model` (state_dict), `optimizer`, `iteration` (optimizer steps done), `epoch` (epochs
-completed), `rng` (python / numpy / torch / cuda states), `config` (the config name), `meta` (free-form).
+completed), `epoch_step` (batches of the next epoch already trained: 0 at an epoch's end, > 0 for a checkpoint
+written in the middle of an epoch), `rng` (python / numpy / torch / cuda states), `config` (the config name), `meta`
+(free-form).
 The learning rate is a pure function of (iteration, epoch), so no separate scheduler object is stored.
 """
 
 import os
 import random
+import re
 import shutil
 
 import numpy as np
 import torch
 
 LATEST = "latest.pth"
+_EPOCH_FILE = re.compile(r"epoch_(\d+)\.pth")
 
 
 def get_rng_states() -> dict:
@@ -44,25 +48,45 @@ def atomic_save(obj, path: str) -> None:
 
 
 def save_checkpoint(work_dir: str, model: torch.nn.Module, optimizer, *, epoch: int, iteration: int,
-                    config_name: str, rng: dict | None = None, meta: dict | None = None) -> str:
-    """Write epoch_<epoch>.pth and refresh latest.pth (a copy, atomically replaced — no symlinks).
-    Returns the epoch file's path."""
+                    config_name: str, rng: dict | None = None, meta: dict | None = None, keep: int = 0,
+                    epoch_step: int = 0) -> str:
+    """At an epoch's end (epoch_step == 0): write epoch_<epoch>.pth and refresh latest.pth (a copy, atomically
+    replaced — no symlinks); with keep > 0, only the `keep` newest epoch_<n>.pth files are kept afterwards.
+    In the middle of an epoch (epoch_step > 0 batches of epoch index `epoch` done): write latest.pth only.
+    Returns the path written."""
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": epoch,
+        "epoch_step": epoch_step,
         "iteration": iteration,
         "rng": rng if rng is not None else get_rng_states(),
         "config": config_name,
         "meta": meta or {},
     }
+    latest = os.path.join(work_dir, LATEST)
+    if epoch_step > 0:
+        atomic_save(state, latest)
+        return latest
     path = os.path.join(work_dir, f"epoch_{epoch}.pth")
     atomic_save(state, path)
-    latest = os.path.join(work_dir, LATEST)
     tmp = os.path.join(work_dir, f".{LATEST}.tmp{os.getpid()}")
     shutil.copyfile(path, tmp)
     os.replace(tmp, latest)
+    if keep > 0:
+        prune_checkpoints(work_dir, keep)
     return path
+
+
+def prune_checkpoints(work_dir: str, keep: int) -> list[str]:
+    """Delete all but the `keep` highest-numbered epoch_<n>.pth files of work_dir; returns the deleted paths."""
+    if keep < 1:
+        raise ValueError(f"keep: expected a positive number of checkpoints, got {keep}")
+    epochs = sorted(int(m.group(1)) for name in os.listdir(work_dir) if (m := _EPOCH_FILE.fullmatch(name)))
+    removed = [os.path.join(work_dir, f"epoch_{n}.pth") for n in epochs[:-keep]]
+    for path in removed:
+        os.remove(path)
+    return removed
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

@@ -1,10 +1,11 @@
 """The training loop: SGD with linear LR scaling, linear warmup and step decay by epoch; bf16 autocast on CUDA;
-metrics, checkpoints and evaluation per epoch; exact resume from the last epoch checkpoint.
+metrics, checkpoints and evaluation per epoch (and, with solver.checkpoint_iters, checkpoints inside an epoch);
+exact resume from the last checkpoint.
 
 Reproducibility: the data order and each sample's augmentation are functions of (seed, epoch, index), the learning
-rate is a function of (iteration, epoch), and the RNG states are saved with each checkpoint — so resuming from
-epoch k replays epochs k+1… exactly as an uninterrupted run does (checkpoints are per epoch: an interrupted epoch
-is redone from its start).
+rate is a function of (iteration, epoch), and the RNG states are saved with each checkpoint — so resuming from a
+checkpoint written after batch b of epoch k replays batch b+1 of epoch k and everything after it exactly as an
+uninterrupted run does (the batches already trained are skipped without being loaded).
 """
 
 import dataclasses
@@ -50,7 +51,8 @@ def lr_at(base_lr: float, solver: SolverConfig, iteration: int, epoch: int) -> f
 
 def build_optimizer(model: torch.nn.Module, solver: SolverConfig, lr: float) -> torch.optim.SGD:
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=lr, momentum=solver.momentum, weight_decay=solver.weight_decay)
+    # foreach: one multi-tensor update instead of a Python loop over parameters (the default only on CUDA).
+    return torch.optim.SGD(params, lr=lr, momentum=solver.momentum, weight_decay=solver.weight_decay, foreach=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -103,7 +105,7 @@ class Trainer:
                       f"{world} process(es) × {data.images_per_gpu} images = total batch {total_batch}; "
                       f"lr {solver.lr} × {total_batch}/{solver.base_batch_size} = {self.base_lr:.6g} "
                       f"(linear scaling); device {self.info.device}")
-        self.start_epoch, self.iteration = 0, 0
+        self.start_epoch, self.start_step, self.iteration = 0, 0, 0
         if resume:
             self._resume()
         self.ddp_model = dist_utils.wrap_model(self.model, self.info)
@@ -118,25 +120,24 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_epoch, self.iteration = state["epoch"], state["iteration"]
+        self.start_step = state.get("epoch_step", 0)
         set_rng_states(state["rng"])
-        self.log.info(f"resumed from {path}: epoch {self.start_epoch} done, iteration {self.iteration}")
+        where = f", batch {self.start_step} of epoch {self.start_epoch + 1}" if self.start_step else ""
+        self.log.info(f"resumed from {path}: epoch {self.start_epoch} done{where}, iteration {self.iteration}")
 
     def run(self) -> dict:
         solver = self.cfg.solver
         metrics = {}
         try:
             for epoch in range(self.start_epoch, solver.epochs):
-                self.train_one_epoch(epoch)
+                start_step, self.start_step = self.start_step, 0
+                self.train_one_epoch(epoch, start_step)
                 last = epoch + 1 == solver.epochs
                 # The state a resumed run restores is the one right after training this epoch: evaluation must not
                 # change what follows, so the RNG states are snapshotted here and put back after it.
                 rng = get_rng_states()
-                if self.info.is_main and (last or (epoch + 1) % solver.checkpoint_interval == 0):
-                    path = save_checkpoint(self.work_dir, self.model, self.optimizer, epoch=epoch + 1,
-                                           iteration=self.iteration, config_name=self.cfg.name, rng=rng,
-                                           meta={"class_names": self.train_set.class_names,
-                                                 "config_values": dataclasses.asdict(self.cfg)})
-                    self.log.info(f"saved {path}")
+                if last or (epoch + 1) % solver.checkpoint_interval == 0:
+                    self._save(epoch + 1, 0, rng)
                 dist_utils.barrier()
                 if last or (epoch + 1) % solver.eval_interval == 0:
                     metrics = self.evaluate(epoch + 1)
@@ -144,6 +145,17 @@ class Trainer:
         finally:
             self.metrics.close()
         return metrics
+
+    def _save(self, epoch: int, epoch_step: int, rng: dict) -> None:
+        """Checkpoint (rank 0 only) after `epoch` completed epochs and `epoch_step` batches of the next one."""
+        if not self.info.is_main:
+            return
+        path = save_checkpoint(self.work_dir, self.model, self.optimizer, epoch=epoch, epoch_step=epoch_step,
+                               iteration=self.iteration, config_name=self.cfg.name, rng=rng,
+                               keep=self.cfg.solver.keep_checkpoints,
+                               meta={"class_names": self.train_set.class_names,
+                                     "config_values": dataclasses.asdict(self.cfg)})
+        self.log.info(f"saved {path}" + (f" (iteration {self.iteration})" if epoch_step else ""))
 
     def evaluate(self, epoch: int) -> dict:
         out_path = os.path.join(self.work_dir, f"results_epoch_{epoch}.json")
@@ -154,17 +166,19 @@ class Trainer:
             self.metrics.write(f"eval_{iou_type}", self.iteration, {"epoch": epoch, **stats})
         return metrics
 
-    def train_one_epoch(self, epoch: int) -> None:
+    def train_one_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Train epoch index `epoch` from its batch `start_step` (> 0 when resuming in the middle of it)."""
         solver, device = self.cfg.solver, self.info.device
-        set_loader_epoch(self.train_loader, epoch)
+        set_loader_epoch(self.train_loader, epoch, start_step)
         self.ddp_model.train()
         skipped, start = 0, time.time()
-        total_iters = len(self.train_loader) * solver.epochs
+        num_steps = self.train_loader.batch_sampler.num_batches()
+        total_iters = num_steps * solver.epochs
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{solver.epochs}", disable=not self.progress
-                   or not self.info.is_main, dynamic_ncols=True,
+                   or not self.info.is_main, dynamic_ncols=True, initial=start_step, total=num_steps,
                    mininterval=0.5 if sys.stderr.isatty() else 30)
         window: dict[str, list[float]] = {}  # losses since the last log line, averaged in it
-        for step, (images, targets, dropped) in enumerate(bar):
+        for step, (images, targets, dropped) in enumerate(bar, start=start_step):
             skipped += dropped
             if _any_rank_empty(bool(images), device):
                 continue
@@ -175,15 +189,17 @@ class Trainer:
             self.iteration += 1
             for name, value in losses.items():
                 window.setdefault(name, []).append(value)
-            bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}")
-            if self.iteration % solver.log_interval == 0 or step + 1 == len(self.train_loader):
+            bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+            if self.iteration % solver.log_interval == 0 or step + 1 == num_steps:
                 averages = {name: sum(values) / len(values) for name, values in window.items()}
                 window.clear()
                 elapsed = time.time() - start
-                eta = elapsed / (step + 1) * (total_iters - epoch * len(self.train_loader) - step - 1)
+                eta = elapsed / (step + 1 - start_step) * (total_iters - epoch * num_steps - step - 1)
                 self.metrics.write("train", self.iteration, {"epoch": epoch + 1, "lr": lr, **averages})
                 self.log.info(f"epoch {epoch + 1} iter {self.iteration} lr {lr:.3e} "
                               + " ".join(f"{k} {v:.4f}" for k, v in averages.items()) + f" eta {eta / 60:.1f} min")
+            if solver.checkpoint_iters > 0 and self.iteration % solver.checkpoint_iters == 0 and step + 1 < num_steps:
+                self._save(epoch, step + 1, get_rng_states())
         bar.close()
         skipped = sum(dist_utils.all_gather_objects(skipped))
         if skipped:

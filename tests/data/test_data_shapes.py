@@ -2,6 +2,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from detection.data.coco import CocoDetection
@@ -78,3 +79,21 @@ def test_loader_order_is_a_function_of_seed_and_epoch(tmp_path):
     shard1 = build_train_loader(ds, images_per_gpu=1, workers=0, seed=0, rank=1, world_size=2)
     assert sorted(i for b in list(shard0.batch_sampler) + list(shard1.batch_sampler) for i in b) == list(range(6))
     assert np.array_equal([b[0] for b in shard0.batch_sampler], order(0)[0::2])
+
+
+def test_loader_starts_in_the_middle_of_an_epoch(tmp_path):
+    root = prepare_shapes(str(tmp_path), PARAMS)
+    ds = CocoDetection(os.path.join(root, "annotations/instances_train.json"), os.path.join(root, "train"), train=True)
+    loader = build_train_loader(ds, images_per_gpu=2, workers=0, seed=0)
+    set_loader_epoch(loader, 3)
+    whole = list(loader.batch_sampler)
+    assert len(loader) == len(whole) == 3
+    set_loader_epoch(loader, 3, start_batch=2)
+    assert list(loader.batch_sampler) == whole[2:] and len(loader) == 1
+    assert [t["image_id"] for _, t in [s for b in loader for s in zip(b[0], b[1])]] == [
+        ds[i][1]["image_id"] for i in whole[2]
+    ]
+    set_loader_epoch(loader, 3)  # the next epoch starts from its first batch again
+    assert list(loader.batch_sampler) == whole
+    with pytest.raises(ValueError, match="start_batch: expected 0..3, got 4"):
+        set_loader_epoch(loader, 3, start_batch=4)

@@ -10,9 +10,9 @@ from standin import StandInConfig, build_standin
 
 from detection import demo, test, train
 from detection.config import Config, DataConfig, SolverConfig
-from detection.engine.checkpoint import atomic_save, load_checkpoint
+from detection.engine.checkpoint import atomic_save, load_checkpoint, prune_checkpoints, save_checkpoint
 from detection.engine.overrides import apply_overrides
-from detection.engine.train import lr_at, scaled_lr
+from detection.engine.train import Trainer, lr_at, scaled_lr
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "standin_config.py")
@@ -70,6 +70,19 @@ def test_atomic_save_and_bare_state_dict(tmp_path):
         load_checkpoint(str(tmp_path / "none.pth"))
 
 
+def test_keep_checkpoints_prunes_old_epoch_files(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    (tmp_path / "epoch_x.pth").write_bytes(b"not ours")  # names that are not epoch_<n>.pth are left alone
+    for epoch in (1, 2, 3, 10):
+        save_checkpoint(str(tmp_path), model, None, epoch=epoch, iteration=epoch, config_name="c", keep=2)
+    assert sorted(os.listdir(tmp_path)) == ["epoch_10.pth", "epoch_3.pth", "epoch_x.pth", "latest.pth"]
+    assert load_checkpoint(str(tmp_path / "latest.pth"))["epoch"] == 10
+    save_checkpoint(str(tmp_path), model, None, epoch=11, iteration=11, config_name="c")  # keep=0: keep all
+    assert prune_checkpoints(str(tmp_path), 1) == [str(tmp_path / "epoch_3.pth"), str(tmp_path / "epoch_10.pth")]
+    with pytest.raises(ValueError, match="keep: expected a positive"):
+        prune_checkpoints(str(tmp_path), 0)
+
+
 def test_train_resume_evaluate_demo(tmp_path, data_root, capsys):
     full, part = tmp_path / "full", tmp_path / "part"
     assert _train(full, data_root) == 0
@@ -100,6 +113,33 @@ def test_train_resume_evaluate_demo(tmp_path, data_root, capsys):
                      model_builder=build_standin) == 0
     with open(out_png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_in_the_middle_of_an_epoch(tmp_path, data_root, monkeypatch):
+    # 2 epochs of 8 iterations; with checkpoint_iters=5, latest.pth is written at iterations 5 (epoch 1, batch 5),
+    # 8 (end of epoch 1) and 10 (epoch 2, batch 2). The run is killed during iteration 12.
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert _train(full, data_root) == 0
+    train_step = Trainer._step
+
+    def killed_at_iteration_12(self, *args):
+        if self.iteration == 11:
+            raise KeyboardInterrupt
+        return train_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_step", killed_at_iteration_12)
+    with pytest.raises(KeyboardInterrupt):
+        _train(part, data_root, "solver.checkpoint_iters=5")
+    state = load_checkpoint(str(part / "latest.pth"))
+    assert (state["epoch"], state["epoch_step"], state["iteration"]) == (1, 2, 10)
+    assert sorted(f for f in os.listdir(part) if f.endswith(".pth")) == ["epoch_1.pth", "latest.pth"]
+
+    monkeypatch.setattr(Trainer, "_step", train_step)
+    assert _train(part, data_root, "--resume", "solver.checkpoint_iters=5") == 0
+    assert "resumed from" in open(part / "train.log").read() and "batch 2 of epoch 2" in open(part / "train.log").read()
+    assert load_checkpoint(str(part / "latest.pth"))["iteration"] == 16
+    for name, value in _weights(full).items():
+        torch.testing.assert_close(_weights(part)[name], value, atol=1e-6, rtol=0)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_root, capsys):
