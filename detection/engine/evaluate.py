@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import logging
+import sys
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -65,7 +66,7 @@ def run_inference(model, loader, device: torch.device, cat_ids: list[int], amp: 
     model.eval()
     results: dict[int, list[dict]] = {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
-    for images, targets, _ in tqdm(loader, desc="eval", disable=not progress, leave=False):
+    for images, targets, _ in tqdm(loader, desc="eval", disable=not (progress and sys.stderr.isatty()), leave=False):
         if not images:
             continue
         images = [image.to(device, non_blocking=True) for image in images]

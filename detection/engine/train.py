@@ -174,9 +174,10 @@ class Trainer:
         skipped, start = 0, time.time()
         num_steps = self.train_loader.batch_sampler.num_batches()
         total_iters = num_steps * solver.epochs
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{solver.epochs}", disable=not self.progress
-                   or not self.info.is_main, dynamic_ncols=True, initial=start_step, total=num_steps,
-                   mininterval=0.5 if sys.stderr.isatty() else 30)
+        # The bar only on a terminal: in a redirected log the periodic log lines (with ETA) are the progress report.
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{solver.epochs}", dynamic_ncols=True,
+                   disable=not (self.progress and self.info.is_main and sys.stderr.isatty()),
+                   initial=start_step, total=num_steps, mininterval=0.5)
         window: dict[str, list[float]] = {}  # losses since the last log line, averaged in it
         for step, (images, targets, dropped) in enumerate(bar, start=start_step):
             skipped += dropped
