@@ -51,8 +51,9 @@ def synthetic_batch(batch, size, num_classes, with_masks, device, seed=0):
     return images, targets
 
 
-def ours(config_name, impl, device):
+def ours(config_name, impl, device, channels_last=False):
     cfg = get_config(config_name).model
+    cfg.channels_last = channels_last
     model = build_model(cfg).to(device)
     for module in model.modules():
         if hasattr(module, "impl") and module.__class__.__name__ == "SplitAttentionConv2d":
@@ -131,6 +132,8 @@ def main(argv=None):
     parser.add_argument("--infer-batches", default="1,8")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--impls", default="fused,reference")
+    parser.add_argument("--layouts", default="nchw,channels_last",
+                        help="memory format of our models (model.channels_last)")
     parser.add_argument("--no-torchvision", action="store_true")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
@@ -141,10 +144,14 @@ def main(argv=None):
     print(env)
     rows = []
     for config_name in args.config or DEFAULT_CONFIGS:
-        for impl in args.impls.split(","):
-            model, with_masks, num_classes, convert = ours(config_name, impl, args.device)
-            rows += measure(f"{config_name}[{impl}]", model, with_masks, num_classes, convert, args)
-            del model
+        for layout in args.layouts.split(","):
+            if layout not in ("nchw", "channels_last"):
+                raise SystemExit(f"--layouts: expected nchw and/or channels_last, got {layout!r}")
+            for impl in args.impls.split(","):
+                cl = layout == "channels_last"
+                model, with_masks, num_classes, convert = ours(config_name, impl, args.device, cl)
+                rows += measure(f"{config_name}[{impl},{layout}]", model, with_masks, num_classes, convert, args)
+                del model
     if not args.no_torchvision:
         try:
             import torchvision  # noqa: F401

@@ -1,5 +1,6 @@
 """The one place that turns a model config (detection.modeling.config.ModelConfig) into modules."""
 
+import torch
 from torch import nn
 
 import resnest_cuda
@@ -44,14 +45,16 @@ def build_model(cfg: ModelConfig, backbone: nn.Module | None = None) -> Generali
     backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
     if tuple(backbone.out_channels) != tuple(cfg.fpn.in_channels):
         raise ValueError(f"fpn.in_channels {cfg.fpn.in_channels} != backbone out_channels {backbone.out_channels}")
-    return GeneralizedRCNN(
-        transform=ImageTransform(cfg.pixel_mean, cfg.pixel_std, cfg.size_divisor),
+    model = GeneralizedRCNN(
+        transform=ImageTransform(cfg.pixel_mean, cfg.pixel_std, cfg.size_divisor, cfg.channels_last),
         backbone=backbone,
         neck=build_fpn(cfg.fpn),
         rpn_head=build_rpn(cfg.rpn),
         roi_head=build_roi_head(cfg.roi_head),
         mask_threshold=cfg.roi_head.mask_head.mask_thr_binary if wants_mask else 0.5,
     )
+    # Conv weights in the activations' format: no per-call layout conversion inside the convolutions.
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 def build_backbone(cfg: BackboneConfig) -> nn.Module:

@@ -180,3 +180,7 @@ class ModelConfig:
     pixel_mean: tuple[float, float, float] = (123.68, 116.779, 103.939)
     pixel_std: tuple[float, float, float] = (58.393, 57.12, 57.375)
     size_divisor: int = 32
+    # Run the convolutional parts in channels_last (NHWC) memory format: the batch is built in it, conv weights are
+    # stored in it, and every op on the way (fused split attention, FPN, RoIAlign) keeps it. Same results, faster
+    # convolutions on CPUs (oneDNN) and on GPUs with tensor cores; state dicts are unaffected.
+    channels_last: bool = False

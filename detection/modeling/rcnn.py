@@ -12,16 +12,18 @@ from .mask_head import paste_masks
 
 class ImageTransform(nn.Module):
     """Normalise 0-255 RGB images with the pixel mean/std and batch them, zero-padded (after normalisation) at the
-    bottom/right to a multiple of `size_divisor`.
+    bottom/right to a multiple of `size_divisor`, in channels_last memory format when `channels_last`.
 
     forward(images: list of float [3, H_i, W_i]) -> (batch [N, 3, H, W], image_sizes [(H_i, W_i)],
     padded_sizes [(ceil(H_i / d) * d, ceil(W_i / d) * d)])."""
 
-    def __init__(self, pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...], size_divisor: int = 32):
+    def __init__(self, pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...], size_divisor: int = 32,
+                 channels_last: bool = False):
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
         self.size_divisor = size_divisor
+        self.channels_last = channels_last
 
     def _pad_to(self, size: int) -> int:
         return int(math.ceil(size / self.size_divisor) * self.size_divisor)
@@ -38,7 +40,9 @@ class ImageTransform(nn.Module):
         padded_sizes = [(self._pad_to(h), self._pad_to(w)) for h, w in image_sizes]
         batch_h = max(h for h, _ in padded_sizes)
         batch_w = max(w for _, w in padded_sizes)
-        batch = images[0].new_zeros((len(images), 3, batch_h, batch_w))
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        batch = images[0].new_empty((len(images), 3, batch_h, batch_w)).contiguous(memory_format=memory_format)
+        batch.zero_()
         for i, image in enumerate(images):
             h, w = image_sizes[i]
             batch[i, :, :h, :w] = (image - self.pixel_mean) / self.pixel_std
