@@ -12,7 +12,7 @@ import sys
 
 from .engine import distributed as dist_utils
 from .engine.overrides import load_config
-from .engine.train import NonFiniteLossError, train
+from .engine.train import NonFiniteLossError, check_solver, train
 
 DEFAULT_CONFIG = "shapes_mask_rcnn_s14"
 
@@ -34,6 +34,11 @@ def main(argv=None, model_builder=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if cfg is None:
+        return 2
+    try:
+        check_solver(cfg.solver)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     work_dir = args.work_dir or os.path.join("work_dirs", cfg.name)
     try:

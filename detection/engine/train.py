@@ -34,6 +34,21 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the (rank-averaged) loss is NaN or infinite; the message names the iteration."""
 
 
+def check_solver(solver: SolverConfig) -> None:
+    """Reject solver settings the loop cannot honour, naming the field and what it expects."""
+    positive = ("lr", "base_batch_size", "epochs", "checkpoint_interval", "eval_interval", "log_interval")
+    for name in positive:
+        if not getattr(solver, name) > 0:
+            raise ValueError(f"solver.{name}: expected a positive number, got {getattr(solver, name)!r}")
+    for name in ("momentum", "weight_decay", "warmup_iters", "warmup_ratio", "keep_checkpoints", "checkpoint_iters"):
+        if getattr(solver, name) < 0:
+            raise ValueError(f"solver.{name}: expected a number >= 0, got {getattr(solver, name)!r}")
+    if solver.grad_clip is not None and not solver.grad_clip > 0:
+        raise ValueError(f"solver.grad_clip: expected a positive max norm or None, got {solver.grad_clip!r}")
+    if list(solver.lr_steps) != sorted(solver.lr_steps) or any(step < 1 for step in solver.lr_steps):
+        raise ValueError(f"solver.lr_steps: expected increasing epoch counts >= 1, got {solver.lr_steps!r}")
+
+
 def scaled_lr(solver: SolverConfig, total_batch: int) -> float:
     """Linear scaling rule: solver.lr is for solver.base_batch_size images per iteration."""
     return solver.lr * total_batch / solver.base_batch_size
@@ -81,6 +96,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, work_dir: str, *, model_builder, data_root: str | None = None,
                  resume: bool = False, device: str | None = None, progress: bool = True):
+        check_solver(cfg.solver)
         self.cfg, self.work_dir, self.progress = cfg, work_dir, progress
         self.info = dist_utils.init_distributed(device)
         self.log = setup_logging(work_dir, self.info.is_main)

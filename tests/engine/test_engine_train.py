@@ -12,7 +12,7 @@ from detection import demo, test, train
 from detection.config import Config, DataConfig, SolverConfig
 from detection.engine.checkpoint import atomic_save, load_checkpoint, prune_checkpoints, save_checkpoint
 from detection.engine.overrides import apply_overrides
-from detection.engine.train import Trainer, lr_at, scaled_lr
+from detection.engine.train import Trainer, check_solver, lr_at, scaled_lr
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "standin_config.py")
@@ -42,6 +42,20 @@ def test_lr_schedule():
     assert lr_at(base, solver, iteration=10, epoch=1) == pytest.approx(0.005)
     assert lr_at(base, solver, iteration=50, epoch=2) == pytest.approx(0.0005)
     assert lr_at(base, solver, iteration=50, epoch=3) == pytest.approx(0.00005)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("epochs", 0, "solver.epochs: expected a positive number, got 0"),
+    ("lr", -0.1, "solver.lr: expected a positive number"),
+    ("keep_checkpoints", -1, "solver.keep_checkpoints: expected a number >= 0, got -1"),
+    ("checkpoint_iters", -5, "solver.checkpoint_iters: expected a number >= 0"),
+    ("grad_clip", 0.0, "solver.grad_clip: expected a positive max norm or None"),
+    ("lr_steps", (11, 8), "solver.lr_steps: expected increasing epoch counts >= 1, got \\(11, 8\\)"),
+])
+def test_bad_solver_settings_are_rejected(field, value, expected):
+    check_solver(SolverConfig())
+    with pytest.raises(ValueError, match=expected):
+        check_solver(SolverConfig(**{field: value}))
 
 
 def test_overrides_convert_types_and_reject_unknown_keys():
@@ -154,6 +168,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_root, ca
 def test_unknown_override_is_reported(tmp_path, data_root, capsys):
     assert _train(tmp_path, data_root, "solver.nope=1") == 2
     assert "unknown config key 'solver.nope'" in capsys.readouterr().err
+    assert _train(tmp_path, data_root, "solver.checkpoint_iters=-1") == 2
+    assert "error: solver.checkpoint_iters: expected a number >= 0, got -1" in capsys.readouterr().err
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path, data_root):
