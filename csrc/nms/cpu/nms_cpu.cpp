@@ -1,5 +1,5 @@
-// CPU NMS: stable sort by descending score, then the greedy pass with a suppressed flag per box. The pass stops
-// as soon as every box is either kept or suppressed.
+// CPU NMS: stable sort by descending score, then the greedy pass with a suppressed flag per box: each kept box
+// suppresses, in one branch-free vectorised sweep, the lower-scored boxes that overlap it above the threshold.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -11,27 +11,43 @@
 namespace resnest_cuda {
 namespace {
 
+// Boxes in score order as separate coordinate arrays, so the inner loop over the remaining boxes is branch-free and
+// vectorises. Its arithmetic is box_iou's, operation for operation, so the kept set is the same.
 template <typename acc_t>
 std::vector<int64_t> greedy_nms(const acc_t* boxes, const int64_t* order, int64_t n, acc_t threshold) {
-  std::vector<acc_t> sorted(n * 4), areas(n);
+  std::vector<acc_t> x1(n), y1(n), x2(n), y2(n), areas(n);
   for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < 4; ++j) sorted[i * 4 + j] = boxes[order[i] * 4 + j];
-    areas[i] = box_area<acc_t>(&sorted[i * 4]);
+    const acc_t* b = boxes + order[i] * 4;
+    x1[i] = b[0];
+    y1[i] = b[1];
+    x2[i] = b[2];
+    y2[i] = b[3];
+    areas[i] = box_area<acc_t>(b);
   }
   std::vector<uint8_t> suppressed(n, 0);
   std::vector<int64_t> keep;
-  int64_t undecided = n;
-  for (int64_t i = 0; i < n && undecided > 0; ++i) {
-    if (suppressed[i]) continue;
+  const acc_t* px1 = x1.data();
+  const acc_t* py1 = y1.data();
+  const acc_t* px2 = x2.data();
+  const acc_t* py2 = y2.data();
+  const acc_t* parea = areas.data();
+  uint8_t* sup = suppressed.data();
+  for (int64_t i = 0; i < n; ++i) {
+    if (sup[i]) continue;
     keep.push_back(order[i]);
-    --undecided;
-    const acc_t* a = &sorted[i * 4];
+    const acc_t ax1 = px1[i], ay1 = py1[i], ax2 = px2[i], ay2 = py2[i], area_a = parea[i];
     for (int64_t j = i + 1; j < n; ++j) {
-      if (suppressed[j]) continue;
-      if (box_iou<acc_t>(a, areas[i], &sorted[j * 4], areas[j]) > threshold) {
-        suppressed[j] = 1;
-        --undecided;
-      }
+      const acc_t left = ax1 > px1[j] ? ax1 : px1[j];
+      const acc_t top = ay1 > py1[j] ? ay1 : py1[j];
+      const acc_t right = ax2 < px2[j] ? ax2 : px2[j];
+      const acc_t bottom = ay2 < py2[j] ? ay2 : py2[j];
+      acc_t w = sub_rn(right, left);
+      acc_t h = sub_rn(bottom, top);
+      w = w > acc_t(0) ? w : acc_t(0);
+      h = h > acc_t(0) ? h : acc_t(0);
+      const acc_t inter = mul_rn(w, h);
+      const acc_t iou = inter / sub_rn(add_rn(area_a, parea[j]), inter);
+      sup[j] |= static_cast<uint8_t>(iou > threshold);
     }
   }
   return keep;
