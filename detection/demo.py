@@ -27,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--score-thr", type=float, default=0.5, help="draw detections scoring at least this")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--min-canvas", type=int, default=512,
+                        help="draw small images enlarged so that their long side has at least this many pixels "
+                             "(labels stay legible on the 96 px shapes images); 0 draws at the image's size")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     return parser.parse_args(argv)
 
@@ -57,6 +60,22 @@ def draw_detections(image: Image.Image, output: dict, class_names: list[str], sc
     return canvas.convert("RGB")
 
 
+def enlarge(image: Image.Image, output: dict, min_canvas: int) -> tuple[Image.Image, dict]:
+    """Scale `image` up (bilinear) so that its long side is >= min_canvas, with the boxes and masks of `output`
+    (masks by nearest neighbour); images that are large enough are returned unchanged."""
+    factor = min_canvas / max(image.width, image.height)
+    if factor <= 1:
+        return image, output
+    size = (round(image.height * factor), round(image.width * factor))
+    output = {**output, "boxes": output["boxes"] * torch.tensor([size[1] / image.width, size[0] / image.height] * 2)}
+    if "masks" in output and output["masks"].shape[0] > 0:
+        masks = torch.nn.functional.interpolate(output["masks"][:, None].float(), size=size, mode="nearest")
+        output["masks"] = masks[:, 0].to(output["masks"].dtype)
+    elif "masks" in output:
+        output["masks"] = output["masks"].new_zeros((0, *size))
+    return image.resize((size[1], size[0]), Image.BILINEAR), output
+
+
 def main(argv=None, model_builder=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -75,6 +94,7 @@ def main(argv=None, model_builder=None) -> int:
     output = {k: v.cpu() for k, v in output.items()}
     class_names = state.get("meta", {}).get("class_names", [])
     pil_image = Image.fromarray(image.permute(1, 2, 0).round().byte().numpy())
+    pil_image, output = enlarge(pil_image, output, args.min_canvas)
     draw_detections(pil_image, output, class_names, args.score_thr).save(args.out)
     kept = int((output["scores"] >= args.score_thr).sum())
     print(f"{kept} detection(s) with score >= {args.score_thr} drawn to {args.out}")

@@ -194,3 +194,22 @@ def test_torchrun_two_processes_match_one_process(tmp_path, data_root):
     for name, value in one_weights.items():
         torch.testing.assert_close(two_weights[name], value, atol=1e-5, rtol=0)
     assert "total batch 2" in open(tmp_path / "two" / "train.log").read()
+
+
+def test_demo_enlarges_small_images_with_their_detections():
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 32))
+    masks = torch.zeros(1, 32, 64, dtype=torch.uint8)
+    masks[0, 8:16, 4:12] = 1
+    output = {"boxes": torch.tensor([[4.0, 8.0, 12.0, 16.0]]), "scores": torch.tensor([0.9]),
+              "labels": torch.tensor([0]), "masks": masks}
+    big, scaled = demo.enlarge(image, output, 256)
+    assert big.size == (256, 128)
+    torch.testing.assert_close(scaled["boxes"], torch.tensor([[16.0, 32.0, 48.0, 64.0]]))
+    assert scaled["masks"].shape == (1, 128, 256) and scaled["masks"].dtype == torch.uint8
+    assert scaled["masks"][0, 32:64, 16:48].all() and scaled["masks"].sum() == 32 * 32
+    same, unchanged = demo.enlarge(image, output, 0)
+    assert same is image and unchanged is output
+    empty = {**output, "boxes": torch.zeros(0, 4), "masks": torch.zeros(0, 32, 64, dtype=torch.uint8)}
+    assert demo.enlarge(image, empty, 128)[1]["masks"].shape == (0, 64, 128)
