@@ -68,11 +68,9 @@ def enlarge(image: Image.Image, output: dict, min_canvas: int) -> tuple[Image.Im
         return image, output
     size = (round(image.height * factor), round(image.width * factor))
     output = {**output, "boxes": output["boxes"] * torch.tensor([size[1] / image.width, size[0] / image.height] * 2)}
-    if "masks" in output and output["masks"].shape[0] > 0:
+    if "masks" in output:
         masks = torch.nn.functional.interpolate(output["masks"][:, None].float(), size=size, mode="nearest")
         output["masks"] = masks[:, 0].to(output["masks"].dtype)
-    elif "masks" in output:
-        output["masks"] = output["masks"].new_zeros((0, *size))
     return image.resize((size[1], size[0]), Image.BILINEAR), output
 
 

@@ -6,15 +6,14 @@ import contextlib
 import io
 import json
 import logging
-import sys
 
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from pycocotools.cocoeval import COCOeval
-from tqdm import tqdm
 
 from .distributed import all_gather_objects, unwrap_model
+from .metrics import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def run_inference(model, loader, device: torch.device, cat_ids: list[int], amp: 
     model.eval()
     results: dict[int, list[dict]] = {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
-    for images, targets, _ in tqdm(loader, desc="eval", disable=not (progress and sys.stderr.isatty()), leave=False):
+    for images, targets, _ in progress_bar(loader, progress, desc="eval", leave=False):
         if not images:
             continue
         images = [image.to(device, non_blocking=True) for image in images]

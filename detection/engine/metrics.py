@@ -18,6 +18,13 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+def progress_bar(iterable, enabled: bool, **kwargs) -> tqdm:
+    """A tqdm bar on stderr, shown only when `enabled` and stderr is a terminal: in a redirected log the periodic
+    log lines are the progress report (a bar there would be reprinted, stale, after every line)."""
+    return tqdm(iterable, disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True, mininterval=0.5,
+                **kwargs)
+
+
 def setup_logging(work_dir: str | None, is_main: bool) -> logging.Logger:
     """Configure the `detection` logger: INFO to stderr and <work_dir>/train.log on rank 0, errors only elsewhere."""
     log = logging.getLogger("detection")

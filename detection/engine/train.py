@@ -12,12 +12,10 @@ import dataclasses
 import math
 import os
 import random
-import sys
 import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..config import Config, SolverConfig
 from ..data.build import build_dataset, prepare_data
@@ -25,7 +23,7 @@ from ..data.loader import build_test_loader, build_train_loader, set_loader_epoc
 from . import distributed as dist_utils
 from .checkpoint import LATEST, get_rng_states, load_checkpoint, save_checkpoint, set_rng_states
 from .evaluate import evaluate
-from .metrics import MetricsWriter, setup_logging
+from .metrics import MetricsWriter, progress_bar, setup_logging
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
 
@@ -190,10 +188,8 @@ class Trainer:
         skipped, start = 0, time.time()
         num_steps = self.train_loader.batch_sampler.num_batches()
         total_iters = num_steps * solver.epochs
-        # The bar only on a terminal: in a redirected log the periodic log lines (with ETA) are the progress report.
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{solver.epochs}", dynamic_ncols=True,
-                   disable=not (self.progress and self.info.is_main and sys.stderr.isatty()),
-                   initial=start_step, total=num_steps, mininterval=0.5)
+        bar = progress_bar(self.train_loader, self.progress and self.info.is_main,
+                           desc=f"epoch {epoch + 1}/{solver.epochs}", initial=start_step, total=num_steps)
         window: dict[str, list[float]] = {}  # losses since the last log line, averaged in it
         for step, (images, targets, dropped) in enumerate(bar, start=start_step):
             skipped += dropped
