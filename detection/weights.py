@@ -6,14 +6,12 @@ as the LAST class of `fc_cls` and class-major `fc_reg`, so the heads load unchan
 `roi_head.bbox_head.{0,1,2}` / `roi_head.mask_head.{0,1,2}` in both.
 """
 
-import re
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-_STEM = {"0": "conv1.0", "1": "conv1.1", "3": "conv1.3", "4": "conv1.4", "6": "conv1.6", "7": "bn1"}
-_STEM_KEY = re.compile(r"^backbone\.stem\.(\d+)\.(.+)$")
+from resnest_cuda.weights import mmdet_stem_key
 
 
 class LoadResult(NamedTuple):
@@ -41,13 +39,11 @@ def extract_state_dict(checkpoint) -> dict[str, torch.Tensor]:
 
 def convert_mmdet_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename mmdetection's ResNeSt stem keys to ours; every other key is already ours."""
-    out = {}
-    for key, value in state_dict.items():
-        match = _STEM_KEY.match(key)
-        if match and match.group(1) in _STEM:
-            key = f"backbone.{_STEM[match.group(1)]}.{match.group(2)}"
-        out[key] = value
-    return out
+    prefix = "backbone."
+    return {
+        prefix + mmdet_stem_key(key[len(prefix) :]) if key.startswith(prefix) else key: value
+        for key, value in state_dict.items()
+    }
 
 
 def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True, map_location="cpu") -> LoadResult:
@@ -66,9 +62,9 @@ def load_checkpoint(model: nn.Module, checkpoint, strict: bool = True, map_locat
         except Exception:  # noqa: BLE001 - fall back for checkpoints with non-tensor metadata
             checkpoint = torch.load(checkpoint, map_location=map_location, weights_only=False)
     state_dict = extract_state_dict(checkpoint)
-    is_mmdet = any(_STEM_KEY.match(k) for k in state_dict)
-    if is_mmdet:
-        state_dict = convert_mmdet_state_dict(state_dict)
+    converted = convert_mmdet_state_dict(state_dict)
+    is_mmdet = list(converted) != list(state_dict)  # some mmdetection stem key was renamed
+    state_dict = converted
     own = model.state_dict()
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"

@@ -8,7 +8,7 @@ import numbers
 
 import torch
 
-from . import _library  # noqa: F401  (loads resnest_cuda._C, which registers the ops)
+from ._library import refuse_functorch_transforms  # (importing _library loads resnest_cuda._C: the ops)
 
 __all__ = ["roi_align", "nms", "batched_nms"]
 
@@ -35,33 +35,22 @@ def _is_int(v) -> bool:
 
 
 def _output_size(output_size) -> tuple[int, int]:
-    op = "roi_align"
     if _is_int(output_size):
-        size = (int(output_size), int(output_size))
-    elif isinstance(output_size, (tuple, list)) and len(output_size) == 2 and all(map(_is_int, output_size)):
-        size = (int(output_size[0]), int(output_size[1]))
-    else:
-        raise TypeError(f"{op}: output_size must be an int or a pair of ints (height, width), got {output_size!r}")
-    if size[0] < 1 or size[1] < 1:
-        raise ValueError(f"{op}: output_size must be positive, got {output_size!r}")
-    return size
+        return int(output_size), int(output_size)
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2 and all(map(_is_int, output_size)):
+        return int(output_size[0]), int(output_size[1])
+    raise TypeError(f"roi_align: output_size must be an int or a pair of ints (height, width), got {output_size!r}")
 
 
-def _check_roi_align(input, rois, spatial_scale, sampling_ratio, aligned) -> None:
+def _check_roi_align_args(input, rois, spatial_scale, sampling_ratio, aligned) -> None:
+    # Python object types only: the tensors and the values (shapes, dtypes, devices, output_size > 0,
+    # spatial_scale > 0) are checked by the op itself (csrc/roi_align/roi_align.h), on every device and under
+    # torch.compile, with the same errors.
     op = "roi_align"
     _check_tensor(input, "input", op)
     _check_tensor(rois, "rois", op)
-    if input.dim() != 4:
-        raise ValueError(f"{op}: input must be a 4-D tensor [N, C, H, W], got shape {tuple(input.shape)}")
-    _check_float(input, "input", op)
-    if rois.dim() != 2 or rois.shape[1] != 5:
-        raise ValueError(
-            f"{op}: rois must have shape [K, 5] (batch_index, x1, y1, x2, y2), got shape {tuple(rois.shape)}"
-        )
-    _check_float(rois, "rois", op)
-    _check_same_device(rois, "rois", input, "input", op)
-    if not isinstance(spatial_scale, numbers.Real) or isinstance(spatial_scale, bool) or not spatial_scale > 0:
-        raise ValueError(f"{op}: spatial_scale must be a number > 0, got {spatial_scale!r}")
+    if not isinstance(spatial_scale, numbers.Real) or isinstance(spatial_scale, bool):
+        raise TypeError(f"{op}: spatial_scale must be a number > 0, got {spatial_scale!r}")
     if not _is_int(sampling_ratio):
         raise TypeError(f"{op}: sampling_ratio must be an int (<= 0 for adaptive), got {sampling_ratio!r}")
     if not isinstance(aligned, bool):
@@ -81,19 +70,25 @@ def roi_align(
     Args:
         input: ``[N, C, H, W]`` float32/float16/bfloat16/float64 feature map, NCHW, channels_last or strided.
         rois: ``[K, 5]`` floating, rows ``(batch_index, x1, y1, x2, y2)`` in image pixels, same device as input.
-            Coordinates are used in fp32 (fp64 for fp64 input). On CPU an out-of-range batch index raises;
-            on CUDA that ROI pools to 0.
+            Coordinates are used in fp32 (fp64 for fp64 input). A ROI whose batch index is outside ``[0, N)``
+            (or NaN), or with a non-finite coordinate, pools to 0 and receives no gradient, on CPU and CUDA alike
+            (no host synchronisation to check them); a fractional batch index is truncated.
         output_size: ``ph`` or ``(ph, pw)``.
         spatial_scale: feature-map pixels per image pixel (1 / stride of the level).
-        sampling_ratio: samples per bin along each axis; ``<= 0`` means ``ceil(roi_size / output_size)`` per ROI.
+        sampling_ratio: samples per bin along each axis; ``<= 0`` means ``ceil(roi_size / output_size)`` per ROI,
+            capped at 64 (kMaxAdaptiveGrid in csrc/roi_align/roi_align.h: identical results for ROIs up to
+            64 * output_size feature-map pixels, bounded time for larger or infinite ones).
         aligned: True (mmcv/detectron2): pixel centres shifted by -0.5; False: legacy mode, ROI size clamped to
             >= 1 and no shift.
     Returns:
         ``[K, C, ph, pw]`` contiguous tensor of input's dtype (accumulated in fp32, fp64 for fp64).
-        Differentiable w.r.t. input; rois receive no gradient.
+        Differentiable w.r.t. input to any order (the backward is linear in the output gradient); rois receive no
+        gradient. The gradient of a channels_last input is channels_last. On CUDA the backward accumulates with
+        atomics: it raises under ``torch.use_deterministic_algorithms(True)`` (warns with ``warn_only=True``).
     """
     ph, pw = _output_size(output_size)
-    _check_roi_align(input, rois, spatial_scale, sampling_ratio, aligned)
+    _check_roi_align_args(input, rois, spatial_scale, sampling_ratio, aligned)
+    refuse_functorch_transforms("roi_align")
     return torch.ops.resnest_cuda.roi_align(input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), aligned)
 
 
@@ -154,21 +149,8 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Fake (meta) kernels, for torch.compile and opcheck.
-
-
-@torch.library.register_fake("resnest_cuda::roi_align")
-def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-    torch._check(input.dim() == 4, lambda: f"roi_align: input must be 4-D, got {input.dim()} dims")
-    torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "roi_align: rois must have shape [K, 5]")
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
-
-
-@torch.library.register_fake("resnest_cuda::roi_align_backward")
-def _roi_align_backward_fake(
-    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
-):
-    return grad.new_empty((batch_size, channels, height, width))
+# Fake kernel of nms (its output size depends on the values). RoIAlign's fake tensors run its C++ Meta kernels
+# (csrc/roi_align/roi_align.cpp), which share the argument checks of the CPU and CUDA kernels.
 
 
 @torch.library.register_fake("resnest_cuda::nms")
@@ -187,6 +169,7 @@ def _roi_align_setup_context(ctx, inputs, output):
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
     ctx.save_for_backward(rois)
     ctx.input_shape = input.shape  # the values of input are not needed
+    ctx.channels_last = input.is_contiguous(memory_format=torch.channels_last)
     ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
 
 
@@ -195,19 +178,31 @@ def _roi_align_backward(ctx, grad):
     spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
     batch_size, channels, height, width = ctx.input_shape
     grad_input = torch.ops.resnest_cuda.roi_align_backward(
-        grad,
-        rois,
-        spatial_scale,
-        pooled_height,
-        pooled_width,
-        batch_size,
-        channels,
-        height,
-        width,
-        sampling_ratio,
-        aligned,
+        grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio,
+        aligned
     )
+    if ctx.channels_last:  # the gradient has the layout of the input (a no-op for NCHW and 1x1 maps)
+        grad_input = grad_input.contiguous(memory_format=torch.channels_last)
     return grad_input, None, None, None, None, None, None
 
 
+def _roi_align_backward_setup_context(ctx, inputs, output):
+    grad, rois, spatial_scale, pooled_height, pooled_width, _, _, _, _, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois)
+    ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+
+
+def _roi_align_backward_backward(ctx, grad_grad_input):
+    # roi_align_backward is linear in grad, and its adjoint is roi_align itself: double backward is exact.
+    (rois,) = ctx.saved_tensors
+    spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
+    grad_grad = torch.ops.resnest_cuda.roi_align(
+        grad_grad_input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
+    )
+    return (grad_grad, *([None] * 10))
+
+
 torch.library.register_autograd("resnest_cuda::roi_align", _roi_align_backward, setup_context=_roi_align_setup_context)
+torch.library.register_autograd(
+    "resnest_cuda::roi_align_backward", _roi_align_backward_backward, setup_context=_roi_align_backward_setup_context
+)

@@ -10,11 +10,10 @@ The kernels accumulate in fp32 (fp64 for float64 inputs) and return results in t
 
 import torch
 
-from ._library import has_kernel
+from ._library import has_kernel, refuse_functorch_transforms
+from .reference.split_attention import radix_softmax
 
 __all__ = ["split_attention_pool", "split_attention_combine", "split_attention", "cuda_kernels_available"]
-
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def cuda_kernels_available() -> bool:
@@ -22,56 +21,11 @@ def cuda_kernels_available() -> bool:
     return has_kernel("split_attention_pool", "CUDA")
 
 
-def _check_x(x: torch.Tensor, radix: int, op: str) -> int:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{op}: x must be a 4-D tensor [B, radix*C, H, W], got shape {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{op}: x must be float32/float16/bfloat16/float64, got {x.dtype}")
-    if not isinstance(radix, int) or isinstance(radix, bool) or radix < 1:
-        raise ValueError(f"{op}: radix must be an int >= 1, got {radix!r}")
-    if x.shape[1] % radix != 0:
-        raise ValueError(
-            f"{op}: x.shape[1] ({x.shape[1]}) must be divisible by radix ({radix}); "
-            f"expected x of shape [B, radix*C, H, W]"
-        )
-    if x.shape[2] < 1 or x.shape[3] < 1:
-        raise ValueError(f"{op}: x must have H >= 1 and W >= 1, got shape {tuple(x.shape)}")
-    return x.shape[1] // radix
-
-
-def _check_combine(x: torch.Tensor, logits: torch.Tensor, radix: int, cardinality: int) -> int:
-    op = "split_attention_combine"
-    channels = _check_x(x, radix, op)
-    if not isinstance(cardinality, int) or isinstance(cardinality, bool) or cardinality < 1:
-        raise ValueError(f"{op}: cardinality must be an int >= 1, got {cardinality!r}")
-    if channels % cardinality != 0:
-        raise ValueError(
-            f"{op}: channels per split ({channels} = x.shape[1] / radix) must be divisible by "
-            f"cardinality ({cardinality})"
-        )
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{op}: logits must be a torch.Tensor, got {type(logits).__name__}")
-    batch, rc = x.shape[0], x.shape[1]
-    flat_ok = logits.dim() == 2
-    conv_ok = logits.dim() == 4 and logits.shape[2] == 1 and logits.shape[3] == 1
-    if not (flat_ok or conv_ok) or logits.shape[0] != batch or logits.shape[1] != rc:
-        raise ValueError(
-            f"{op}: logits must have shape [{batch}, {rc}] or [{batch}, {rc}, 1, 1] "
-            f"(batch, radix*C), got {tuple(logits.shape)}"
-        )
-    if logits.dtype != x.dtype:
-        raise TypeError(f"{op}: logits dtype ({logits.dtype}) must match x dtype ({x.dtype})")
-    if logits.device != x.device:
-        raise ValueError(f"{op}: logits is on {logits.device} but x is on {x.device}; both must be on one device")
-    return channels
-
-
-def _activation_format(x: torch.Tensor) -> torch.memory_format:
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+def _require_tensor(t, name: str, op: str) -> None:
+    # Python object types only: every tensor argument (shape, dtype, device, radix, cardinality) is checked by
+    # the op itself (csrc/split_attention/split_attention.h), on every device and under torch.compile.
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
 
 
 def split_attention_pool(x: torch.Tensor, radix: int) -> torch.Tensor:
@@ -83,7 +37,8 @@ def split_attention_pool(x: torch.Tensor, radix: int) -> torch.Tensor:
     Returns:
         ``[B, C]`` tensor of x's dtype (accumulated in fp32).
     """
-    _check_x(x, radix, "split_attention_pool")
+    _require_tensor(x, "x", "split_attention_pool")
+    refuse_functorch_transforms("split_attention_pool")
     return torch.ops.resnest_cuda.split_attention_pool(x, radix)
 
 
@@ -98,51 +53,42 @@ def split_attention_combine(x: torch.Tensor, logits: torch.Tensor, radix: int, c
     Returns:
         ``[B, C, H, W]`` tensor in x's dtype and memory format.
     """
-    _check_combine(x, logits, radix, cardinality)
+    _require_tensor(x, "x", "split_attention_combine")
+    _require_tensor(logits, "logits", "split_attention_combine")
+    refuse_functorch_transforms("split_attention_combine")
     return torch.ops.resnest_cuda.split_attention_combine(x, logits, radix, cardinality)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Fake (meta) kernels: shapes, dtypes and memory formats of every op, for torch.compile and opcheck.
+# Autograd: each backward is itself a registered op, so torch.compile traces it like any other. When the backward
+# itself is differentiated (torch.autograd.grad(..., create_graph=True): gradient penalties, Hessian-vector
+# products) it is computed from differentiable PyTorch ops instead, so higher derivatives are exact. The fused
+# backward ops called directly are not differentiable: differentiating one raises (_no_double_backward).
 
 
-@torch.library.register_fake("resnest_cuda::split_attention_pool")
-def _pool_fake(x, radix):
-    return x.new_empty((x.shape[0], x.shape[1] // radix))
+def _radix_major_to_logits(t: torch.Tensor, logits: torch.Tensor, radix: int, cardinality: int) -> torch.Tensor:
+    """``[B, R, C]`` radix-major -> the layout of ``logits`` (cardinal-major ``k*(R*C/K) + r*(C/K) + c``)."""
+    b, c = t.shape[0], t.shape[2]
+    return t.reshape(b, radix, cardinality, c // cardinality).transpose(1, 2).reshape(logits.shape)
 
 
-@torch.library.register_fake("resnest_cuda::split_attention_pool_backward")
-def _pool_backward_fake(grad_gap, radix, height, width):
-    batch, rc = grad_gap.shape[0], grad_gap.shape[1] * radix
-    return grad_gap.new_empty((batch, rc)).view(batch, rc, 1, 1).expand(batch, rc, height, width)
+def combine_backward_differentiable(grad_out, x, logits, radix: int, cardinality: int):
+    """The combine backward in plain PyTorch ops (differentiable to any order): ``(grad_x, grad_logits)``.
 
-
-@torch.library.register_fake("resnest_cuda::split_attention_combine")
-def _combine_fake(x, logits, radix, cardinality):
+    ``grad_x[b, r*C + j] = att[b, r, j] * grad_out[b, j]``; ``grad_logits`` is ``ds[b, r, j] = sum_hw grad_out * x_r``
+    through the softmax (sigmoid when R == 1) Jacobian, in fc2's cardinal-major order.
+    """
     b, rc, h, w = x.shape
-    return x.new_empty((b, rc // radix, h, w)).contiguous(memory_format=_activation_format(x))
-
-
-@torch.library.register_fake("resnest_cuda::split_attention_combine_backward")
-def _combine_backward_fake(grad_out, x, logits, radix, cardinality):
-    return torch.empty_like(x, memory_format=_activation_format(x)), torch.empty_like(
-        logits, memory_format=torch.contiguous_format
-    )
-
-
-@torch.library.register_fake("resnest_cuda::split_attention_logits_backward")
-def _logits_backward_fake(grad_out, x, logits, radix, cardinality):
-    return torch.empty_like(logits, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("resnest_cuda::split_attention_input_backward")
-def _input_backward_fake(grad_out, logits, grad_gap, radix, cardinality):
-    b, c, h, w = grad_out.shape
-    return grad_out.new_empty((b, radix * c, h, w)).contiguous(memory_format=_activation_format(grad_out))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Autograd: each backward is itself a registered op, so torch.compile traces it like any other.
+    c = rc // radix
+    att = radix_softmax(logits, radix, cardinality)  # [B, R, C]
+    go = grad_out.unsqueeze(1)  # [B, 1, C, H, W]
+    grad_x = (att.reshape(b, radix, c, 1, 1) * go).reshape(b, rc, h, w)
+    ds = (go * x.reshape(b, radix, c, h, w)).sum(dim=(3, 4))  # [B, R, C]
+    if radix == 1:
+        da = ds * att * (1 - att)
+    else:
+        da = att * (ds - (att * ds).sum(dim=1, keepdim=True))
+    return grad_x, _radix_major_to_logits(da, logits, radix, cardinality)
 
 
 def _pool_setup_context(ctx, inputs, output):
@@ -157,6 +103,15 @@ def _pool_backward(ctx, grad_gap):
     return grad_x, None
 
 
+def _pool_backward_setup_context(ctx, inputs, output):
+    ctx.radix = inputs[1]
+
+
+def _pool_backward_backward(ctx, grad_grad_x):
+    # pool_backward is linear in grad_gap and its adjoint is the pool itself (mean over H, W of the radix sum).
+    return torch.ops.resnest_cuda.split_attention_pool(grad_grad_x, ctx.radix), None, None, None
+
+
 def _combine_setup_context(ctx, inputs, output):
     x, logits, radix, cardinality = inputs
     ctx.radix = radix
@@ -166,70 +121,137 @@ def _combine_setup_context(ctx, inputs, output):
 
 def _combine_backward(ctx, grad_out):
     x, logits = ctx.saved_tensors
-    grad_x, grad_logits = torch.ops.resnest_cuda.split_attention_combine_backward(
-        grad_out, x, logits, ctx.radix, ctx.cardinality
-    )
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (grad_out, x, logits)):
+        grad_x, grad_logits = combine_backward_differentiable(grad_out, x, logits, ctx.radix, ctx.cardinality)
+    else:
+        grad_x, grad_logits = torch.ops.resnest_cuda.split_attention_combine_backward(
+            grad_out, x, logits, ctx.radix, ctx.cardinality
+        )
     return grad_x, grad_logits, None, None
 
 
-torch.library.register_autograd(
-    "resnest_cuda::split_attention_pool", _pool_backward, setup_context=_pool_setup_context
-)
-torch.library.register_autograd(
-    "resnest_cuda::split_attention_combine", _combine_backward, setup_context=_combine_setup_context
-)
+def _no_double_backward(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"resnest_cuda::{op} is a backward kernel and is not differentiable (double backward is not supported "
+            "through it). Differentiate the forward op instead: torch.autograd.grad(..., create_graph=True) through "
+            "split_attention_pool / split_attention_combine / split_attention computes exact higher derivatives."
+        )
+
+    return backward
+
+
+def _no_context(ctx, inputs, output) -> None:
+    pass
+
+
+def _register_autograd() -> None:
+    lib = "resnest_cuda::"
+    torch.library.register_autograd(lib + "split_attention_pool", _pool_backward, setup_context=_pool_setup_context)
+    torch.library.register_autograd(
+        lib + "split_attention_pool_backward", _pool_backward_backward, setup_context=_pool_backward_setup_context
+    )
+    torch.library.register_autograd(
+        lib + "split_attention_combine", _combine_backward, setup_context=_combine_setup_context
+    )
+    for op in ("split_attention_combine_backward", "split_attention_logits_backward", "split_attention_input_backward"):
+        torch.library.register_autograd(lib + op, _no_double_backward(op), setup_context=_no_context)
+
+
+_register_autograd()
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The whole split-attention tail as one autograd node (eager training).
 
 
-class _SplitAttention(torch.autograd.Function):
-    """pool -> attention(gap) -> combine with a backward that writes grad_x once.
+def _like_strides(t: torch.Tensor, strides: tuple[int, ...]) -> torch.Tensor:
+    """t with the given (dense) strides: a copy only when its own differ."""
+    if t.stride() == strides:
+        return t
+    return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
 
-    With the two ops as separate autograd nodes, grad_x receives two contributions (softmax_r * grad_out from
-    combine, grad_gap / HW from pool) that autograd must add. Here the small attention graph (gap -> logits) is
-    built inside forward and differentiated inside backward, so grad_gap is known before grad_x is written:
-    backward = one reduction over H, W (the logits gradient) + autograd through the [B, C] attention MLP + one
-    elementwise kernel writing grad_x = softmax_r(logits) * grad_out + grad_gap / HW.
+
+class _AttentionPool(torch.autograd.Function):
+    """split_attention_pool for the attention branch of _SplitAttention, differentiable, with grads not materialised.
+
+    _SplitAttention computes the gradient of the attention branch itself and returns None for it, so in a plain
+    backward this node receives no gradient and does nothing (the registered op would receive zeros and add a
+    zero broadcast to grad_x). It only carries gradients when the backward is itself differentiated.
     """
 
     @staticmethod
-    def forward(ctx, x, radix, cardinality, attention, *params):
-        gap = torch.ops.resnest_cuda.split_attention_pool(x, radix)
-        with torch.enable_grad():
-            gap_in = gap.detach().requires_grad_()
-            logits = attention(gap_in)
-        _check_combine(x, logits.detach(), radix, cardinality)
-        out = torch.ops.resnest_cuda.split_attention_combine(x, logits.detach(), radix, cardinality)
-        ctx.save_for_backward(x)
-        ctx.graph = (gap_in, logits)
+    def forward(ctx, x, radix):
+        ctx.set_materialize_grads(False)
+        ctx.radix, ctx.height, ctx.width = radix, x.shape[2], x.shape[3]
+        return torch.ops.resnest_cuda.split_attention_pool(x, radix)
+
+    @staticmethod
+    def backward(ctx, grad_gap):
+        if grad_gap is None:
+            return None, None
+        return torch.ops.resnest_cuda.split_attention_pool_backward(grad_gap, ctx.radix, ctx.height, ctx.width), None
+
+
+class _SplitAttention(torch.autograd.Function):
+    """combine(x, logits) where logits = attention(pool(x)), with a backward that writes grad_x once.
+
+    With the two ops as separate autograd nodes, grad_x receives two contributions (softmax_r * grad_out from
+    combine, grad_gap / HW from pool) that autograd must add. This node instead differentiates the small attention
+    graph (gap -> logits, built outside it) inside its own backward, so grad_gap is known before grad_x is written:
+    backward = one reduction over H, W (the logits gradient) + autograd through the [B, C] attention MLP + one
+    elementwise kernel writing grad_x = softmax_r(logits) * grad_out + grad_gap / HW. It returns no gradient for
+    logits and gap (already accounted for); their edges only make the engine run this node before the attention
+    graph, so that graph is still intact when this backward differentiates it.
+
+    - ``backward(retain_graph=True)`` followed by another backward works (the attention graph is differentiated
+      with retain_graph=True; the outer backward frees it as usual).
+    - Under ``create_graph=True`` the backward runs on differentiable PyTorch ops and the attention graph is
+      connected to x (through _AttentionPool), so second derivatives are exact.
+    - grad_x has the memory format of the combine output, i.e. of x, whatever the layout of grad_out.
+    - The tensors it keeps (x, logits, gap) go through ``save_for_backward``: saved-tensor hooks apply to them.
+    """
+
+    @staticmethod
+    def forward(ctx, x, logits, gap, radix, cardinality, *params):
+        out = torch.ops.resnest_cuda.split_attention_combine(x, logits, radix, cardinality)
+        ctx.save_for_backward(x, logits, gap)
         ctx.radix, ctx.cardinality, ctx.num_params = radix, cardinality, len(params)
+        ctx.params_need_grad = [p.requires_grad for p in params]
         ctx.params = params
+        ctx.out_strides = out.stride()
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        (x,) = ctx.saved_tensors
-        gap_in, logits = ctx.graph
+        x, logits, gap = ctx.saved_tensors
         radix, cardinality = ctx.radix, ctx.cardinality
-        flat_logits = logits.detach()
-        grad_logits = torch.ops.resnest_cuda.split_attention_logits_backward(
-            grad_out, x, flat_logits, radix, cardinality
+        create_graph = torch.is_grad_enabled()
+        grad_out = _like_strides(grad_out, ctx.out_strides)
+        if create_graph:
+            grad_x_direct, grad_logits = combine_backward_differentiable(grad_out, x, logits, radix, cardinality)
+        else:
+            grad_logits = torch.ops.resnest_cuda.split_attention_logits_backward(
+                grad_out, x, logits.detach(), radix, cardinality
+            )
+        wanted = [i for i, needed in enumerate(ctx.params_need_grad) if needed]
+        with_gap = gap.requires_grad  # False when x needs no gradient
+        inputs = ([gap] if with_gap else []) + [ctx.params[i] for i in wanted]
+        grads = torch.autograd.grad(
+            logits, inputs, grad_logits, allow_unused=True, retain_graph=True, create_graph=create_graph
         )
-        wanted = [i for i, p in enumerate(ctx.params) if p.requires_grad]
-        inputs = [gap_in] + [ctx.params[i] for i in wanted]
-        grads = torch.autograd.grad(logits, inputs, grad_logits, allow_unused=True)
-        grad_gap = grads[0] if grads[0] is not None else torch.zeros_like(gap_in)
-        grad_x = torch.ops.resnest_cuda.split_attention_input_backward(
-            grad_out, flat_logits, grad_gap, radix, cardinality
-        )
+        grad_gap = grads[0] if with_gap and grads[0] is not None else torch.zeros_like(gap)
         param_grads = [None] * ctx.num_params
-        for i, g in zip(wanted, grads[1:]):
+        for i, g in zip(wanted, grads[1:] if with_gap else grads):
             param_grads[i] = g
-        ctx.graph = None
-        return (grad_x, None, None, None, *param_grads)
+        if create_graph:
+            b, rc, h, w = x.shape
+            grad_x = grad_x_direct + (grad_gap / (h * w)).repeat(1, radix).reshape(b, rc, 1, 1)
+        else:
+            grad_x = torch.ops.resnest_cuda.split_attention_input_backward(
+                grad_out, logits.detach(), grad_gap, radix, cardinality
+            )
+        return (grad_x, None, None, None, None, *param_grads)
 
 
 def split_attention(x: torch.Tensor, radix: int, cardinality: int, attention, params=()) -> torch.Tensor:
@@ -241,13 +263,18 @@ def split_attention(x: torch.Tensor, radix: int, cardinality: int, attention, pa
             fc1 -> norm -> ReLU -> fc2. It runs once, in forward (norm running statistics update once).
         params: the tensors `attention` uses that need gradients (e.g. ``list(module.parameters())``).
 
-    In eager mode with gradients enabled this runs as one autograd node whose backward writes grad_x once (see
-    ``_SplitAttention``); under ``torch.compile`` or without gradients it is the two registered ops, which the
-    compiler traces like any other.
+    In eager mode with gradients enabled the combine and the backward of the whole tail run as one autograd node
+    whose backward writes grad_x once (see ``_SplitAttention``); under ``torch.compile`` or without gradients it
+    is the two registered ops, which the compiler traces like any other op. Higher derivatives are exact on every
+    path; torch.func transforms raise a clear error (see ``_library.refuse_functorch_transforms``).
     """
-    _check_x(x, radix, "split_attention")
+    _require_tensor(x, "x", "split_attention")
+    refuse_functorch_transforms("split_attention")
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     if needs_grad and not torch.compiler.is_compiling():
-        return _SplitAttention.apply(x, radix, cardinality, attention, *params)
+        gap = _AttentionPool.apply(x, radix)
+        logits = attention(gap)
+        _require_tensor(logits, "logits", "split_attention")
+        return _SplitAttention.apply(x, logits, gap, radix, cardinality, *params)
     logits = attention(split_attention_pool(x, radix))
     return split_attention_combine(x, logits, radix, cardinality)

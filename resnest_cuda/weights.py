@@ -20,12 +20,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["load_pretrained", "convert_state_dict", "detect_layout", "LAYOUTS"]
+__all__ = ["load_pretrained", "convert_state_dict", "detect_layout", "mmdet_stem_key", "LAYOUTS"]
 
 logger = logging.getLogger(__name__)
 
 LAYOUTS = ("resnest", "mmdet", "detectron2")
 
+# mmdetection's deep stem (the one statement of this map; detection.weights uses it through mmdet_stem_key).
 _MMDET_STEM = {"0": "conv1.0", "1": "conv1.1", "3": "conv1.3", "4": "conv1.4", "6": "conv1.6", "7": "bn1"}
 _D2_STEM = {"conv1_1": ("conv1.0", "conv1.1"), "conv1_2": ("conv1.3", "conv1.4"), "conv1_3": ("conv1.6", "bn1")}
 _D2_BLOCK = re.compile(r"^res([2-5])\.(\d+)\.(.+)$")
@@ -72,8 +73,10 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     )
 
 
-def _mmdet_key(key: str) -> str:
-    if key.startswith("stem."):
+def mmdet_stem_key(key: str) -> str:
+    """A backbone key (without ``backbone.``) of mmdetection's layout -> ours: ``stem.{0,1,3,4,6,7}.*`` become
+    ``conv1.{0,1,3,4,6}.*`` / ``bn1.*``; every other key is returned unchanged."""
+    if key.startswith("stem.") and key.count(".") >= 2:
         index, rest = key[len("stem.") :].split(".", 1)
         if index in _MMDET_STEM:
             return f"{_MMDET_STEM[index]}.{rest}"

@@ -8,8 +8,9 @@
 //
 // A ROI is mapped onto the feature map with start = coord * spatial_scale - offset (offset 0.5 when aligned,
 // else 0 and the ROI size clamped to >= 1). Each of the ph x pw bins averages grid_h x grid_w bilinear samples
-// (grid = sampling_ratio, or ceil(bin size) when sampling_ratio <= 0) over max(grid_h * grid_w, 1); a sample
-// outside [-1, H] x [-1, W] contributes 0.
+// (grid = sampling_ratio, or min(ceil(bin size), kMaxAdaptiveGrid) when sampling_ratio <= 0) over
+// max(grid_h * grid_w, 1); a sample outside [-1, H] x [-1, W] contributes 0. A ROI with a non-finite coordinate
+// (after scaling) or a batch index outside [0, N) pools to 0 and receives no gradient, on every device.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -24,6 +25,13 @@
 #endif
 
 namespace resnest_cuda {
+
+// Cap of the adaptive sampling grid (samples per bin along one axis when sampling_ratio <= 0). The uncapped
+// ceil(bin) is used as is up to 64, i.e. for ROIs up to 64 * output_size feature-map pixels along an axis (448 px
+// for 7x7 bins: 1792 image pixels even on a stride-4 level), which covers every ROI of a detector on images up to
+// ~1800 px; larger ROIs are sampled 64 times per bin instead of ceil(bin), which bounds the work of one ROI to
+// output_size^2 * 64^2 samples per channel (a huge or infinite ROI used to run for seconds or, on the GPU, forever).
+constexpr int64_t kMaxAdaptiveGrid = 64;
 
 struct RoiAlignParams {
   double spatial_scale;
@@ -40,6 +48,32 @@ RESNEST_HOST_DEVICE inline acc_t ceil_of(acc_t v) {
 #else
   return std::ceil(v);
 #endif
+}
+
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline bool is_finite(acc_t v) {
+#if defined(__CUDA_ARCH__)
+  return ::isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
+
+// Samples per bin along one axis. The clamp happens in floating point, before the integer cast: a cast of +inf
+// or of a value beyond the int64 range is undefined behaviour (it saturated on the GPU). NaN or a size <= 0: 0.
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline int64_t adaptive_grid(acc_t bin) {
+  if (!(bin > acc_t(0))) return 0;
+  const acc_t cap = static_cast<acc_t>(kMaxAdaptiveGrid);
+  const acc_t grid = ceil_of(bin);
+  return static_cast<int64_t>(grid < cap ? grid : cap);
+}
+
+// Image of a ROI in a batch of `batch_size` images, or -1 when its batch index is outside [0, batch_size) or NaN
+// (such a ROI pools to 0 and receives no gradient, the same on CPU and CUDA; a fractional index is truncated).
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline int64_t roi_batch_index(acc_t b, int64_t batch_size) {
+  return b >= acc_t(0) && b < static_cast<acc_t>(batch_size) ? static_cast<int64_t>(b) : -1;
 }
 
 // Where one ROI falls on the feature map, along both axes.
@@ -59,6 +93,8 @@ RESNEST_HOST_DEVICE inline RoiGeometry<acc_t> roi_geometry(const acc_t* roi, acc
   g.start_y = roi[2] * scale - offset;
   acc_t roi_w = roi[3] * scale - offset - g.start_x;
   acc_t roi_h = roi[4] * scale - offset - g.start_y;
+  // Checked before the legacy size clamp, which would turn a NaN size into 1.
+  const bool finite = is_finite(g.start_x) && is_finite(g.start_y) && is_finite(roi_w) && is_finite(roi_h);
   if (!aligned) {
     // Legacy mode: sizes below 1 are raised to 1, so every bin has a positive size.
     roi_w = roi_w > acc_t(1) ? roi_w : acc_t(1);
@@ -66,10 +102,11 @@ RESNEST_HOST_DEVICE inline RoiGeometry<acc_t> roi_geometry(const acc_t* roi, acc
   }
   g.bin_h = roi_h / static_cast<acc_t>(pooled_h);
   g.bin_w = roi_w / static_cast<acc_t>(pooled_w);
-  // An aligned ROI may have zero or negative size: with adaptive sampling it then has no samples and pools to 0
-  // (a NaN size too).
-  g.grid_h = sampling_ratio > 0 ? sampling_ratio : (g.bin_h > acc_t(0) ? static_cast<int64_t>(ceil_of(g.bin_h)) : 0);
-  g.grid_w = sampling_ratio > 0 ? sampling_ratio : (g.bin_w > acc_t(0) ? static_cast<int64_t>(ceil_of(g.bin_w)) : 0);
+  // An aligned ROI may have zero or negative size: with adaptive sampling it then has no samples and pools to 0.
+  g.grid_h = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(g.bin_h);
+  g.grid_w = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(g.bin_w);
+  // A ROI with a non-finite coordinate (after scaling) has no samples: it pools to 0.
+  if (!finite) g.grid_h = g.grid_w = 0;
   return g;
 }
 
@@ -105,25 +142,31 @@ RESNEST_HOST_DEVICE inline AxisTap<acc_t> axis_tap(acc_t v, int64_t size) {
   return t;
 }
 
+// Argument checks: the one place where the RoIAlign arguments are validated. They run on every path: the Python
+// wrapper and raw torch.ops calls reach the CPU/CUDA kernels, torch.compile and fake tensors the Meta kernels
+// (roi_align.cpp), all of which call these. Shape errors raise ValueError, dtype errors TypeError (Python types).
+// Sizes are read as SymInts so that the Meta kernels also check symbolic shapes.
 inline void check_roi_align_params(const RoiAlignParams& p, const char* op) {
-  TORCH_CHECK(p.pooled_height >= 1 && p.pooled_width >= 1, op, ": output_size must be positive, got (",
-              p.pooled_height, ", ", p.pooled_width, ")");
-  TORCH_CHECK(p.spatial_scale > 0, op, ": spatial_scale must be > 0, got ", p.spatial_scale);
+  TORCH_CHECK_VALUE(p.pooled_height >= 1 && p.pooled_width >= 1, op, ": output_size must be positive, got (",
+                    p.pooled_height, ", ", p.pooled_width, ")");
+  TORCH_CHECK_VALUE(p.spatial_scale > 0, op, ": spatial_scale must be > 0, got ", p.spatial_scale);
 }
 
 inline void check_rois(const at::Tensor& rois, const at::Device& device, const char* op) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op,
-              ": rois must have shape [K, 5] (batch_index, x1, y1, x2, y2), got ", rois.sizes());
-  TORCH_CHECK(at::isFloatingType(rois.scalar_type()), op, ": rois must be a floating tensor, got ",
-              rois.scalar_type());
-  TORCH_CHECK(rois.device() == device, op, ": rois is on ", rois.device(), " but input is on ", device);
+  TORCH_CHECK_VALUE(rois.dim() == 2 && rois.sym_size(1) == 5, op,
+                    ": rois must have shape [K, 5] (batch_index, x1, y1, x2, y2), got ", rois.sym_sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(rois.scalar_type()), op,
+                   ": rois must be float32/float16/bfloat16/float64, got ", rois.scalar_type());
+  TORCH_CHECK_VALUE(rois.device() == device, op, ": rois is on ", rois.device(), " but input is on ", device,
+                    "; both must be on one device");
 }
 
 inline void check_roi_align_input(const at::Tensor& input, const at::Tensor& rois, const RoiAlignParams& p,
                                   const char* op) {
-  TORCH_CHECK(input.dim() == 4, op, ": input must be a 4-D tensor [N, C, H, W], got ", input.dim(), " dims");
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be float64/float32/float16/bfloat16, got ",
-              input.scalar_type());
+  TORCH_CHECK_VALUE(input.dim() == 4, op, ": input must be a 4-D tensor [N, C, H, W], got shape ",
+                    input.sym_sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op,
+                   ": input must be float32/float16/bfloat16/float64, got ", input.scalar_type());
   check_rois(rois, input.device(), op);
   check_roi_align_params(p, op);
 }
@@ -140,20 +183,22 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                   int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned);
 
-// Checks shared by the CPU and CUDA backward entry points.
+// Checks shared by the CPU, CUDA and Meta backward entry points.
 inline void check_roi_align_backward_input(const at::Tensor& grad, const at::Tensor& rois, const RoiAlignParams& p,
-                                           int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
+                                           const c10::SymInt& batch_size, const c10::SymInt& channels,
+                                           const c10::SymInt& height, const c10::SymInt& width) {
   const char* op = "roi_align_backward";
   check_rois(rois, grad.device(), op);
   check_roi_align_params(p, op);
-  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), op, ": grad must be a floating tensor, got ",
-              grad.scalar_type());
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels &&
-                  grad.size(2) == p.pooled_height && grad.size(3) == p.pooled_width,
-              op, ": grad must have shape [", rois.size(0), ", ", channels, ", ", p.pooled_height, ", ",
-              p.pooled_width, "], got ", grad.sizes());
-  TORCH_CHECK(batch_size >= 0 && height >= 0 && width >= 0, op, ": the input shape must be non-negative, got [",
-              batch_size, ", ", channels, ", ", height, ", ", width, "]");
+  TORCH_CHECK_TYPE(at::isFloatingType(grad.scalar_type()), op, ": grad must be float32/float16/bfloat16/float64, got ",
+                   grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.dim() == 4 && grad.sym_size(0) == rois.sym_size(0) && grad.sym_size(1) == channels &&
+                        grad.sym_size(2) == p.pooled_height && grad.sym_size(3) == p.pooled_width,
+                    op, ": grad must have shape [", rois.sym_size(0), ", ", channels, ", ", p.pooled_height, ", ",
+                    p.pooled_width, "], got ", grad.sym_sizes());
+  TORCH_CHECK_VALUE(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,
+                    ": the input shape must be non-negative, got [", batch_size, ", ", channels, ", ", height, ", ",
+                    width, "]");
 }
 
 // Accumulation dtype of the gradient buffer: fp32, or fp64 for fp64.

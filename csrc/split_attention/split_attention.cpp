@@ -1,5 +1,9 @@
-// Schemas of the split-attention ops. Autograd and fake (meta) kernels are registered in Python
-// (resnest_cuda/ops.py); the CPU and CUDA kernels register themselves in cpu/ and cuda/.
+// Schemas of the split-attention ops and their Meta kernels. Autograd is registered in Python (resnest_cuda/ops.py);
+// the CPU and CUDA kernels register themselves in cpu/ and cuda/.
+//
+// The Meta kernels are what fake tensors (torch.compile, torch.export, opcheck) run: they apply the argument checks
+// and the memory-format rule of the CPU and CUDA kernels (split_attention.h), so every path raises the same errors
+// and produces the same layouts.
 #include <torch/library.h>
 
 #include "split_attention.h"
@@ -9,20 +13,67 @@ namespace resnest_cuda {
 // d(gap)/dx is the same constant 1/(H*W) for every element of a split: the gradient is returned as a broadcast
 // view (strides [R*C, 1, 0, 0]) of a [B, R*C] tensor instead of being written out. Autograd adds it in place to
 // the combine op's dx, so the full-size gradient is materialised once (device-agnostic, a few tiny kernels).
-at::Tensor split_attention_pool_backward(const at::Tensor& grad_gap, int64_t radix, int64_t height, int64_t width) {
-  TORCH_CHECK(grad_gap.dim() == 2, "split_attention_pool_backward: grad_gap must be [B, C], got ", grad_gap.sizes());
-  TORCH_CHECK(radix >= 1 && height >= 1 && width >= 1,
-              "split_attention_pool_backward: radix, height and width must be >= 1");
-  const int64_t batch = grad_gap.size(0), rc = grad_gap.size(1) * radix;
-  const at::Tensor per_channel = (grad_gap / static_cast<double>(height * width)).repeat({1, radix});
-  return per_channel.view({batch, rc, 1, 1}).expand({batch, rc, height, width});
+at::Tensor split_attention_pool_backward(const at::Tensor& grad_gap, int64_t radix, c10::SymInt height,
+                                         c10::SymInt width) {
+  const char* op = "split_attention_pool_backward";
+  TORCH_CHECK_VALUE(grad_gap.dim() == 2, op, ": grad_gap must be a 2-D tensor [B, C], got shape ",
+                    grad_gap.sym_sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_gap.scalar_type()), op,
+                   ": grad_gap must be float32/float16/bfloat16/float64, got ", grad_gap.scalar_type());
+  TORCH_CHECK_VALUE(radix >= 1, op, ": radix must be an int >= 1, got ", radix);
+  TORCH_CHECK_VALUE(height >= 1 && width >= 1, op, ": height and width must be >= 1, got ", height, ", ", width);
+  const c10::SymInt batch = grad_gap.sym_size(0), rc = grad_gap.sym_size(1) * radix;
+  const at::Tensor per_channel = (grad_gap / c10::Scalar(height * width)).repeat({1, radix});
+  return per_channel.view_symint({batch, rc, 1, 1}).expand_symint({batch, rc, height, width});
 }
+
+namespace {
+
+at::Tensor pool_meta(const at::Tensor& x, int64_t radix) {
+  const c10::SymInt C = check_split_attention_input(x, radix, "split_attention_pool");
+  return at::empty_symint({x.sym_size(0), C}, x.options());
+}
+
+at::Tensor combine_meta(const at::Tensor& x, const at::Tensor& logits, int64_t radix, int64_t cardinality) {
+  check_combine_logits(x, logits, radix, cardinality, "split_attention_combine");
+  const c10::SymInt C = x.sym_size(1) / radix;
+  return at::empty_symint({x.sym_size(0), C, x.sym_size(2), x.sym_size(3)},
+                          x.options().memory_format(activation_format(x)));
+}
+
+std::tuple<at::Tensor, at::Tensor> combine_backward_meta(const at::Tensor& grad_out, const at::Tensor& x,
+                                                         const at::Tensor& logits, int64_t radix,
+                                                         int64_t cardinality) {
+  const char* op = "split_attention_combine_backward";
+  check_combine_logits(x, logits, radix, cardinality, op);
+  check_grad_out(grad_out, x, radix, op);
+  return {at::empty_symint(x.sym_sizes(), x.options().memory_format(activation_format(x))),
+          at::empty_symint(logits.sym_sizes(), logits.options())};
+}
+
+at::Tensor logits_backward_meta(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& logits,
+                                int64_t radix, int64_t cardinality) {
+  const char* op = "split_attention_logits_backward";
+  check_combine_logits(x, logits, radix, cardinality, op);
+  check_grad_out(grad_out, x, radix, op);
+  return at::empty_symint(logits.sym_sizes(), logits.options());
+}
+
+at::Tensor input_backward_meta(const at::Tensor& grad_out, const at::Tensor& logits, const at::Tensor& grad_gap,
+                               int64_t radix, int64_t cardinality) {
+  check_input_backward_args(grad_out, logits, grad_gap, radix, cardinality);
+  return at::empty_symint({grad_out.sym_size(0), grad_out.sym_size(1) * radix, grad_out.sym_size(2),
+                           grad_out.sym_size(3)},
+                          grad_out.options().memory_format(activation_format(grad_out)));
+}
+
+}  // namespace
 
 }  // namespace resnest_cuda
 
 TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
   m.def("split_attention_pool(Tensor x, int radix) -> Tensor");
-  m.def("split_attention_pool_backward(Tensor grad_gap, int radix, int height, int width) -> Tensor");
+  m.def("split_attention_pool_backward(Tensor grad_gap, int radix, SymInt height, SymInt width) -> Tensor");
   m.def("split_attention_combine(Tensor x, Tensor logits, int radix, int cardinality) -> Tensor");
   m.def(
       "split_attention_combine_backward(Tensor grad_out, Tensor x, Tensor logits, int radix, int cardinality)"
@@ -40,4 +91,12 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
 
 TORCH_LIBRARY_IMPL(resnest_cuda, CompositeExplicitAutograd, m) {
   m.impl("split_attention_pool_backward", &resnest_cuda::split_attention_pool_backward);
+}
+
+TORCH_LIBRARY_IMPL(resnest_cuda, Meta, m) {
+  m.impl("split_attention_pool", &resnest_cuda::pool_meta);
+  m.impl("split_attention_combine", &resnest_cuda::combine_meta);
+  m.impl("split_attention_combine_backward", &resnest_cuda::combine_backward_meta);
+  m.impl("split_attention_logits_backward", &resnest_cuda::logits_backward_meta);
+  m.impl("split_attention_input_backward", &resnest_cuda::input_backward_meta);
 }

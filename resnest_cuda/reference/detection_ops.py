@@ -6,6 +6,7 @@ Box format everywhere: ``(x1, y1, x2, y2)`` in input-image pixels; rois carry a 
 import torch
 
 _ROI_CHUNK = 64  # ROIs pooled together; bounds the [C, chunk, Lh, Lw] gathered windows
+MAX_ADAPTIVE_GRID = 64  # cap of the adaptive grid: kMaxAdaptiveGrid in csrc/roi_align/roi_align.h
 
 
 def _pair(output_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -21,7 +22,7 @@ def _axis_taps(
 
     lo, hi: ``[K]`` ROI edges along this axis (image pixels), in the accumulation dtype.
     Returns ``index`` (int64) and ``weight``, both ``[K, pooled, 2S]`` (S = the largest grid of any ROI): the
-    ``2S`` taps of bin ``p``. Sample ``i`` of bin ``p`` sits at ``v = start + p*bin + (i + 0.5)*bin/grid``; outside
+    ``2S`` taps of bin ``p``. A ROI with a non-finite edge has no taps (weight 0). Sample ``i`` of bin ``p`` sits at ``v = start + p*bin + (i + 0.5)*bin/grid``; outside
     ``[-1, size]`` it contributes 0; below 0 it is clamped to 0; it interpolates between ``floor(v)`` and
     ``floor(v) + 1`` (both the last row/column when ``floor(v) >= size - 1``). Weights include the ``1/grid`` of
     the mean; unused taps (``i >= grid``) have weight 0.
@@ -29,13 +30,16 @@ def _axis_taps(
     offset = 0.5 if aligned else 0.0
     start = lo * spatial_scale - offset
     length = hi * spatial_scale - offset - start
+    finite = torch.isfinite(start) & torch.isfinite(length)  # before the legacy clamp, which maps NaN to 1
     if not aligned:
         length = length.clamp(min=1.0)  # legacy mode: ROIs are at least 1x1
     bin_size = length / pooled
     if sampling_ratio > 0:
         grid = torch.full_like(bin_size, float(sampling_ratio))
-    else:
-        grid = torch.ceil(bin_size).clamp(min=0)  # adaptive: ceil(roi / pooled) samples per bin
+    else:  # adaptive: ceil(roi / pooled) samples per bin, capped (in floating point) at MAX_ADAPTIVE_GRID
+        grid = torch.ceil(bin_size).clamp(min=0, max=MAX_ADAPTIVE_GRID)
+    grid = torch.where(finite, grid, 0.0)  # a non-finite ROI has no samples: it pools to 0
+    start, bin_size = torch.where(finite, start, 0.0), torch.where(finite, bin_size, 0.0)
     num_samples = int(grid.max().item()) if grid.numel() else 0
     p = torch.arange(pooled, dtype=lo.dtype, device=lo.device).view(1, pooled, 1)
     i = torch.arange(num_samples, dtype=lo.dtype, device=lo.device).view(1, 1, num_samples)
@@ -92,8 +96,11 @@ def roi_align(
         rois: ``[K, 5]`` rows ``(batch_index, x1, y1, x2, y2)`` in image pixels.
         output_size: ``ph`` or ``(ph, pw)``.
         spatial_scale: feature-map pixels per image pixel (1 / stride).
-        sampling_ratio: samples per bin along each axis; ``<= 0`` means ``ceil(roi_size / output_size)`` per ROI.
+        sampling_ratio: samples per bin along each axis; ``<= 0`` means ``ceil(roi_size / output_size)`` per ROI,
+            at most ``MAX_ADAPTIVE_GRID``.
         aligned: shift by -0.5 pixel (mmcv/detectron2); False is the legacy mode (no shift, ROI size >= 1).
+
+    A ROI whose batch index is outside ``[0, N)`` or NaN, or with a non-finite coordinate, pools to 0.
     Returns:
         ``[K, C, ph, pw]`` in input's dtype (computed in fp32, or fp64 for fp64 input); differentiable w.r.t. input.
     """
@@ -110,7 +117,8 @@ def roi_align(
     # Window rows/columns past the map get weight 0; clamping only keeps their indices valid.
     rows = (y0[:, None] + torch.arange(wy.shape[2], device=r.device)).clamp(max=height - 1)  # [K, Lh]
     cols = (x0[:, None] + torch.arange(wx.shape[2], device=r.device)).clamp(max=width - 1)  # [K, Lw]
-    batch = r[:, 0].long()
+    in_range = (r[:, 0] >= 0) & (r[:, 0] < n_img)  # False for NaN
+    batch = torch.where(in_range, r[:, 0], -1.0).long()  # out of range: matches no image, pools to 0
     for n in range(n_img):
         for k in (batch == n).nonzero()[:, 0].split(_ROI_CHUNK):
             window = feats[n][:, rows[k][:, :, None], cols[k][:, None, :]]  # [C, k, Lh, Lw]

@@ -26,7 +26,7 @@ Strides4 strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.s
 // Interpolation taps of one ROI; tap offsets are already multiplied by the H (ys) or W (xs) stride.
 template <typename acc_t>
 struct RoiTaps {
-  int64_t batch = 0;
+  int64_t batch = 0;               // image of the ROI, -1 when its batch index is out of range (no samples)
   int64_t grid_h = 0, grid_w = 0;
   acc_t count = 1;                 // max(grid_h * grid_w, 1): samples averaged per bin
   std::vector<AxisTap<acc_t>> ys;  // [pooled_h * grid_h]
@@ -34,11 +34,12 @@ struct RoiTaps {
 };
 
 template <typename acc_t>
-void compute_taps(const acc_t* roi, const RoiAlignParams& p, int64_t height, int64_t width, int64_t stride_h,
-                  int64_t stride_w, RoiTaps<acc_t>& t) {
-  const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_height,
-                                                   p.pooled_width, p.sampling_ratio, p.aligned);
-  t.batch = static_cast<int64_t>(roi[0]);
+void compute_taps(const acc_t* roi, const RoiAlignParams& p, int64_t batch_size, int64_t height, int64_t width,
+                  int64_t stride_h, int64_t stride_w, RoiTaps<acc_t>& t) {
+  RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_height,
+                                             p.pooled_width, p.sampling_ratio, p.aligned);
+  t.batch = roi_batch_index(roi[0], batch_size);
+  if (t.batch < 0) g.grid_h = g.grid_w = 0;
   t.grid_h = g.grid_h;
   t.grid_w = g.grid_w;
   t.count = static_cast<acc_t>(std::max<int64_t>(g.grid_h * g.grid_w, 1));
@@ -62,26 +63,16 @@ void compute_taps(const acc_t* roi, const RoiAlignParams& p, int64_t height, int
   }
 }
 
-// Every batch index must name an image of the batch (checked before any parallel work starts).
-template <typename acc_t>
-void check_batch_indices(const acc_t* rois, int64_t num_rois, int64_t batch_size, const char* op) {
-  for (int64_t k = 0; k < num_rois; ++k) {
-    const acc_t b = rois[k * 5];
-    TORCH_CHECK(b >= 0 && b < static_cast<acc_t>(batch_size), op, ": rois[", k, ", 0] (batch index ", b,
-                ") must be in [0, ", batch_size, ")");
-  }
-}
-
 template <typename scalar_t, typename acc_t>
-void forward_kernel(const scalar_t* input, Strides4 s, int64_t channels, int64_t height, int64_t width,
-                    const acc_t* rois, int64_t num_rois, const RoiAlignParams& p, scalar_t* out) {
+void forward_kernel(const scalar_t* input, Strides4 s, int64_t batch_size, int64_t channels, int64_t height,
+                    int64_t width, const acc_t* rois, int64_t num_rois, const RoiAlignParams& p, scalar_t* out) {
   const int64_t bins = p.pooled_height * p.pooled_width;
   at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
     RoiTaps<acc_t> t;
     for (int64_t k = begin; k < end; ++k) {
-      compute_taps<acc_t>(rois + k * 5, p, height, width, s.h, s.w, t);
+      compute_taps<acc_t>(rois + k * 5, p, batch_size, height, width, s.h, s.w, t);
       for (int64_t c = 0; c < channels; ++c) {
-        const scalar_t* base = input + t.batch * s.n + c * s.c;
+        const scalar_t* base = input + std::max<int64_t>(t.batch, 0) * s.n + c * s.c;  // not read when batch < 0
         scalar_t* o = out + (k * channels + c) * bins;
         for (int64_t ph = 0; ph < p.pooled_height; ++ph) {
           for (int64_t pw = 0; pw < p.pooled_width; ++pw) {
@@ -111,10 +102,14 @@ void backward_kernel(const scalar_t* grad, Strides4 gs, const acc_t* rois, int64
                      int64_t channels, int64_t height, int64_t width, const RoiAlignParams& p, acc_t* grad_input) {
   std::vector<RoiTaps<acc_t>> taps(num_rois);
   at::parallel_for(0, num_rois, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) compute_taps<acc_t>(rois + k * 5, p, height, width, width, 1, taps[k]);
+    for (int64_t k = begin; k < end; ++k) {
+      compute_taps<acc_t>(rois + k * 5, p, batch_size, height, width, width, 1, taps[k]);
+    }
   });
   std::vector<std::vector<int64_t>> rois_of_image(batch_size);
-  for (int64_t k = 0; k < num_rois; ++k) rois_of_image[taps[k].batch].push_back(k);
+  for (int64_t k = 0; k < num_rois; ++k) {
+    if (taps[k].batch >= 0) rois_of_image[taps[k].batch].push_back(k);
+  }
 
   at::parallel_for(0, batch_size * channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t nc = begin; nc < end; ++nc) {
@@ -158,8 +153,8 @@ at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double
   const at::Tensor r = rois_in_acc_dtype(rois, input.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    check_batch_indices<acc_t>(r.const_data_ptr<acc_t>(), num_rois, input.size(0), "roi_align");
-    forward_kernel<scalar_t, acc_t>(input.const_data_ptr<scalar_t>(), strides_of(input), channels, height, width,
+    forward_kernel<scalar_t, acc_t>(input.const_data_ptr<scalar_t>(), strides_of(input), input.size(0), channels,
+                                    height, width,
                                     r.const_data_ptr<acc_t>(), num_rois, p, out.mutable_data_ptr<scalar_t>());
   });
   return out;
@@ -169,7 +164,6 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                   int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
   const RoiAlignParams p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned};
-  const char* op = "roi_align_backward";
   check_roi_align_backward_input(grad, rois, p, batch_size, channels, height, width);
   at::Tensor grad_input =
       at::zeros({batch_size, channels, height, width}, grad.options().dtype(grad_acc_dtype(grad.scalar_type())));
@@ -177,7 +171,6 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
   const at::Tensor r = rois_in_acc_dtype(rois, grad.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    check_batch_indices<acc_t>(r.const_data_ptr<acc_t>(), rois.size(0), batch_size, op);
     backward_kernel<scalar_t, acc_t>(grad.const_data_ptr<scalar_t>(), strides_of(grad), r.const_data_ptr<acc_t>(),
                                      rois.size(0), batch_size, channels, height, width, p,
                                      grad_input.mutable_data_ptr<acc_t>());

@@ -3,7 +3,9 @@
 // Forward: one thread per output element (k, c, ph, pw), reading input through its strides (NCHW, channels_last
 // or a strided view, no layout copy). Backward: one thread per element of grad, scattering its share into an
 // accumulation-dtype NCHW buffer with atomicAdd (fp32 for half/bfloat16, cast to the input dtype at the end).
-// A ROI whose batch index is out of range pools to 0 and receives no gradient (a kernel cannot raise).
+// A ROI whose batch index is out of range pools to 0 and receives no gradient, as on the CPU (roi_align.h).
+// The atomic backward is not deterministic: it alerts under torch.use_deterministic_algorithms(True).
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -51,13 +53,14 @@ __global__ void forward_kernel(const scalar_t* __restrict__ input, Strides4 s, i
        idx += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const BinIndex bi = bin_index(idx, channels, p);
     const acc_t* roi = rois + bi.k * 5;
-    if (!(roi[0] >= acc_t(0) && roi[0] < static_cast<acc_t>(batch_size))) {
+    const int64_t n = roi_batch_index(roi[0], batch_size);
+    if (n < 0) {
       out[idx] = static_cast<scalar_t>(0);
       continue;
     }
     const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_height,
                                                      p.pooled_width, p.sampling_ratio, p.aligned);
-    const scalar_t* base = input + static_cast<int64_t>(roi[0]) * s.n + bi.c * s.c;
+    const scalar_t* base = input + n * s.n + bi.c * s.c;
     acc_t sum = 0;
     for (int64_t iy = 0; iy < g.grid_h; ++iy) {
       const AxisTap<acc_t> y = axis_tap<acc_t>(sample_coord<acc_t>(g.start_y, g.bin_h, bi.ph, iy, g.grid_h), height);
@@ -86,13 +89,14 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, Strides4 gs, 
        idx += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const BinIndex bi = bin_index(idx, channels, p);
     const acc_t* roi = rois + bi.k * 5;
-    if (!(roi[0] >= acc_t(0) && roi[0] < static_cast<acc_t>(batch_size))) continue;
+    const int64_t n = roi_batch_index(roi[0], batch_size);
+    if (n < 0) continue;
     const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_height,
                                                      p.pooled_width, p.sampling_ratio, p.aligned);
     const int64_t count = g.grid_h * g.grid_w > 0 ? g.grid_h * g.grid_w : 1;
     const acc_t gv = static_cast<acc_t>(grad[bi.k * gs.n + bi.c * gs.c + bi.ph * gs.h + bi.pw * gs.w]) /
                      static_cast<acc_t>(count);
-    acc_t* gi = grad_input + (static_cast<int64_t>(roi[0]) * channels + bi.c) * height * width;
+    acc_t* gi = grad_input + (n * channels + bi.c) * height * width;
     for (int64_t iy = 0; iy < g.grid_h; ++iy) {
       const AxisTap<acc_t> y = axis_tap<acc_t>(sample_coord<acc_t>(g.start_y, g.bin_h, bi.ph, iy, g.grid_h), height);
       if (y.w_lo == acc_t(0) && y.w_hi == acc_t(0)) continue;
@@ -140,6 +144,8 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
   const RoiAlignParams p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned};
   check_roi_align_backward_input(grad, rois, p, batch_size, channels, height, width);
   TORCH_CHECK(grad.is_cuda(), "roi_align_backward: grad must be a CUDA tensor");
+  // atomicAdd makes the summation order, and so the rounding of grad_input, vary from run to run.
+  at::globalContext().alertNotDeterministic("roi_align_backward_cuda");
   const c10::cuda::CUDAGuard guard(grad.device());
   at::Tensor grad_input =
       at::zeros({batch_size, channels, height, width}, grad.options().dtype(grad_acc_dtype(grad.scalar_type())));

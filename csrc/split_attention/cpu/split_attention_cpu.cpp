@@ -319,7 +319,7 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cpu(const at
   const at::Tensor lc = logits.contiguous();
   at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
   at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
-  if (d.B == 0) return {dx, dlogits};
+  if (x.numel() == 0) return {dx, dlogits};  // B == 0 or C == 0: no kernel launch
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_combine_bwd_cpu", [&] {
     combine_backward_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                                       lc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
@@ -338,7 +338,7 @@ at::Tensor split_attention_logits_backward_cpu(const at::Tensor& grad_out, const
   const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
   const at::Tensor lc = logits.contiguous();
   at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
-  if (d.B == 0) return dlogits;
+  if (x.numel() == 0) return dlogits;  // B == 0 or C == 0: no kernel launch
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_logits_bwd_cpu", [&] {
     combine_backward_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                                       lc.const_data_ptr<scalar_t>(), nullptr, dlogits.mutable_data_ptr<scalar_t>(), d,

@@ -519,7 +519,7 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cuda(const a
   const at::Tensor lc = logits.contiguous();
   at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
   at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
-  if (d.B == 0) return {dx, dlogits};
+  if (x.numel() == 0) return {dx, dlogits};  // B == 0 or C == 0: no kernel launch
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_combine_bwd_cuda", [&] {
     auto [partial, splits] = launch_reduction<1, scalar_t>(xc, gc, lc, dx, d, cl);
     logits_grad_kernel<scalar_t><<<elementwise_blocks(d.B * d.C), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
@@ -543,7 +543,7 @@ at::Tensor split_attention_logits_backward_cuda(const at::Tensor& grad_out, cons
   const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
   const at::Tensor lc = logits.contiguous();
   at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
-  if (d.B == 0) return dlogits;
+  if (x.numel() == 0) return dlogits;  // B == 0 or C == 0: no kernel launch
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_logits_bwd_cuda", [&] {
     auto [partial, splits] = launch_reduction<1, scalar_t>(xc, gc, lc, at::Tensor(), d, cl);
     logits_grad_kernel<scalar_t><<<elementwise_blocks(d.B * d.C), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
