@@ -70,8 +70,9 @@ def test_nms_on_empty_boxes(device):
 X, L = _t(2, 8, 3, 3), _t(2, 8)
 FEATS, ROIS = _t(1, 2, 6, 6), torch.tensor([[0.0, 0, 0, 3, 3]])
 BAD = [
-    ("x 3-D", lambda: resnest_cuda.split_attention_pool(_t(8, 3, 3), 2), lambda: OPS.split_attention_pool(_t(8, 3, 3), 2),
-     ValueError, r"split_attention_pool: x must be a 4-D tensor \[B, radix\*C, H, W\], got shape \[8, 3, 3\]"),
+    ("x 3-D", lambda: resnest_cuda.split_attention_pool(_t(8, 3, 3), 2),
+     lambda: OPS.split_attention_pool(_t(8, 3, 3), 2), ValueError,
+     r"split_attention_pool: x must be a 4-D tensor \[B, radix\*C, H, W\], got shape \[8, 3, 3\]"),
     ("radix divides", lambda: resnest_cuda.split_attention_pool(_t(2, 5, 3, 3), 2),
      lambda: OPS.split_attention_pool(_t(2, 5, 3, 3), 2), ValueError,
      r"x.shape\[1\] \(5\) must be divisible by radix \(2\); expected x of shape \[B, radix\*C, H, W\]"),
@@ -88,15 +89,16 @@ BAD = [
      lambda: OPS.split_attention_combine(X, L.double(), 2, 1), TypeError, r"logits dtype \(Double\) must match x"),
     ("cardinality", lambda: resnest_cuda.split_attention_combine(X, L, 2, 3),
      lambda: OPS.split_attention_combine(X, L, 2, 3), ValueError, r"must be divisible by cardinality \(3\)"),
-    ("input 3-D", lambda: resnest_cuda.roi_align(FEATS[0], ROIS, 2), lambda: OPS.roi_align(FEATS[0], ROIS, 1.0, 2, 2, 0, True),
-     ValueError, r"roi_align: input must be a 4-D tensor \[N, C, H, W\], got shape \[2, 6, 6\]"),
+    ("input 3-D", lambda: resnest_cuda.roi_align(FEATS[0], ROIS, 2),
+     lambda: OPS.roi_align(FEATS[0], ROIS, 1.0, 2, 2, 0, True), ValueError,
+     r"roi_align: input must be a 4-D tensor \[N, C, H, W\], got shape \[2, 6, 6\]"),
     ("rois shape", lambda: resnest_cuda.roi_align(FEATS, ROIS[:, :4], 2),
      lambda: OPS.roi_align(FEATS, ROIS[:, :4], 1.0, 2, 2, 0, True), ValueError,
      r"rois must have shape \[K, 5\] \(batch_index, x1, y1, x2, y2\), got \[1, 4\]"),
     ("rois dtype", lambda: resnest_cuda.roi_align(FEATS, ROIS.long(), 2),
      lambda: OPS.roi_align(FEATS, ROIS.long(), 1.0, 2, 2, 0, True), TypeError, "rois must be float32/.*got Long"),
-    ("output_size", lambda: resnest_cuda.roi_align(FEATS, ROIS, 0), lambda: OPS.roi_align(FEATS, ROIS, 1.0, 0, 0, 0, True),
-     ValueError, r"output_size must be positive, got \(0, 0\)"),
+    ("output_size", lambda: resnest_cuda.roi_align(FEATS, ROIS, 0),
+     lambda: OPS.roi_align(FEATS, ROIS, 1.0, 0, 0, 0, True), ValueError, r"output_size must be positive, got \(0, 0\)"),
     ("spatial_scale", lambda: resnest_cuda.roi_align(FEATS, ROIS, 2, 0.0),
      lambda: OPS.roi_align(FEATS, ROIS, 0.0, 2, 2, 0, True), ValueError, "spatial_scale must be > 0, got 0"),
 ]

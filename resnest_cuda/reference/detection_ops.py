@@ -22,10 +22,10 @@ def _axis_taps(
 
     lo, hi: ``[K]`` ROI edges along this axis (image pixels), in the accumulation dtype.
     Returns ``index`` (int64) and ``weight``, both ``[K, pooled, 2S]`` (S = the largest grid of any ROI): the
-    ``2S`` taps of bin ``p``. A ROI with a non-finite edge has no taps (weight 0). Sample ``i`` of bin ``p`` sits at ``v = start + p*bin + (i + 0.5)*bin/grid``; outside
+    ``2S`` taps of bin ``p``. Sample ``i`` of bin ``p`` sits at ``v = start + p*bin + (i + 0.5)*bin/grid``; outside
     ``[-1, size]`` it contributes 0; below 0 it is clamped to 0; it interpolates between ``floor(v)`` and
     ``floor(v) + 1`` (both the last row/column when ``floor(v) >= size - 1``). Weights include the ``1/grid`` of
-    the mean; unused taps (``i >= grid``) have weight 0.
+    the mean; unused taps (``i >= grid``) have weight 0; a ROI with a non-finite edge has no taps at all.
     """
     offset = 0.5 if aligned else 0.0
     start = lo * spatial_scale - offset

@@ -79,6 +79,7 @@ void forward_kernel(const scalar_t* input, Strides4 s, int64_t batch_size, int64
             acc_t sum = 0;
             for (int64_t iy = 0; iy < t.grid_h; ++iy) {
               const AxisTap<acc_t>& y = t.ys[ph * t.grid_h + iy];
+              if (y.w_lo == acc_t(0) && y.w_hi == acc_t(0)) continue;  // sample row outside the map: adds 0
               for (int64_t ix = 0; ix < t.grid_w; ++ix) {
                 const AxisTap<acc_t>& x = t.xs[pw * t.grid_w + ix];
                 const acc_t top = x.w_lo * static_cast<acc_t>(base[y.lo + x.lo]) +
@@ -123,6 +124,7 @@ void backward_kernel(const scalar_t* grad, Strides4 gs, const acc_t* rois, int64
             const acc_t gv = static_cast<acc_t>(g[ph * gs.h + pw * gs.w]) / t.count;
             for (int64_t iy = 0; iy < t.grid_h; ++iy) {
               const AxisTap<acc_t>& y = t.ys[ph * t.grid_h + iy];
+              if (y.w_lo == acc_t(0) && y.w_hi == acc_t(0)) continue;
               const acc_t g_lo = gv * y.w_lo, g_hi = gv * y.w_hi;
               for (int64_t ix = 0; ix < t.grid_w; ++ix) {
                 const AxisTap<acc_t>& x = t.xs[pw * t.grid_w + ix];
