@@ -1,4 +1,7 @@
-"""RoIAlign and NMS operators (SPEC §6), with argument checks, fake-tensor kernels and autograd.
+"""RoIAlign and NMS operators (SPEC §6): Python wrappers, the NMS fake kernel and autograd (to any order for RoIAlign).
+
+RoIAlign's arguments are checked by the op itself (csrc/roi_align/roi_align.h; its Meta kernel serves fake tensors),
+so the wrapper, raw ``torch.ops.resnest_cuda.roi_align`` and ``torch.compile`` raise the same errors.
 
 Box format: ``(x1, y1, x2, y2)`` in input-image pixels; area ``(x2 - x1) * (y2 - y1)`` (no +1).
 RoIAlign rois are ``[K, 5]`` rows ``(batch_index, x1, y1, x2, y2)``.

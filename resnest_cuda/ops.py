@@ -5,7 +5,9 @@ Layouts (R = radix, K = cardinality, C = channels per split):
 - ``x``: ``[B, R*C, H, W]``, radix-major (channel ``r*C + k*(C/K) + c``), NCHW or channels_last.
 - ``logits``: ``[B, R*C]`` or ``[B, R*C, 1, 1]``, fc2's cardinal-major order (``k*(R*C/K) + r*(C/K) + c``).
 
-The kernels accumulate in fp32 (fp64 for float64 inputs) and return results in the input dtype.
+The kernels accumulate in fp32 (fp64 for float64 inputs) and return results in the input dtype. Arguments are
+checked by the ops themselves (csrc/split_attention/split_attention.h), whose Meta kernels serve fake tensors, so
+the wrappers, raw ``torch.ops.resnest_cuda.*`` calls and ``torch.compile`` raise the same errors.
 """
 
 import torch
@@ -72,6 +74,13 @@ def _radix_major_to_logits(t: torch.Tensor, logits: torch.Tensor, radix: int, ca
     return t.reshape(b, radix, cardinality, c // cardinality).transpose(1, 2).reshape(logits.shape)
 
 
+def _in_layout_of(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The gradient of a channels_last x is channels_last (a differentiable copy only when it is not)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not grad.is_contiguous(memory_format=torch.channels_last):
+        return grad.contiguous(memory_format=torch.channels_last)
+    return grad
+
+
 def combine_backward_differentiable(grad_out, x, logits, radix: int, cardinality: int):
     """The combine backward in plain PyTorch ops (differentiable to any order): ``(grad_x, grad_logits)``.
 
@@ -82,7 +91,7 @@ def combine_backward_differentiable(grad_out, x, logits, radix: int, cardinality
     c = rc // radix
     att = radix_softmax(logits, radix, cardinality)  # [B, R, C]
     go = grad_out.unsqueeze(1)  # [B, 1, C, H, W]
-    grad_x = (att.reshape(b, radix, c, 1, 1) * go).reshape(b, rc, h, w)
+    grad_x = _in_layout_of((att.reshape(b, radix, c, 1, 1) * go).reshape(b, rc, h, w), x)
     ds = (go * x.reshape(b, radix, c, h, w)).sum(dim=(3, 4))  # [B, R, C]
     if radix == 1:
         da = ds * att * (1 - att)
@@ -246,7 +255,7 @@ class _SplitAttention(torch.autograd.Function):
             param_grads[i] = g
         if create_graph:
             b, rc, h, w = x.shape
-            grad_x = grad_x_direct + (grad_gap / (h * w)).repeat(1, radix).reshape(b, rc, 1, 1)
+            grad_x = _in_layout_of(grad_x_direct + (grad_gap / (h * w)).repeat(1, radix).reshape(b, rc, 1, 1), x)
         else:
             grad_x = torch.ops.resnest_cuda.split_attention_input_backward(
                 grad_out, logits.detach(), grad_gap, radix, cardinality

@@ -171,3 +171,17 @@ def test_gradient_has_the_layout_of_x(device, x_layout, grad_layout, path):
     xr = x.detach().requires_grad_()
     ref = reference.split_attention_combine(xr, attention(reference.split_attention_pool(xr, 2)), 2, 2)
     torch.testing.assert_close(grad, torch.autograd.grad(ref, xr, g)[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("path", ["fused_node", "two_ops"])
+def test_create_graph_gradient_has_the_layout_of_x(device, path):
+    x, _ = inputs(device, h=3, w=5)
+    x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(8, 4, dtype=torch.float64, device=device, requires_grad=True)
+    if path == "fused_node":
+        out = resnest_cuda.split_attention(x, 2, 2, lambda gap: gap @ w.T, [w])
+    else:
+        out = resnest_cuda.split_attention_combine(x, resnest_cuda.split_attention_pool(x, 2) @ w.T, 2, 2)
+    (grad,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    assert grad.requires_grad and grad.is_contiguous(memory_format=torch.channels_last)

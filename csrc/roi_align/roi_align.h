@@ -26,11 +26,12 @@
 
 namespace resnest_cuda {
 
-// Cap of the adaptive sampling grid (samples per bin along one axis when sampling_ratio <= 0). The uncapped
-// ceil(bin) is used as is up to 64, i.e. for ROIs up to 64 * output_size feature-map pixels along an axis (448 px
-// for 7x7 bins: 1792 image pixels even on a stride-4 level), which covers every ROI of a detector on images up to
-// ~1800 px; larger ROIs are sampled 64 times per bin instead of ceil(bin), which bounds the work of one ROI to
-// output_size^2 * 64^2 samples per channel (a huge or infinite ROI used to run for seconds or, on the GPU, forever).
+// Cap of the adaptive sampling grid (samples per bin along one axis when sampling_ratio <= 0). Results equal the
+// uncapped ceil(bin) rule (mmcv, torchvision) for ROIs up to 64 * output_size feature-map pixels along an axis:
+// 448 px for 7x7 bins, i.e. 1792 image pixels even at stride 4, where a 1333-px image spans only 333 px (and FPN
+// pools ROIs above 112 px from coarser levels). Larger ROIs take 64 samples per bin, which bounds the work of one
+// ROI to output_size^2 * 64^2 samples per channel; uncapped, it grew with the ROI without bound (an infinite ROI
+// never finished on the GPU).
 constexpr int64_t kMaxAdaptiveGrid = 64;
 
 struct RoiAlignParams {
