@@ -80,7 +80,8 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
       " -> (Tensor, Tensor)");
   // The two halves of the combine backward for a caller that knows grad_gap before writing grad_x (the eager
   // fused path of SplitAttentionConv2d): the logits gradient alone (a reduction over H, W), then
-  // grad_x = softmax_r(logits) * grad_out + grad_gap / (H*W), written once.
+  // grad_x = softmax_r(logits) * grad_out + grad_gap / (H*W), written once, in grad_out's memory format (the
+  // caller passes grad_out in x's format, so the gradient of a channels_last x is channels_last).
   m.def(
       "split_attention_logits_backward(Tensor grad_out, Tensor x, Tensor logits, int radix, int cardinality)"
       " -> Tensor");
