@@ -113,6 +113,7 @@ def measure(name, model, with_masks, num_classes, convert, args, scale_images=1.
     targets = convert(targets)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    flops = {}  # counted once per mode and batch: FLOPs do not depend on the autocast dtype
     for precision in args.precisions:
         dtype = PRECISIONS[precision]
 
@@ -131,9 +132,11 @@ def measure(name, model, with_masks, num_classes, convert, args, scale_images=1.
 
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        ms = time_ms(train_step, device, warmup=2, iters=args.iters)
+        ms = time_ms(train_step, device, warmup=args.warmup, iters=args.iters)
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-        gflops = count_gflops(train_step) if args.flops else None
+        if args.flops and "train" not in flops:
+            flops["train"] = count_gflops(train_step)
+        gflops = flops.get("train")
         rows.append(dict(model=name, mode="train", precision=precision, batch=args.batch, ms_per_iter=ms,
                          images_per_s=args.batch * 1e3 / ms, peak_mem_gb=peak, detections_per_image=None,
                          gflops=gflops))
@@ -146,9 +149,11 @@ def measure(name, model, with_masks, num_classes, convert, args, scale_images=1.
                 with torch.no_grad(), autocast():
                     return model(infer_images)
 
-            ms = time_ms(infer, device, warmup=2, iters=args.iters)
+            ms = time_ms(infer, device, warmup=args.warmup, iters=args.iters)
             dets = detections_per_image(infer())
-            gflops = count_gflops(infer) / batch if args.flops else None
+            if args.flops and batch not in flops:
+                flops[batch] = count_gflops(infer) / batch
+            gflops = flops.get(batch)
             rows.append(dict(model=name, mode="infer", precision=precision, batch=batch, ms_per_iter=ms,
                              images_per_s=batch * 1e3 / ms, peak_mem_gb=None, detections_per_image=dets,
                              gflops=gflops))
@@ -180,6 +185,7 @@ def main(argv=None):
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--infer-batches", default="1,8")
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--impls", default="fused,reference")
     parser.add_argument("--layouts", default="nchw,channels_last",
                         help="memory format of our models (model.channels_last)")

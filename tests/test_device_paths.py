@@ -82,7 +82,7 @@ def check_two_ops(x, logits, radix, cardinality, grad_seed=1):
     grads = torch.autograd.grad([gap, out], [x, logits],
                                 [grad_gap.to(gap), grad_out.to(out).contiguous(memory_format=_format(out))])
     ref_grads = torch.autograd.grad([ref_gap, ref_out], [x64, l64],
-                                    [grad_gap.to(gap).double(), grad_out.to(out).double()])
+                                    [grad_gap.to(gap).cpu().double(), grad_out.to(out).cpu().double()])
     assert_matches_reference(grads[0], ref_grads[0], name="grad_x")
     assert_matches_reference(grads[1], ref_grads[1], tol=2 * REL_TOL[x.dtype], name="grad_logits")
 
@@ -99,7 +99,7 @@ def check_single_node(x, radix, cardinality, grad_seed=2):
     x64 = x.detach().cpu().double().requires_grad_()
     w64 = weight.detach().cpu().double().requires_grad_()
     ref_out = ref.split_attention_combine(x64, ref.split_attention_pool(x64, radix) @ w64, radix, cardinality)
-    ref_gx, ref_gw = torch.autograd.grad(ref_out, [x64, w64], grad_out.to(out).double())
+    ref_gx, ref_gw = torch.autograd.grad(ref_out, [x64, w64], grad_out.to(out).cpu().double())
     low = x.dtype in (torch.float16, torch.bfloat16)
     assert_matches_reference(out, ref_out, tol=2 * REL_TOL[x.dtype] if low else None, name="out")
     assert_matches_reference(gx, ref_gx, tol=2 * REL_TOL[x.dtype] if low else None, name="grad_x")
@@ -205,7 +205,7 @@ def test_fused_tail_parameter_gradients_at_detection_shapes(device, dtype, layou
     for b, r, c, h, w in shapes_for(device):
         x = random_x(b, r, c, h, w, dtype, device, layout).requires_grad_()
         mlp = attention_mlp(c, r, device)
-        mlp64 = copy.deepcopy(mlp).cpu().double()
+        mlp64 = copy.deepcopy(mlp).double()  # the fp64 reference runs on the same device (plain PyTorch ops)
         params = list(mlp.parameters())
 
         def attention(gap, mlp=mlp):
@@ -214,7 +214,7 @@ def test_fused_tail_parameter_gradients_at_detection_shapes(device, dtype, layou
         out = resnest_cuda.split_attention(x, r, 1, attention, params)
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
         got = torch.autograd.grad(out, [x, *params], grad_out.to(out))
-        x64 = x.detach().cpu().double().requires_grad_()
+        x64 = x.detach().double().requires_grad_()
         # The reference rounds where the ops' contract rounds: the pooled gap and the logits are in x's dtype.
         gap = rounded_like(ref.split_attention_pool(x64, r), dtype)
         logits = rounded_like(mlp64(gap[:, :, None, None]), dtype)

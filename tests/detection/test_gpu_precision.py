@@ -44,9 +44,10 @@ def run_precision(model, state, images, targets, dtype, device):
     model.load_state_dict(state)  # eval with the same running statistics in both precisions
     model.eval()
     features = {}
-    model.neck.register_forward_hook(lambda m, i, out: features.update(neck=[o.float() for o in out]))
+    hook = model.neck.register_forward_hook(lambda m, i, out: features.update(neck=[o.float() for o in out]))
     with torch.no_grad(), autocast:
         detections = model(images)
+    hook.remove()
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     return dict(losses={k: v.float().item() for k, v in losses.items()}, grads=dict(zip(names, grads)),
                 updated=updated, features=features["neck"], detections=detections)
