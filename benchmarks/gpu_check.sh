@@ -97,7 +97,9 @@ if ((dry)); then
   run_step build 60 'kernels' '$PY -c "import resnest_cuda; print(\"existing build, CUDA kernels:\",
     resnest_cuda.cuda_kernels_available())"'
   build_failed
-  tests_cmd='$PY -m pytest -q -p no:cacheprovider --collect-only -k "cuda or device_mismatch" tests'
+  # Collect (not run) the selection in the files written for the first GPU run: checks the expression and imports.
+  tests_cmd='$PY -m pytest -q -p no:cacheprovider --collect-only -k "cuda or device_mismatch" \
+    tests/test_device_paths.py tests/test_split_attention_fuzz.py tests/detection/test_gpu_precision.py'
 else
   run_step build 150 'error|Error|copying|kernels' 'rm -rf build; TORCH_CUDA_ARCH_LIST=9.0+PTX MAX_JOBS=16 \
     $PY setup.py build_ext --inplace && $PY -c "import resnest_cuda; assert resnest_cuda.cuda_kernels_available(), \
