@@ -25,10 +25,10 @@ STRIDES = (4, 8, 16, 32, 64)
 ROI_STRIDES = STRIDES[:4]
 
 
-def feature_pyramid(device: str, dtype: torch.dtype) -> list[torch.Tensor]:
+def feature_pyramid(device: str, dtype: torch.dtype, channels: int = CHANNELS) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return [
-        torch.randn(BATCH, CHANNELS, math.ceil(IMAGE_H / s), math.ceil(IMAGE_W / s), generator=g).to(device, dtype)
+        torch.randn(BATCH, channels, math.ceil(IMAGE_H / s), math.ceil(IMAGE_W / s), generator=g).to(device, dtype)
         for s in STRIDES
     ]
 
@@ -113,8 +113,8 @@ def implementations(device: str) -> dict[str, dict[str, Callable]]:
     return impls
 
 
-def run_device(device: str, iters: int, dtype: torch.dtype, roi_sets, nms_sizes) -> list[dict]:
-    feats = feature_pyramid(device, dtype)
+def run_device(device: str, iters: int, dtype: torch.dtype, roi_sets, nms_sizes, channels=CHANNELS) -> list[dict]:
+    feats = feature_pyramid(device, dtype, channels)
     records = []
     for name, ops in implementations(device).items():
         for num in roi_sets:
@@ -145,20 +145,25 @@ def print_table(records: list[dict]) -> None:
     print("ours x = this row's forward time / ours (how many times faster ours is)")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--iters", type=int, default=0, help="timed iterations (default: 20 on CUDA, 3 on CPU)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--channels", type=int, default=CHANNELS, help="feature channels of the pyramid")
+    parser.add_argument("--roi-sets", default="1000,2048", help="ROI counts to pool (comma list)")
+    parser.add_argument("--nms-sizes", default="2000,10000", help="box counts for NMS (comma list)")
     parser.add_argument("--out", required=True, help="path of the JSON results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    roi_sets = tuple(int(v) for v in args.roi_sets.split(","))
+    nms_sizes = tuple(int(v) for v in args.nms_sizes.split(","))
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     dtype = getattr(torch, args.dtype)
     records = []
     for device in devices:
         iters = args.iters or (20 if device == "cuda" else 3)
-        records += run_device(device, iters, dtype, roi_sets=(1000, 512 * 4), nms_sizes=(2000, 10000))
+        records += run_device(device, iters, dtype, roi_sets, nms_sizes, args.channels)
     print_table(records)
     meta = dict(
         torch=torch.__version__,

@@ -29,6 +29,7 @@ DETECTION_SHAPES = [
     ("det 50x76 C256", 2, 2, 256, 50, 76),
     ("det 25x38 C512", 2, 2, 512, 25, 38),
 ]
+TINY_SHAPES = [("tiny 16x16 C8", 2, 2, 8, 16, 16)]  # dry runs of the script
 CLASSIFICATION_SHAPES = [
     ("cls 56x56 C64", 64, 2, 64, 56, 56),
     ("cls 28x28 C128", 64, 2, 128, 28, 28),
@@ -86,16 +87,20 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile(reference)")
     parser.add_argument("--quick", action="store_true", help="detection shapes only, fp32 NCHW, few iterations")
+    parser.add_argument("--shapes", choices=["all", "detection", "classification", "tiny"], default="all")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N shapes of the set (largest first)")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args(argv)
 
-    shapes = DETECTION_SHAPES + CLASSIFICATION_SHAPES
+    shapes = {"all": DETECTION_SHAPES + CLASSIFICATION_SHAPES, "detection": DETECTION_SHAPES,
+              "classification": CLASSIFICATION_SHAPES, "tiny": TINY_SHAPES}[args.shapes]
+    shapes = shapes[: args.limit] if args.limit > 0 else shapes
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     layouts = args.layouts.split(",")
     if args.quick:
         shapes, dtypes, layouts, args.iters = DETECTION_SHAPES, [torch.float32], ["contiguous"], 5
     env = environment(args.device)
-    copy_gbs = copy_bandwidth_gbs(args.device)
+    copy_gbs = copy_bandwidth_gbs(args.device, nbytes=(8 if args.shapes == "tiny" else 256) * 2**20)
     print(f"{env}\ncopy bandwidth: {copy_gbs:.0f} GB/s (read + write)")
     impls = implementations(not args.no_compile)
     rows = []

@@ -78,7 +78,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", default="800x1216", help="HxW of the input images")
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
-    parser.add_argument("--iters", type=int, default=5, help="profiled iterations (after 3 warm-up ones)")
+    parser.add_argument("--iters", type=int, default=5, help="profiled iterations (after the warm-up ones)")
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up iterations")
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--out", default="", help="folder for trace.json and profile.json")
     args = parser.parse_args(argv)
@@ -117,7 +118,7 @@ def main(argv=None):
         sync(device)
         phases["optimizer"] += time.perf_counter() - start
 
-    for _ in range(3):
+    for _ in range(args.warmup):
         step()
     syncs = sync_sites(lambda: step(timed=False)) if device.startswith("cuda") else {}
     sync(device)

@@ -1,0 +1,188 @@
+"""Calls every kernel of resnest_cuda once per code path, forward and backward, and checks each result against the
+CPU kernel: the program that `compute-sanitizer` (memcheck, racecheck) runs over the CUDA kernels.
+
+Paths covered: split attention pool / combine / combine backward (two autograd nodes) and the single-node tail
+(logits backward + input backward) in fp32, fp16, bf16 and fp64; NCHW and channels_last; aligned and
+storage-offset (scalar) inputs; channels_last with C not a multiple of the vector width; short rows (a warp per
+row) and long rows (reductions split over blocks); radix 1 (sigmoid), 2 and 4 with cardinality 2. RoIAlign forward
+and backward in every dtype, both layouts, adaptive and fixed sampling, aligned and legacy, an out-of-range batch
+index, and one call above the 65535 x 256 outputs one grid covers (17.6M). NMS in every dtype from 1 box to 10k
+(more than 8192: the keep kernel's threads walk several mask words) and batched NMS.
+
+    compute-sanitizer --tool memcheck --error-exitcode 1 python -m benchmarks.sanitize_driver   # GPU
+    python -m benchmarks.sanitize_driver --device cpu --tiny                                    # dry run
+
+Exits 1 if any result differs from the CPU kernel. Inputs are made on the CPU and copied (few helper kernels), and
+no cuBLAS call is made (the attention is elementwise), so a sanitizer run stays short.
+"""
+
+import argparse
+import sys
+import time
+
+import torch
+
+import resnest_cuda
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+class Checker:
+    """Compares device results with CPU results and counts the calls."""
+
+    def __init__(self):
+        self.calls = 0
+        self.failures = []
+
+    def close(self, name, got, want, tol):
+        self.calls += 1
+        got, want = got.detach().cpu().double(), want.detach().cpu().double()
+        scale = want.abs().max().item() if want.numel() else 0.0
+        if got.shape != want.shape or (want.numel() and (got - want).abs().max().item() > tol * (1 + scale)):
+            self.failures.append(name)
+            print(f"MISMATCH {name}", flush=True)
+
+    def equal(self, name, got, want):
+        self.calls += 1
+        if not torch.equal(got.cpu(), want.cpu()):
+            self.failures.append(name)
+            print(f"MISMATCH {name}", flush=True)
+
+
+def place(t, device, layout):
+    """`t` on `device` in `layout`: nchw, channels_last, or either with a storage offset of one element."""
+    fmt = torch.channels_last if layout.startswith("channels_last") else torch.contiguous_format
+    t = t.to(device).contiguous(memory_format=fmt)
+    if not layout.endswith("offset"):
+        return t
+    base = torch.zeros(t.numel() + 1, dtype=t.dtype, device=device)
+    view = base[1:].as_strided(t.shape, t.stride())
+    view.copy_(t)
+    return view
+
+
+def split_attention_case(check, device, dtype, layout, shape, radix, cardinality):
+    b, c, h, w = shape
+    g = torch.Generator().manual_seed(b * 1000 + c + h)
+    x = torch.randn(b, radix * c, h, w, generator=g).to(dtype)
+    logits = (torch.randn(b, radix * c, generator=g) * 2).to(dtype)
+    grad_out = torch.randn(b, c, h, w, generator=g).to(dtype)
+    grad_gap = torch.randn(b, c, generator=g).to(dtype)
+    weight = torch.randn(radix * c, generator=g, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    results = {}
+    for dev in (device, "cpu"):
+        xd = place(x, dev, layout).requires_grad_()
+        ld = logits.to(dev).requires_grad_()
+        wd = weight.to(dev).requires_grad_()
+        gap = resnest_cuda.split_attention_pool(xd, radix)
+        out = resnest_cuda.split_attention_combine(xd, ld, radix, cardinality)
+        gx, gl = torch.autograd.grad([gap, out], [xd, ld], [grad_gap.to(dev), place(grad_out, dev, layout)])
+
+        def attention(pooled, wd=wd):  # elementwise: no cuBLAS under the sanitizer
+            return (pooled.to(wd.dtype).repeat(1, radix) * wd).to(pooled.dtype)
+
+        tail = resnest_cuda.split_attention(xd, radix, cardinality, attention, [wd])
+        tx, tw = torch.autograd.grad(tail, [xd, wd], place(grad_out, dev, layout))
+        results[dev] = [gap, out, gx, gl, tail, tx, tw]
+    name = f"split_attention {str(dtype)[6:]} {layout} B{b} R{radix} K{cardinality} C{c} {h}x{w}"
+    labels = ["pool", "combine", "grad_x", "grad_logits", "tail", "tail grad_x", "tail grad_w"]
+    for label, got, want in zip(labels, results[device], results["cpu"]):
+        check.close(f"{name} {label}", got, want, TOL[dtype] * (4 if "grad" in label else 1))
+
+
+def split_attention_cases(check, device, tiny):
+    # (B, C, H, W): short rows (vector and scalar widths), long rows with split reductions, C = 6 (channels_last
+    # scalar path for every dtype but fp64), a 1x1 map.
+    shapes = [(2, 16, 7, 8), (2, 16, 7, 7), (1, 8, 48, 64), (1, 6, 45, 47), (3, 16, 1, 1)]
+    if tiny:
+        shapes = [(2, 16, 4, 4), (1, 6, 5, 7)]
+    layouts = ("nchw", "channels_last", "nchw_offset", "channels_last_offset")
+    for dtype in DTYPES:
+        for layout in layouts:
+            for shape in shapes:
+                for radix, cardinality in ((2, 1), (1, 1), (4, 2)) if shape[1] % 2 == 0 else ((2, 1),):
+                    split_attention_case(check, device, dtype, layout, shape, radix, cardinality)
+
+
+def roi_inputs(num_rois, channels, batch, seed, max_size=40.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, 13, 17, generator=g)
+    xy = torch.rand(num_rois, 2, generator=g) * torch.tensor([68.0, 52.0]) - 4
+    wh = 1 + torch.rand(num_rois, 2, generator=g) * max_size
+    idx = torch.randint(0, batch, (num_rois, 1), generator=g).float()
+    return x, torch.cat([idx, xy, xy + wh], dim=1)
+
+
+def roi_align_cases(check, device, tiny):
+    x, rois = roi_inputs(30, 8, 2, seed=0)
+    rois[0, 0] = 5  # batch index out of range: pools to 0 on CUDA (the CPU kernel raises), compared separately
+    for dtype in DTYPES:
+        for layout in ("nchw", "channels_last"):
+            for sampling_ratio, aligned in ((0, True), (2, False)):
+                outs = {}
+                for dev in (device, "cpu"):
+                    xd = place(x.to(dtype), dev, layout).requires_grad_()
+                    rd = rois.to(dev, dtype)
+                    out = resnest_cuda.roi_align(xd, rd[1:], 7, 0.25, sampling_ratio, aligned)
+                    (gx,) = torch.autograd.grad(out, xd, torch.ones_like(out))
+                    outs[dev] = (out, gx)
+                name = f"roi_align {str(dtype)[6:]} {layout} sr{sampling_ratio} aligned={aligned}"
+                check.close(f"{name} forward", outs[device][0], outs["cpu"][0], TOL[dtype])
+                check.close(f"{name} backward", outs[device][1], outs["cpu"][1], TOL[dtype] * 4)
+    if device != "cpu":
+        bad = resnest_cuda.roi_align(x.to(device), rois[:1].to(device), 7, 0.25)
+        check.close("roi_align out-of-range batch index pools to 0", bad, torch.zeros_like(bad), 0.0)
+    # Above one grid of 65535 x 256 threads: 1400 ROIs x 256 channels x 7 x 7 = 17.6M outputs.
+    num_rois, channels = (40, 16) if tiny else (1400, 256)
+    x, rois = roi_inputs(num_rois, channels, 2, seed=1, max_size=8.0)
+    xd = x.to(device).requires_grad_()
+    out = resnest_cuda.roi_align(xd, rois.to(device), 7, 0.25, 1, True)
+    (gx,) = torch.autograd.grad(out, xd, torch.ones_like(out))
+    want = resnest_cuda.roi_align(x, rois[-50:], 7, 0.25, 1, True)
+    check.close(f"roi_align {out.numel()} outputs forward (last 50 ROIs)", out[-50:], want, 1e-4)
+    xc = x.clone().requires_grad_()
+    (want_gx,) = torch.autograd.grad(resnest_cuda.roi_align(xc, rois, 7, 0.25, 1, True), xc, torch.ones_like(out.cpu()))
+    check.close(f"roi_align {out.numel()} outputs backward", gx, want_gx, 1e-4)
+
+
+def nms_cases(check, device, tiny):
+    for n in (1, 64, 65, 1000) + (() if tiny else (10_000,)):
+        g = torch.Generator().manual_seed(n)
+        centres = torch.rand(max(1, n // 20), 2, generator=g) * 1000
+        xy = centres[torch.randint(0, len(centres), (n,), generator=g)] + torch.randn(n, 2, generator=g) * 6
+        boxes = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=g) * 40], dim=1)
+        scores = torch.rand(n, generator=g)
+        idxs = torch.randint(0, 80, (n,), generator=g)
+        for dtype in DTYPES:
+            b, s = boxes.to(dtype), scores.to(dtype)
+            check.equal(f"nms {str(dtype)[6:]} {n} boxes", resnest_cuda.nms(b.to(device), s.to(device), 0.7),
+                        resnest_cuda.nms(b, s, 0.7))
+        check.equal(f"batched_nms {n} boxes", resnest_cuda.batched_nms(boxes.to(device), scores.to(device),
+                                                                       idxs.to(device), 0.5),
+                    resnest_cuda.batched_nms(boxes, scores, idxs, 0.5))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="small sizes (CPU dry run)")
+    parser.add_argument("--only", choices=["split_attention", "roi_align", "nms"], action="append",
+                        help="run only these op families (repeatable); default: all")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not resnest_cuda.cuda_kernels_available():
+        raise SystemExit("sanitize_driver: resnest_cuda was built without CUDA kernels")
+    families = {"split_attention": split_attention_cases, "roi_align": roi_align_cases, "nms": nms_cases}
+    check = Checker()
+    start = time.perf_counter()
+    for name in args.only or families:
+        families[name](check, args.device, args.tiny)
+        print(f"{name}: done ({check.calls} checks so far, {time.perf_counter() - start:.1f} s)", flush=True)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    print(f"sanitize_driver: {check.calls} checks on {args.device}, {len(check.failures)} mismatches")
+    return 1 if check.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
