@@ -13,7 +13,7 @@ import torch
 
 from ._library import refuse_functorch_transforms  # (importing _library loads resnest_cuda._C: the ops)
 
-__all__ = ["roi_align", "nms", "batched_nms"]
+__all__ = ["roi_align", "multi_level_roi_align", "nms", "batched_nms", "nms_fixed", "batched_nms_fixed"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -95,6 +95,77 @@ def roi_align(
     return torch.ops.resnest_cuda.roi_align(input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), aligned)
 
 
+def _check_multi_level(features, rois, strides, finest_scale, sampling_ratio, aligned) -> None:
+    op = "multi_level_roi_align"
+    if not isinstance(features, (list, tuple)):
+        raise TypeError(f"{op}: features must be a list of tensors [N, C, H_l, W_l], got {type(features).__name__}")
+    if not 1 <= len(features) <= 8:
+        raise ValueError(f"{op}: features must hold 1 to 8 levels, got {len(features)}")
+    for i, f in enumerate(features):
+        _check_tensor(f, f"features[{i}]", op)
+        if f.dim() != 4:
+            raise ValueError(f"{op}: features[{i}] must be a 4-D tensor [N, C, H, W], got shape {tuple(f.shape)}")
+        _check_float(f, f"features[{i}]", op)
+        if f.dtype != features[0].dtype or f.device != features[0].device or f.shape[:2] != features[0].shape[:2]:
+            raise ValueError(f"{op}: features[{i}] is {f.dtype} {tuple(f.shape)} on {f.device}; every level needs "
+                             f"features[0]'s dtype ({features[0].dtype}), device ({features[0].device}), batch size "
+                             f"and channels {tuple(features[0].shape[:2])}")
+    _check_tensor(rois, "rois", op)
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(
+            f"{op}: rois must have shape [K, 5] (batch_index, x1, y1, x2, y2), got shape {tuple(rois.shape)}"
+        )
+    _check_float(rois, "rois", op)
+    _check_same_device(rois, "rois", features[0], "features[0]", op)
+    if not isinstance(strides, (list, tuple)) or len(strides) != len(features) or not all(
+        isinstance(s, numbers.Real) and not isinstance(s, bool) and s > 0 for s in strides
+    ):
+        raise ValueError(f"{op}: strides must be {len(features)} positive numbers (one per level), got {strides!r}")
+    if not isinstance(finest_scale, numbers.Real) or isinstance(finest_scale, bool) or not finest_scale > 0:
+        raise ValueError(f"{op}: finest_scale must be a number > 0, got {finest_scale!r}")
+    if not _is_int(sampling_ratio):
+        raise TypeError(f"{op}: sampling_ratio must be an int (<= 0 for adaptive), got {sampling_ratio!r}")
+    if not isinstance(aligned, bool):
+        raise TypeError(f"{op}: aligned must be a bool, got {aligned!r}")
+
+
+def multi_level_roi_align(
+    features: list[torch.Tensor],
+    rois: torch.Tensor,
+    output_size: int | tuple[int, int],
+    strides: tuple[float, ...] | list[float],
+    finest_scale: float = 56.0,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+) -> torch.Tensor:
+    """RoIAlign over a feature pyramid in one op: each ROI is pooled from the level its size maps to.
+
+    Level of a ROI of ``w x h`` image pixels (mmdetection's rule, picked on the device, no host synchronisation):
+    ``clamp(floor(log2(sqrt(w * h) / finest_scale + 1e-6)), 0, L - 1)``, computed in fp32 (fp64 for fp64
+    features), the floor of the log taken exactly from the binary exponent; empty or NaN-sized ROIs go to level 0.
+    Each ROI is then pooled exactly as :func:`roi_align` pools it from ``features[level]`` with
+    ``spatial_scale = 1 / strides[level]``.
+
+    Args:
+        features: L (1-8) tensors ``[N, C, H_l, W_l]``, one dtype (float32/float16/bfloat16/float64) and device,
+            each NCHW, channels_last or strided.
+        rois: ``[K, 5]`` floating, rows ``(batch_index, x1, y1, x2, y2)`` in image pixels, same device.
+        output_size: ``ph`` or ``(ph, pw)``.
+        strides: L positive numbers, the stride of each level in image pixels (4, 8, 16, 32 for P2-P5).
+        finest_scale, sampling_ratio, aligned: as above and as for :func:`roi_align`.
+    Returns:
+        ``[K, C, ph, pw]`` contiguous tensor of the features' dtype; differentiable w.r.t. every level (gradients
+        ``[N, C, H_l, W_l]``, channels_last for a channels_last level, else contiguous; double backward is exact);
+        rois receive no gradient.
+    """
+    ph, pw = _output_size(output_size)
+    _check_multi_level(features, rois, strides, finest_scale, sampling_ratio, aligned)
+    scales = [1.0 / float(s) for s in strides]
+    return torch.ops.resnest_cuda.multi_level_roi_align(
+        list(features), rois, scales, ph, pw, float(finest_scale), int(sampling_ratio), aligned
+    )
+
+
 def _check_boxes_scores(boxes, scores, iou_threshold, op: str) -> None:
     _check_tensor(boxes, "boxes", op)
     _check_tensor(scores, "scores", op)
@@ -111,44 +182,100 @@ def _check_boxes_scores(boxes, scores, iou_threshold, op: str) -> None:
         raise TypeError(f"{op}: iou_threshold must be a number, got {iou_threshold!r}")
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy non-maximum suppression.
-
-    Args:
-        boxes: ``[N, 4]`` floating xyxy boxes (IoU computed in fp32, fp64 for fp64 boxes).
-        scores: ``[N]`` floating scores, same device.
-        iou_threshold: a box is dropped when its IoU with a higher-scoring kept box is > iou_threshold.
-    Returns:
-        ``[M]`` int64 indices of the kept boxes, by descending score (ties: lower index first).
-    """
-    _check_boxes_scores(boxes, scores, iou_threshold, "nms")
-    return torch.ops.resnest_cuda.nms(boxes, scores, float(iou_threshold))
+def _check_max_keep(max_keep, fixed: bool, op: str) -> int:
+    if not _is_int(max_keep):
+        raise TypeError(f"{op}: max_keep must be an int, got {max_keep!r}")
+    if max_keep < (0 if fixed else -1):
+        raise ValueError(f"{op}: max_keep must be >= 0{'' if fixed else ' (or -1 for no limit)'}, got {max_keep}")
+    return int(max_keep)
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """NMS within each category: boxes of different ``idxs`` never suppress each other.
-
-    Args:
-        boxes, scores, iou_threshold: as for :func:`nms`.
-        idxs: ``[N]`` integer category of each box, same device.
-    Returns:
-        ``[M]`` int64 indices of the kept boxes of all categories, by descending score (ties: lower index first).
-    """
-    op = "batched_nms"
-    _check_boxes_scores(boxes, scores, iou_threshold, op)
+def _check_idxs(idxs, boxes: torch.Tensor, op: str) -> None:
     _check_tensor(idxs, "idxs", op)
     if idxs.dim() != 1 or idxs.shape[0] != boxes.shape[0]:
         raise ValueError(f"{op}: idxs must have shape [{boxes.shape[0]}] (one per box), got shape {tuple(idxs.shape)}")
     if idxs.dtype.is_floating_point or idxs.dtype.is_complex or idxs.dtype == torch.bool:
         raise TypeError(f"{op}: idxs must be an integer tensor, got {idxs.dtype}")
     _check_same_device(idxs, "idxs", boxes, "boxes", op)
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.long, device=boxes.device)
-    # Offset trick: move each category to its own region of the plane, then run one NMS. The span covers
-    # negative coordinates too (plain max + 1 would let categories overlap when boxes reach below -1).
+
+
+def _offset_by_category(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor:
+    """Move each category to its own region of the plane, so that one NMS never lets categories suppress each
+    other. The span covers negative coordinates too (plain max + 1 would let categories overlap when boxes reach
+    below -1). Device-side only: no host synchronisation."""
     b = boxes if boxes.dtype in (torch.float32, torch.float64) else boxes.float()
     span = b.max() - b.min().clamp(max=0) + 1
-    return torch.ops.resnest_cuda.nms(b + (idxs.to(b.dtype) * span)[:, None], scores, float(iou_threshold))
+    return b + (idxs.to(b.dtype) * span)[:, None]
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int = -1) -> torch.Tensor:
+    """Greedy non-maximum suppression.
+
+    Args:
+        boxes: ``[N, 4]`` floating xyxy boxes (IoU computed in fp32, fp64 for fp64 boxes).
+        scores: ``[N]`` floating scores, same device.
+        iou_threshold: a box is dropped when its IoU with a higher-scoring kept box is > iou_threshold.
+        max_keep: stop the sweep once this many boxes are kept (``-1``: no limit); the result is then the first
+            ``max_keep`` entries of the unlimited result.
+    Returns:
+        ``[M]`` int64 indices of the kept boxes, by descending score (ties: lower index first); ``M`` depends on
+        the data (a host synchronisation on CUDA; :func:`nms_fixed` has a fixed size).
+    """
+    _check_boxes_scores(boxes, scores, iou_threshold, "nms")
+    max_keep = _check_max_keep(max_keep, False, "nms")
+    return torch.ops.resnest_cuda.nms(boxes, scores, float(iou_threshold), max_keep)
+
+
+def nms_fixed(
+    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy NMS with a fixed-size result: no data-dependent shape, no host synchronisation on CUDA.
+
+    Args:
+        boxes, scores, iou_threshold: as for :func:`nms`.
+        max_keep: number of entries returned (>= 0).
+    Returns:
+        ``keep`` ``[max_keep]`` int64: ``nms(boxes, scores, iou_threshold, max_keep)`` followed by padding 0;
+        ``valid`` ``[max_keep]`` bool: True for the kept entries (a prefix).
+    """
+    _check_boxes_scores(boxes, scores, iou_threshold, "nms_fixed")
+    max_keep = _check_max_keep(max_keep, True, "nms_fixed")
+    return torch.ops.resnest_cuda.nms_fixed(boxes, scores, float(iou_threshold), max_keep)
+
+
+def batched_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float, max_keep: int = -1
+) -> torch.Tensor:
+    """NMS within each category: boxes of different ``idxs`` never suppress each other.
+
+    Args:
+        boxes, scores, iou_threshold, max_keep: as for :func:`nms` (``max_keep`` counts the kept boxes of all
+            categories together).
+        idxs: ``[N]`` integer category of each box, same device.
+    Returns:
+        ``[M]`` int64 indices of the kept boxes of all categories, by descending score (ties: lower index first).
+    """
+    op = "batched_nms"
+    _check_boxes_scores(boxes, scores, iou_threshold, op)
+    _check_idxs(idxs, boxes, op)
+    max_keep = _check_max_keep(max_keep, False, op)
+    if boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    return torch.ops.resnest_cuda.nms(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
+
+
+def batched_nms_fixed(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float, max_keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`batched_nms` with the fixed-size result of :func:`nms_fixed`: ``(keep [max_keep] int64 padded with 0,
+    valid [max_keep] bool)``."""
+    op = "batched_nms_fixed"
+    _check_boxes_scores(boxes, scores, iou_threshold, op)
+    _check_idxs(idxs, boxes, op)
+    max_keep = _check_max_keep(max_keep, True, op)
+    if boxes.shape[0] == 0:
+        return torch.ops.resnest_cuda.nms_fixed(boxes, scores, float(iou_threshold), max_keep)
+    return torch.ops.resnest_cuda.nms_fixed(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -156,12 +283,34 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
 # (csrc/roi_align/roi_align.cpp), which share the argument checks of the CPU and CUDA kernels.
 
 
+@torch.library.register_fake("resnest_cuda::multi_level_roi_align")
+def _multi_level_roi_align_fake(features, rois, spatial_scales, pooled_height, pooled_width, finest_scale,
+                                sampling_ratio, aligned):
+    torch._check(len(features) >= 1, lambda: "multi_level_roi_align: features must not be empty")
+    torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "multi_level_roi_align: rois must be [K, 5]")
+    first = features[0]
+    return first.new_empty((rois.shape[0], first.shape[1], pooled_height, pooled_width))
+
+
+@torch.library.register_fake("resnest_cuda::multi_level_roi_align_backward")
+def _multi_level_roi_align_backward_fake(grad, rois, spatial_scales, pooled_height, pooled_width, batch_size,
+                                         channels, heights, widths, finest_scale, sampling_ratio, aligned):
+    return [grad.new_empty((batch_size, channels, h, w)) for h, w in zip(heights, widths)]
+
+
 @torch.library.register_fake("resnest_cuda::nms")
-def _nms_fake(boxes, scores, iou_threshold):
+def _nms_fake(boxes, scores, iou_threshold, max_keep=-1):
     torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: "nms: boxes must have shape [N, 4]")
     # How many boxes survive depends on their values: an unbacked size.
     num_kept = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((num_kept,), dtype=torch.long)
+
+
+@torch.library.register_fake("resnest_cuda::nms_fixed")
+def _nms_fixed_fake(boxes, scores, iou_threshold, max_keep):
+    torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: "nms_fixed: boxes must have shape [N, 4]")
+    # The output size is an argument, not a property of the data: no unbacked sizes.
+    return boxes.new_empty((max_keep,), dtype=torch.long), boxes.new_empty((max_keep,), dtype=torch.bool)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -208,4 +357,53 @@ def _roi_align_backward_backward(ctx, grad_grad_input):
 torch.library.register_autograd("resnest_cuda::roi_align", _roi_align_backward, setup_context=_roi_align_setup_context)
 torch.library.register_autograd(
     "resnest_cuda::roi_align_backward", _roi_align_backward_backward, setup_context=_roi_align_backward_setup_context
+)
+
+
+def _multi_level_setup_context(ctx, inputs, output):
+    features, rois, spatial_scales, pooled_height, pooled_width, finest_scale, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois)
+    ctx.batch_channels = tuple(features[0].shape[:2])  # the values of the features are not needed
+    ctx.heights = [f.shape[2] for f in features]
+    ctx.widths = [f.shape[3] for f in features]
+    ctx.params = (spatial_scales, pooled_height, pooled_width, finest_scale, sampling_ratio, aligned)
+    ctx.channels_last = [f.dim() == 4 and not f.is_contiguous() and f.is_contiguous(memory_format=torch.channels_last)
+                         for f in features]
+
+
+def _multi_level_backward(ctx, grad):
+    (rois,) = ctx.saved_tensors
+    spatial_scales, pooled_height, pooled_width, finest_scale, sampling_ratio, aligned = ctx.params
+    grads = torch.ops.resnest_cuda.multi_level_roi_align_backward(
+        grad, rois, spatial_scales, pooled_height, pooled_width, *ctx.batch_channels, ctx.heights, ctx.widths,
+        finest_scale, sampling_ratio, aligned,
+    )
+    # Each level's gradient has the layout of that level (a no-op for NCHW).
+    grads = [g.contiguous(memory_format=torch.channels_last) if cl else g for g, cl in zip(grads, ctx.channels_last)]
+    return grads, None, None, None, None, None, None, None
+
+
+def _multi_level_backward_setup_context(ctx, inputs, output):
+    grad, rois, spatial_scales, pooled_height, pooled_width, _, _, _, _, finest_scale, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois)
+    ctx.params = (spatial_scales, pooled_height, pooled_width, finest_scale, sampling_ratio, aligned)
+
+
+def _multi_level_backward_backward(ctx, grad_grads):
+    # multi_level_roi_align_backward is linear in grad and its adjoint is the forward op: double backward is exact.
+    (rois,) = ctx.saved_tensors
+    spatial_scales, pooled_height, pooled_width, finest_scale, sampling_ratio, aligned = ctx.params
+    grad_grad = torch.ops.resnest_cuda.multi_level_roi_align(
+        [g.contiguous() for g in grad_grads], rois, spatial_scales, pooled_height, pooled_width, finest_scale,
+        sampling_ratio, aligned,
+    )
+    return (grad_grad, *([None] * 11))
+
+
+torch.library.register_autograd(
+    "resnest_cuda::multi_level_roi_align", _multi_level_backward, setup_context=_multi_level_setup_context
+)
+torch.library.register_autograd(
+    "resnest_cuda::multi_level_roi_align_backward", _multi_level_backward_backward,
+    setup_context=_multi_level_backward_setup_context,
 )

@@ -5,8 +5,15 @@
 //   scores  [N]     any floating dtype
 //   keep    [M]     int64 indices of the kept boxes in descending score order (ties broken by the lower index)
 //
-// A box is suppressed when its IoU with a higher-scoring kept box is > iou_threshold.
+// A box is suppressed when its IoU with a higher-scoring kept box is > iou_threshold. With max_keep >= 0 the sweep
+// stops once max_keep boxes are kept: the result is the first max_keep entries of the full result.
+//
+// nms_fixed returns exactly max_keep entries, with no data-dependent shape:
+//   keep    [max_keep]  int64, the kept indices first (as nms), then padding 0
+//   valid   [max_keep]  bool, true for the kept entries
 #include <ATen/ATen.h>
+
+#include <tuple>
 
 #ifndef RESNEST_HOST_DEVICE
 #if defined(__CUDACC__)
@@ -102,6 +109,13 @@ inline at::Tensor boxes_in_acc_dtype(const at::Tensor& boxes) {
   return boxes.to(boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
 }
 
-at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold);
+inline void check_max_keep(int64_t max_keep, bool fixed, const char* op) {
+  TORCH_CHECK(fixed ? max_keep >= 0 : max_keep >= -1, op, ": max_keep must be ", fixed ? ">= 0" : ">= 0 (or -1 for all)",
+              ", got ", max_keep);
+}
+
+at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t max_keep);
+std::tuple<at::Tensor, at::Tensor> nms_fixed_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                                 double iou_threshold, int64_t max_keep);
 
 }  // namespace resnest_cuda

@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <vector>
 
 #ifndef RESNEST_HOST_DEVICE
 #if defined(__CUDACC__)
@@ -204,4 +206,86 @@ inline void check_roi_align_backward_input(const at::Tensor& grad, const at::Ten
 
 // Accumulation dtype of the gradient buffer: fp32, or fp64 for fp64.
 inline at::ScalarType grad_acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Multi-level RoIAlign: each ROI is pooled from the pyramid level its size maps to (mmdetection's rule),
+//   level = clamp(floor(log2(sqrt(w * h) / finest_scale + 1e-6)), 0, num_levels - 1),
+// with w, h the ROI's size in image pixels. floor(log2(s)) is taken exactly from the binary exponent of s (frexp),
+// so every implementation assigns the same level; s <= 0 or NaN (an empty or degenerate ROI) gives level 0, an
+// infinite s the coarsest level.
+//
+//   features  L tensors [N, C, H_l, W_l], one dtype and device, any strides each
+//   rois      [K, 5] as for roi_align; spatial_scales [L] = 1 / stride of each level
+//   output    [K, C, ph, pw] contiguous; backward: L tensors [N, C, H_l, W_l] contiguous
+
+constexpr int kMaxPyramidLevels = 8;
+
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline acc_t sqrt_of(acc_t v) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(v);
+#else
+  return std::sqrt(v);
+#endif
+}
+
+// floor(log2(v)) of a finite v > 0, exactly: v = m * 2^e with m in [0.5, 1), so it is e - 1.
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline int64_t floor_log2(acc_t v) {
+  int exponent = 0;
+#if defined(__CUDA_ARCH__)
+  ::frexp(v, &exponent);
+#else
+  std::frexp(v, &exponent);
+#endif
+  return static_cast<int64_t>(exponent) - 1;
+}
+
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline int64_t pyramid_level(const acc_t* roi, acc_t finest_scale, int64_t num_levels) {
+  const acc_t s = sqrt_of<acc_t>((roi[3] - roi[1]) * (roi[4] - roi[2])) / finest_scale + acc_t(1e-6);
+  if (!(s > acc_t(0) && s < std::numeric_limits<acc_t>::infinity())) return s > acc_t(0) ? num_levels - 1 : 0;
+  const int64_t level = floor_log2<acc_t>(s);
+  return level < 0 ? 0 : (level > num_levels - 1 ? num_levels - 1 : level);
+}
+
+inline void check_multi_level_params(int64_t num_levels, double finest_scale, const char* op) {
+  TORCH_CHECK(num_levels >= 1 && num_levels <= kMaxPyramidLevels, op, ": expected 1 to ", kMaxPyramidLevels,
+              " feature levels, got ", num_levels);
+  TORCH_CHECK(finest_scale > 0, op, ": finest_scale must be > 0, got ", finest_scale);
+}
+
+inline void check_multi_level_input(at::TensorList features, const at::Tensor& rois,
+                                    const std::vector<double>& spatial_scales, int64_t pooled_height,
+                                    int64_t pooled_width, double finest_scale, const char* op) {
+  check_multi_level_params(static_cast<int64_t>(features.size()), finest_scale, op);
+  TORCH_CHECK(spatial_scales.size() == features.size(), op, ": expected one spatial scale per feature level (",
+              features.size(), "), got ", spatial_scales.size());
+  const at::Tensor& first = features[0];
+  for (size_t l = 0; l < features.size(); ++l) {
+    const at::Tensor& f = features[l];
+    TORCH_CHECK(f.dim() == 4, op, ": features[", l, "] must be a 4-D tensor [N, C, H, W], got ", f.dim(), " dims");
+    TORCH_CHECK(at::isFloatingType(f.scalar_type()), op, ": features[", l,
+                "] must be float64/float32/float16/bfloat16, got ", f.scalar_type());
+    TORCH_CHECK(f.scalar_type() == first.scalar_type() && f.device() == first.device(), op, ": features[", l,
+                "] is ", f.scalar_type(), " on ", f.device(), " but features[0] is ", first.scalar_type(), " on ",
+                first.device());
+    TORCH_CHECK(f.size(0) == first.size(0) && f.size(1) == first.size(1), op, ": features[", l, "] has shape ",
+                f.sizes(), "; every level needs features[0]'s batch size and channels (", first.size(0), ", ",
+                first.size(1), ")");
+    check_roi_align_params({spatial_scales[l], pooled_height, pooled_width, 0, true}, op);
+  }
+  check_rois(rois, first.device(), op);
+}
+
+at::Tensor multi_level_roi_align_cpu(at::TensorList features, const at::Tensor& rois,
+                                     c10::ArrayRef<double> spatial_scales, int64_t pooled_height, int64_t pooled_width,
+                                     double finest_scale, int64_t sampling_ratio, bool aligned);
+std::vector<at::Tensor> multi_level_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
+                                                           c10::ArrayRef<double> spatial_scales,
+                                                           int64_t pooled_height, int64_t pooled_width,
+                                                           int64_t batch_size, int64_t channels,
+                                                           c10::IntArrayRef heights,
+                                                           c10::IntArrayRef widths, double finest_scale,
+                                                           int64_t sampling_ratio, bool aligned);
 }  // namespace resnest_cuda

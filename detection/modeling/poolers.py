@@ -1,4 +1,7 @@
-"""RoI feature extraction from a feature pyramid: each RoI is pooled with RoIAlign from the level its size maps to."""
+"""RoI feature extraction from a feature pyramid: each RoI is pooled with RoIAlign from the level its size maps to.
+
+The level choice and the pooling are one op (`resnest_cuda.multi_level_roi_align`): no per-level `nonzero`, gather
+and scatter, so no host synchronisation."""
 
 import torch
 from torch import nn
@@ -10,10 +13,9 @@ def assign_levels(boxes: torch.Tensor, num_levels: int, finest_scale: float = 56
     """Pyramid level per box: floor(log2(sqrt(w * h) / finest_scale + 1e-6)) clamped to [0, num_levels - 1].
 
     boxes: [K, 4] xyxy -> int64 [K]. Level 0 is the finest given level (stride 4 for P2-P5): boxes up to ~112 px
-    pool from it, each doubling of the box size moves one level coarser."""
-    scale = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    levels = torch.floor(torch.log2(scale / finest_scale + 1e-6))
-    return levels.clamp(min=0, max=num_levels - 1).to(torch.int64)
+    pool from it, each doubling of the box size moves one level coarser. The rule `MultiScaleRoIAlign` applies
+    inside its op (`resnest_cuda.reference.pyramid_levels`)."""
+    return resnest_cuda.reference.pyramid_levels(boxes, num_levels, finest_scale)
 
 
 def boxes_to_rois(boxes_per_image: list[torch.Tensor]) -> torch.Tensor:
@@ -51,18 +53,10 @@ class MultiScaleRoIAlign(nn.Module):
         if len(features) < num_levels:
             raise ValueError(f"features: expected at least {num_levels} maps, got {len(features)}")
         first = features[0]
-        out = first.new_zeros((rois.shape[0], first.shape[1], self.output_size, self.output_size))
-        if rois.shape[0] == 0:
-            return out
-        # RoI coordinates stay fp32 under autocast: in bf16 those of a 1333-px image would be off by up to 4 px.
-        rois = rois.float()
-        levels = assign_levels(rois[:, 1:], num_levels, self.finest_scale)
-        for level in range(num_levels):
-            idx = torch.nonzero(levels == level).squeeze(1)
-            if idx.numel() == 0:
-                continue
-            out[idx] = resnest_cuda.roi_align(
-                features[level], rois[idx], self.output_size, 1.0 / self.featmap_strides[level],
-                self.sampling_ratio, self.aligned,
-            ).to(out.dtype)
-        return out
+        # One dtype for all levels (they share it already, also under autocast); RoI coordinates stay fp32 under
+        # autocast: in bf16 those of a 1333-px image would be off by up to 4 px.
+        levels = [f if f.dtype == first.dtype else f.to(first.dtype) for f in features[:num_levels]]
+        return resnest_cuda.multi_level_roi_align(
+            levels, rois.float(), self.output_size, self.featmap_strides, self.finest_scale, self.sampling_ratio,
+            self.aligned,
+        )

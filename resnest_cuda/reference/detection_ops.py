@@ -126,6 +126,41 @@ def roi_align(
     return out.to(input.dtype)
 
 
+def pyramid_levels(boxes: torch.Tensor, num_levels: int, finest_scale: float = 56.0) -> torch.Tensor:
+    """Pyramid level per xyxy box ``[K, 4]`` -> int64 ``[K]`` (mmdetection's rule):
+    ``clamp(floor(log2(sqrt(w*h) / finest_scale + 1e-6)), 0, L-1)`` in the dtype of ``boxes``, the floor of the
+    log read exactly from the binary exponent (``frexp``); a non-positive or NaN value gives level 0, an infinite
+    one the coarsest level."""
+    s = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) / finest_scale + 1e-6
+    finite = (s > 0) & torch.isfinite(s)
+    level = torch.frexp(torch.where(finite, s, torch.ones_like(s))).exponent.long() - 1
+    level = torch.where(finite, level, torch.where(s > 0, num_levels - 1, 0))
+    return level.clamp(0, num_levels - 1)
+
+
+def multi_level_roi_align(
+    features: list[torch.Tensor],
+    rois: torch.Tensor,
+    output_size: int | tuple[int, int],
+    strides,
+    finest_scale: float = 56.0,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+) -> torch.Tensor:
+    """Each ROI pooled by :func:`roi_align` from ``features[level]`` (:func:`pyramid_levels`, computed in fp32, or
+    fp64 for fp64 features) with ``spatial_scale = 1 / strides[level]``. features: L ``[N, C, H_l, W_l]``;
+    rois ``[K, 5]`` -> ``[K, C, ph, pw]``."""
+    ph, pw = _pair(output_size)
+    acc = torch.float64 if features[0].dtype == torch.float64 else torch.float32
+    levels = pyramid_levels(rois[:, 1:].to(acc), len(features), finest_scale)
+    out = features[0].new_zeros(rois.shape[0], features[0].shape[1], ph, pw)
+    for level, (feature, stride) in enumerate(zip(features, strides)):
+        idx = (levels == level).nonzero()[:, 0]
+        if idx.numel() and feature.shape[2] and feature.shape[3]:
+            out = out.index_put((idx,), roi_align(feature, rois[idx], (ph, pw), 1.0 / stride, sampling_ratio, aligned))
+    return out
+
+
 def _iou_one_to_many(box: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
     """IoU of one xyxy box ``[4]`` with ``[M, 4]`` boxes -> ``[M]``; area ``(x2-x1)*(y2-y1)``, no +1."""
     area = (box[2] - box[0]) * (box[3] - box[1])
@@ -136,12 +171,15 @@ def _iou_one_to_many(box: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
     return inter / (area + areas - inter)
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int = -1) -> torch.Tensor:
     """Greedy NMS. boxes ``[N, 4]`` xyxy, scores ``[N]`` -> int64 kept indices in descending score order.
 
     Boxes are visited by descending score (ties: lower index first); a box is kept unless its IoU with an
-    already kept box is > iou_threshold. IoUs are computed in fp32 (fp64 for fp64 boxes).
+    already kept box is > iou_threshold. IoUs are computed in fp32 (fp64 for fp64 boxes). With ``max_keep >= 0``
+    only the first ``max_keep`` kept indices are returned.
     """
+    if max_keep >= 0:
+        return nms(boxes, scores, iou_threshold)[:max_keep]
     order = torch.sort(scores, descending=True, stable=True).indices
     b = boxes.to(torch.float64 if boxes.dtype == torch.float64 else torch.float32)[order]
     suppressed = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
@@ -154,9 +192,13 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return order[torch.tensor(keep, dtype=torch.long, device=b.device)]
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def batched_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float, max_keep: int = -1
+) -> torch.Tensor:
     """NMS within each class of ``idxs`` ``[N]``; kept indices of all classes in descending score order
-    (ties: lower index first)."""
+    (ties: lower index first); the first ``max_keep`` of them when ``max_keep >= 0``."""
+    if max_keep >= 0:
+        return batched_nms(boxes, scores, idxs, iou_threshold)[:max_keep]
     keep = []
     for c in torch.unique(idxs):
         cls_idx = (idxs == c).nonzero()[:, 0]
@@ -165,3 +207,28 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     kept = torch.cat(keep).sort().values
     return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
+
+
+def pad_fixed(keep: torch.Tensor, max_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept indices ``[M]`` -> the fixed-size form ``(keep [max_keep] int64 padded with 0, valid [max_keep] bool)``
+    (the first ``max_keep`` of them)."""
+    keep = keep[:max_keep]
+    out = torch.zeros(max_keep, dtype=torch.long, device=keep.device)
+    valid = torch.zeros(max_keep, dtype=torch.bool, device=keep.device)
+    out[: keep.numel()] = keep
+    valid[: keep.numel()] = True
+    return out, valid
+
+
+def nms_fixed(
+    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nms`` in the fixed-size form of :func:`pad_fixed`."""
+    return pad_fixed(nms(boxes, scores, iou_threshold, max_keep), max_keep)
+
+
+def batched_nms_fixed(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float, max_keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batched_nms`` in the fixed-size form of :func:`pad_fixed`."""
+    return pad_fixed(batched_nms(boxes, scores, idxs, iou_threshold, max_keep), max_keep)

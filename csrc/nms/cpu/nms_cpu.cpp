@@ -14,7 +14,8 @@ namespace {
 // Boxes in score order as separate coordinate arrays, so the inner loop over the remaining boxes is branch-free and
 // vectorises. Its arithmetic is box_iou's, operation for operation, so the kept set is the same.
 template <typename acc_t>
-std::vector<int64_t> greedy_nms(const acc_t* boxes, const int64_t* order, int64_t n, acc_t threshold) {
+std::vector<int64_t> greedy_nms(const acc_t* boxes, const int64_t* order, int64_t n, acc_t threshold,
+                                int64_t max_keep) {
   std::vector<acc_t> x1(n), y1(n), x2(n), y2(n), areas(n);
   for (int64_t i = 0; i < n; ++i) {
     const acc_t* b = boxes + order[i] * 4;
@@ -32,9 +33,11 @@ std::vector<int64_t> greedy_nms(const acc_t* boxes, const int64_t* order, int64_
   const acc_t* py2 = y2.data();
   const acc_t* parea = areas.data();
   uint8_t* sup = suppressed.data();
+  const size_t limit = max_keep < 0 ? static_cast<size_t>(n) : static_cast<size_t>(max_keep);
   for (int64_t i = 0; i < n; ++i) {
     if (sup[i]) continue;
     keep.push_back(order[i]);
+    if (keep.size() == limit) break;  // the remaining boxes need no suppression sweep
     const acc_t ax1 = px1[i], ay1 = py1[i], ax2 = px2[i], ay2 = py2[i], area_a = parea[i];
     for (int64_t j = i + 1; j < n; ++j) {
       const acc_t left = ax1 > px1[j] ? ax1 : px1[j];
@@ -53,24 +56,47 @@ std::vector<int64_t> greedy_nms(const acc_t* boxes, const int64_t* order, int64_
   return keep;
 }
 
-}  // namespace
-
-at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_nms_input(boxes, scores, "nms");
+// Kept input indices in descending score order, at most max_keep of them (max_keep < 0: no limit).
+std::vector<int64_t> kept_indices(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold,
+                                  int64_t max_keep) {
   const int64_t n = boxes.size(0);
-  if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+  if (n == 0 || max_keep == 0) return {};
   const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
   const at::Tensor b = boxes_in_acc_dtype(boxes);
   std::vector<int64_t> keep;
   AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "nms_cpu", [&] {
     keep = greedy_nms<scalar_t>(b.const_data_ptr<scalar_t>(), order.const_data_ptr<int64_t>(), n,
-                                static_cast<scalar_t>(iou_threshold));
+                                static_cast<scalar_t>(iou_threshold), max_keep);
   });
+  return keep;
+}
+
+}  // namespace
+
+at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t max_keep) {
+  check_nms_input(boxes, scores, "nms");
+  check_max_keep(max_keep, /*fixed=*/false, "nms");
+  const std::vector<int64_t> keep = kept_indices(boxes, scores, iou_threshold, max_keep);
   at::Tensor out = at::empty({static_cast<int64_t>(keep.size())}, boxes.options().dtype(at::kLong));
   std::copy(keep.begin(), keep.end(), out.mutable_data_ptr<int64_t>());
   return out;
 }
 
-TORCH_LIBRARY_IMPL(resnest_cuda, CPU, m) { m.impl("nms", &nms_cpu); }
+std::tuple<at::Tensor, at::Tensor> nms_fixed_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                                 double iou_threshold, int64_t max_keep) {
+  check_nms_input(boxes, scores, "nms_fixed");
+  check_max_keep(max_keep, /*fixed=*/true, "nms_fixed");
+  const std::vector<int64_t> keep = kept_indices(boxes, scores, iou_threshold, max_keep);
+  at::Tensor out = at::zeros({max_keep}, boxes.options().dtype(at::kLong));
+  at::Tensor valid = at::zeros({max_keep}, boxes.options().dtype(at::kBool));
+  std::copy(keep.begin(), keep.end(), out.mutable_data_ptr<int64_t>());
+  std::fill_n(valid.mutable_data_ptr<bool>(), keep.size(), true);
+  return {out, valid};
+}
+
+TORCH_LIBRARY_IMPL(resnest_cuda, CPU, m) {
+  m.impl("nms", &nms_cpu);
+  m.impl("nms_fixed", &nms_fixed_cpu);
+}
 
 }  // namespace resnest_cuda

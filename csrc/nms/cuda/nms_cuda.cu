@@ -6,6 +6,8 @@
 //    computed (and read).
 // 3. keep_kernel: one block walks the boxes in score order, keeping a box unless a kept box already set its bit,
 //    and ORs the kept box's mask row into the running "removed" bits (held in shared memory, one word per tile).
+//    It stops once max_keep boxes are kept (max_keep < 0: no limit) and writes either a kept flag per sorted box
+//    (nms) or the kept input indices padded to max_keep with a validity mask (nms_fixed, no host round trip).
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -53,43 +55,61 @@ __global__ void mask_kernel(const acc_t* __restrict__ boxes, int64_t n, int64_t 
   mask[i * tiles + col_tile] = bits;
 }
 
-__global__ void keep_kernel(const unsigned long long* __restrict__ mask, int64_t n, int64_t tiles,
-                            bool* __restrict__ keep) {
+// Outputs of keep_kernel: `flags` (nms: kept flag per sorted box), or `indices` + `valid` (nms_fixed: max_keep
+// entries, the kept input indices via `order`, then padding 0 / false). Unused pointers are null.
+struct KeepOutput {
+  bool* flags;
+  const int64_t* order;
+  int64_t* indices;
+  bool* valid;
+};
+
+__global__ void keep_kernel(const unsigned long long* __restrict__ mask, int64_t n, int64_t tiles, int64_t max_keep,
+                            KeepOutput out) {
   extern __shared__ unsigned long long removed[];
   for (int64_t t = threadIdx.x; t < tiles; t += blockDim.x) removed[t] = 0;
   __syncthreads();
-  for (int64_t tile = 0; tile < tiles; ++tile) {
-    // Every thread follows the same sequence of decisions (rem is the same everywhere), and each thread owns the
-    // words t == threadIdx.x (mod blockDim.x) of `removed`, so the only synchronisation needed is per tile.
+  int64_t kept = 0;
+  for (int64_t tile = 0; tile < tiles && kept != max_keep; ++tile) {
+    // Every thread follows the same sequence of decisions (rem and kept are the same everywhere), and each thread
+    // owns the words t == threadIdx.x (mod blockDim.x) of `removed`, so the only synchronisation needed is per
+    // tile (all threads leave the loop at the same point).
     unsigned long long rem = removed[tile];
     const int size = static_cast<int>(min(n - tile * kTile, static_cast<int64_t>(kTile)));
-    for (int b = 0; b < size; ++b) {
+    for (int b = 0; b < size && kept != max_keep; ++b) {
       if ((rem >> b) & 1ULL) continue;
       const int64_t i = tile * kTile + b;
-      if (threadIdx.x == 0) keep[i] = true;
+      if (threadIdx.x == 0) {
+        if (out.flags != nullptr) out.flags[i] = true;
+        if (out.indices != nullptr) {
+          out.indices[kept] = out.order[i];
+          out.valid[kept] = true;
+        }
+      }
+      ++kept;
       const unsigned long long* row = mask + i * tiles;
       rem |= row[tile];
       for (int64_t t = tile + 1 + threadIdx.x; t < tiles; t += blockDim.x) removed[t] |= row[t];
     }
     __syncthreads();
   }
+  if (out.indices != nullptr) {
+    for (int64_t k = kept + threadIdx.x; k < max_keep; k += blockDim.x) {
+      out.indices[k] = 0;
+      out.valid[k] = false;
+    }
+  }
 }
 
-}  // namespace
-
-at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_nms_input(boxes, scores, "nms");
-  TORCH_CHECK(boxes.is_cuda(), "nms: boxes must be a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(boxes.device());
+// Sorts, builds the suppression bitmask and runs keep_kernel; returns the score order. n >= 1.
+at::Tensor run_nms(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t max_keep,
+                   KeepOutput out, const char* op) {
   const int64_t n = boxes.size(0);
-  if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   const int64_t tiles = (n + kTile - 1) / kTile;
-  TORCH_CHECK(tiles <= kMaxTiles, "nms: at most ", kMaxTiles * kTile, " boxes on CUDA, got ", n);
-
-  const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  TORCH_CHECK(tiles <= kMaxTiles, op, ": at most ", kMaxTiles * kTile, " boxes on CUDA, got ", n);
+  const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
   const at::Tensor sorted = boxes_in_acc_dtype(boxes).index_select(0, order).contiguous();
   at::Tensor mask = at::empty({n * tiles}, boxes.options().dtype(at::kLong));
-  at::Tensor keep = at::zeros({n}, boxes.options().dtype(at::kBool));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   auto* mask_ptr = reinterpret_cast<unsigned long long*>(mask.mutable_data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES(sorted.scalar_type(), "nms_cuda", [&] {
@@ -98,13 +118,45 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
                                                        static_cast<scalar_t>(iou_threshold), mask_ptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  keep_kernel<<<1, kKeepThreads, tiles * sizeof(unsigned long long), stream>>>(mask_ptr, n, tiles,
-                                                                                keep.mutable_data_ptr<bool>());
+  out.order = order.const_data_ptr<int64_t>();
+  keep_kernel<<<1, kKeepThreads, tiles * sizeof(unsigned long long), stream>>>(mask_ptr, n, tiles, max_keep, out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return order;
+}
+
+}  // namespace
+
+at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t max_keep) {
+  check_nms_input(boxes, scores, "nms");
+  check_max_keep(max_keep, /*fixed=*/false, "nms");
+  TORCH_CHECK(boxes.is_cuda(), "nms: boxes must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(boxes.device());
+  const int64_t n = boxes.size(0);
+  if (n == 0 || max_keep == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+  at::Tensor keep = at::zeros({n}, boxes.options().dtype(at::kBool));
+  const at::Tensor order =
+      run_nms(boxes, scores, iou_threshold, max_keep, {keep.mutable_data_ptr<bool>(), nullptr, nullptr, nullptr}, "nms");
   // Kept positions in sorted order, ascending = by descending score; map back to input indices.
   return order.index_select(0, keep.nonzero().view(-1));
 }
 
-TORCH_LIBRARY_IMPL(resnest_cuda, CUDA, m) { m.impl("nms", &nms_cuda); }
+std::tuple<at::Tensor, at::Tensor> nms_fixed_cuda(const at::Tensor& boxes, const at::Tensor& scores,
+                                                  double iou_threshold, int64_t max_keep) {
+  check_nms_input(boxes, scores, "nms_fixed");
+  check_max_keep(max_keep, /*fixed=*/true, "nms_fixed");
+  TORCH_CHECK(boxes.is_cuda(), "nms_fixed: boxes must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(boxes.device());
+  at::Tensor indices = at::zeros({max_keep}, boxes.options().dtype(at::kLong));
+  at::Tensor valid = at::zeros({max_keep}, boxes.options().dtype(at::kBool));
+  if (boxes.size(0) == 0 || max_keep == 0) return {indices, valid};
+  run_nms(boxes, scores, iou_threshold, max_keep,
+          {nullptr, nullptr, indices.mutable_data_ptr<int64_t>(), valid.mutable_data_ptr<bool>()}, "nms_fixed");
+  return {indices, valid};
+}
+
+TORCH_LIBRARY_IMPL(resnest_cuda, CUDA, m) {
+  m.impl("nms", &nms_cuda);
+  m.impl("nms_fixed", &nms_fixed_cuda);
+}
 
 }  // namespace resnest_cuda
