@@ -53,7 +53,8 @@ class SolverConfig:
     gamma: float = 0.1
     epochs: int = 12
     grad_clip: float | None = None  # max gradient norm, None for no clipping
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # train with bf16 autocast on CUDA (ignored on CPU); the eight seed configs train in fp32
+    eval_amp: bool = False  # evaluate (detection.test and during training) with bf16 autocast on CUDA
     checkpoint_interval: int = 1  # epochs
     keep_checkpoints: int = 0  # keep only the newest N epoch_<n>.pth files (latest.pth always); 0 keeps all
     checkpoint_iters: int = 0  # also refresh latest.pth every N iterations inside an epoch (0: epoch ends only)

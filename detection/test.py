@@ -45,7 +45,7 @@ def main(argv=None, model_builder=None) -> int:
         model = model_builder(cfg.model)
         load_model_weights(model, args.checkpoint)
         model.to(info.device)
-        evaluate(model, loader, info.device, with_masks=cfg.data.with_masks, amp=cfg.solver.amp, out_path=args.out,
+        evaluate(model, loader, info.device, with_masks=cfg.data.with_masks, amp=cfg.solver.eval_amp, out_path=args.out,
                  is_main=info.is_main, log=print)
     finally:
         dist_utils.cleanup()

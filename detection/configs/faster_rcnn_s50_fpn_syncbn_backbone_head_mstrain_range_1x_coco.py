@@ -77,5 +77,6 @@ config = Config(
     solver=SolverConfig(
         lr=0.02, base_batch_size=16, momentum=0.9, weight_decay=1e-4, warmup_iters=500, warmup_ratio=0.001,
         lr_steps=(8, 11), gamma=0.1, epochs=12,
+        amp=False,  # fp32 as mmdetection (OptimWrapper); solver.amp=true trains with bf16 autocast
     ),
 )

@@ -6,8 +6,9 @@ where COCOeval treats them as ignore regions. Polygon and RLE (compressed or not
 pycocotools.mask.
 
 Bad data never stops a run: a missing file, an annotation with a degenerate box (w or h < 1 after clipping to the
-image) or an unusable mask, and — for training with `filter_empty_gt` — an image without usable annotations are
-dropped when the dataset is built; a truncated or undecodable image is found only when read, and then the sample
+image) or an unusable mask, and — for training with `filter_empty_gt` — an image without any annotation of a known
+category are dropped when the dataset is built (as in mmdetection, an image whose annotations are all crowd or
+unusable is kept, as a background-only image); a truncated or undecodable image is found only when read, and then the sample
 is returned as None (the collate function drops and counts it). Each case is counted and reported in one log line.
 """
 
@@ -101,7 +102,11 @@ class CocoDetection(torch.utils.data.Dataset):
             self.skipped["image smaller than min_size"] += 1
             return None
         anns = []
+        # mmdetection's filter_empty_gt: an image is kept when any annotation of a known category refers to it, even
+        # when all of them are crowd (ignore regions) or unusable: it trains as a background-only image.
+        annotated = False
         for ann in self.coco.imgToAnns.get(image_id, []):
+            annotated = annotated or ann.get("category_id") in self.cat_id_to_label
             if ann.get("iscrowd", 0):
                 self.skipped["crowd annotation (ignore region)"] += 1
                 continue
@@ -119,7 +124,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 continue
             anns.append({"box": [x1, y1, x2, y2], "label": self.cat_id_to_label[ann["category_id"]],
                          "segmentation": ann.get("segmentation")})
-        if train and filter_empty_gt and not anns:
+        if train and filter_empty_gt and not annotated:
             self.skipped["image without annotations"] += 1
             return None
         return {"image_id": image_id, "path": path, "height": height, "width": width, "anns": anns}

@@ -1,4 +1,4 @@
-"""The training loop: SGD with linear LR scaling, linear warmup and step decay by epoch; bf16 autocast on CUDA;
+"""The training loop: SGD with linear LR scaling, linear warmup and step decay by epoch; optional bf16 autocast;
 metrics, checkpoints and evaluation per epoch (and, with solver.checkpoint_iters, checkpoints inside an epoch);
 exact resume from the last checkpoint.
 
@@ -174,7 +174,7 @@ class Trainer:
     def evaluate(self, epoch: int) -> dict:
         out_path = os.path.join(self.work_dir, f"results_epoch_{epoch}.json")
         metrics = evaluate(self.ddp_model, self.val_loader, self.info.device, with_masks=self.cfg.data.with_masks,
-                           amp=self.cfg.solver.amp, out_path=out_path, is_main=self.info.is_main,
+                           amp=self.cfg.solver.eval_amp, out_path=out_path, is_main=self.info.is_main,
                            progress=self.progress, log=self.log.info)
         for iou_type, stats in metrics.items():
             self.metrics.write(f"eval_{iou_type}", self.iteration, {"epoch": epoch, **stats})
