@@ -25,7 +25,7 @@ config = Config(
     model=ModelConfig(
         kind="faster_rcnn",
         backbone=BackboneConfig(name="resnest50", out_indices=(0, 1, 2, 3), frozen_stages=1, norm="syncbn",
-                                norm_eval=False),
+                                norm_eval=False, pretrained="open-mmlab://resnest50"),
         fpn=FPNConfig(in_channels=(256, 512, 1024, 2048), out_channels=256, num_outs=5),
         rpn=RPNConfig(
             in_channels=256,

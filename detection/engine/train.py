@@ -247,7 +247,10 @@ def train(cfg: Config, work_dir: str, *, model_builder=None, data_root: str | No
     """Train `cfg` in `work_dir` (resuming from latest.pth when `resume`) and return the final evaluation metrics
     {"bbox": {"AP": ...}, "segm": {...}}. `model_builder(cfg.model)` defaults to detection.build.build_model."""
     if model_builder is None:
-        from ..build import build_model as model_builder
+        from ..build import build_model
+
+        def model_builder(model_cfg):  # training starts from backbone.pretrained
+            return build_model(model_cfg, pretrained=True)
     trainer = Trainer(cfg, work_dir, model_builder=model_builder, data_root=data_root, resume=resume, device=device,
                       progress=progress)
     return trainer.run()
