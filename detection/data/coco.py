@@ -8,8 +8,9 @@ pycocotools.mask.
 Bad data never stops a run: a missing file, an annotation with a degenerate box (w or h < 1 after clipping to the
 image) or an unusable mask, and — for training with `filter_empty_gt` — an image without any annotation of a known
 category are dropped when the dataset is built (as in mmdetection, an image whose annotations are all crowd or
-unusable is kept, as a background-only image); a truncated or undecodable image is found only when read, and then the sample
-is returned as None (the collate function drops and counts it). Each case is counted and reported in one log line.
+unusable is kept, as a background-only image); a truncated or undecodable image is found only when read, and then
+the sample is returned as None (the collate function drops and counts it). Each case is counted and reported in
+one log line.
 """
 
 import contextlib
