@@ -25,6 +25,9 @@ class DataConfig:
     scale_mode: str = "range"
     max_size: int = 1333
     test_scale: int = 800
+    # "mmcv": mmdetection's resize (cv2 bilinear on uint8, no antialiasing, sizes int(x * s + 0.5)), in training
+    # and evaluation; "antialias": float bilinear, antialiased when shrinking (detection/data/transforms.py).
+    resize_mode: str = "mmcv"
     flip_prob: float = 0.5
     size_divisor: int = 32
     filter_empty_gt: bool = True

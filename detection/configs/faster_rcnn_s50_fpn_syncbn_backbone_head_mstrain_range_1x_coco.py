@@ -69,6 +69,7 @@ config = Config(
         scale_mode="range",
         max_size=1333,
         test_scale=800,
+        resize_mode="mmcv",  # mmcv.imrescale with cv2 bilinear, as mmdetection trains and tests
         flip_prob=0.5,
         size_divisor=32,
         filter_empty_gt=True,
