@@ -19,6 +19,9 @@ class DataConfig:
     val_ann: str = "annotations/instances_val2017.json"
     val_images: str = "val2017"
     with_masks: bool = False
+    # False (the Mask R-CNN seed configs, as mmdetection's): polygon annotations stay polygons and mask targets are
+    # rasterised per RoI (detection/data/polygons.py); images with RLE masks keep full-image bitmaps.
+    poly2mask: bool = True
     # Training resize: "range" draws the short side uniformly from [min(train_scales), max(train_scales)];
     # "value" picks one of train_scales. The long side is capped at max_size.
     train_scales: tuple[int, ...] = (640, 800)

@@ -51,4 +51,4 @@ def build_dataset(cfg: DataConfig, root: str, train: bool, seed: int = 0) -> Coc
         ann, images = split_paths("train" if train else "val")
     return CocoDetection(os.path.join(root, ann), os.path.join(root, images), transform=transform,
                          with_masks=cfg.with_masks, train=train, filter_empty_gt=cfg.filter_empty_gt,
-                         min_size=cfg.min_size if train else 0, seed=seed)
+                         min_size=cfg.min_size if train else 0, seed=seed, poly2mask=cfg.poly2mask)

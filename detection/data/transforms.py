@@ -1,7 +1,8 @@
 """Image/target transforms for detection: multi-scale resize, horizontal flip, test resize.
 
 An image is a float32 tensor [3, H, W] with RGB values in 0–255. A target is a dict with `boxes` float32 [N, 4]
-(x1, y1, x2, y2 in pixels of the current image), `labels` int64 [N] and optionally `masks` uint8 [N, H, W]; other
+(x1, y1, x2, y2 in pixels of the current image), `labels` int64 [N] and optionally `masks` (uint8 [N, H, W] or
+`PolygonMasks`, scaled and mirrored as polygons); other
 keys (`image_id`, `orig_size`) pass through unchanged. Random choices come from an explicit `random.Random` so that
 a sample's augmentation is a function of (seed, epoch, index) and a resumed run sees the same data.
 """
@@ -11,6 +12,7 @@ import random
 import torch
 import torch.nn.functional as F
 
+from .polygons import PolygonMasks
 from .resize import RESIZE_MODES, cv2_bilinear, mmcv_size
 
 
@@ -50,7 +52,9 @@ def resize(image: torch.Tensor, target: dict | None, scale: float,
     target = dict(target)
     ratio = torch.tensor([new_w / width, new_h / height, new_w / width, new_h / height], dtype=torch.float32)
     target["boxes"] = target["boxes"] * ratio
-    if "masks" in target:
+    if isinstance(target.get("masks"), PolygonMasks):
+        target["masks"] = target["masks"].resize(new_h, new_w)
+    elif "masks" in target:
         masks = target["masks"]
         if masks.shape[0] > 0:
             masks = F.interpolate(masks[None].float(), size=(new_h, new_w), mode="nearest")[0].to(torch.uint8)
@@ -69,7 +73,9 @@ def hflip(image: torch.Tensor, target: dict | None) -> tuple[torch.Tensor, dict 
     target = dict(target)
     boxes = target["boxes"]
     target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-    if "masks" in target:
+    if isinstance(target.get("masks"), PolygonMasks):
+        target["masks"] = target["masks"].hflip()
+    elif "masks" in target:
         target["masks"] = target["masks"].flip(-1)
     return image, target
 
