@@ -24,6 +24,7 @@ from . import distributed as dist_utils
 from .checkpoint import LATEST, get_rng_states, load_checkpoint, save_checkpoint, set_rng_states
 from .evaluate import evaluate
 from .metrics import MetricsWriter, progress_bar, setup_logging
+from .resources import peak_memory_mb
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
 
@@ -208,9 +209,12 @@ class Trainer:
                 window.clear()
                 elapsed = time.time() - start
                 eta = elapsed / (step + 1 - start_step) * (total_iters - epoch * num_steps - step - 1)
-                self.metrics.write("train", self.iteration, {"epoch": epoch + 1, "lr": lr, **averages})
+                memory = peak_memory_mb(device)  # MB since the previous log line, as mmdetection's `memory`
+                extra = {} if memory is None else {"memory": memory}
+                self.metrics.write("train", self.iteration, {"epoch": epoch + 1, "lr": lr, **averages, **extra})
                 self.log.info(f"epoch {epoch + 1} iter {self.iteration} lr {lr:.3e} "
-                              + " ".join(f"{k} {v:.4f}" for k, v in averages.items()) + f" eta {eta / 60:.1f} min")
+                              + " ".join(f"{k} {v:.4f}" for k, v in averages.items())
+                              + (f" memory {memory} MB" if extra else "") + f" eta {eta / 60:.1f} min")
             if solver.checkpoint_iters > 0 and self.iteration % solver.checkpoint_iters == 0 and step + 1 < num_steps:
                 self._save(epoch, step + 1, get_rng_states())
         bar.close()
