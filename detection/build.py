@@ -30,11 +30,14 @@ from .modeling.rcnn import GeneralizedRCNN, ImageTransform
 from .modeling.roi_heads import StandardRoIHeads
 from .modeling.rpn import ProposalSettings, RPNHead
 from .modeling.sampler import RandomSampler
+from .pretrained import load_backbone_pretrained
 
 
-def build_model(cfg: ModelConfig, backbone: nn.Module | None = None) -> GeneralizedRCNN:
+def build_model(cfg: ModelConfig, backbone: nn.Module | None = None, *, pretrained: bool = False) -> GeneralizedRCNN:
     """Build the detector of `cfg`. `backbone` overrides cfg.backbone with an already built module (it must have
-    the same interface: forward(x) -> list of feature maps, attribute `out_channels`)."""
+    the same interface: forward(x) -> list of feature maps, attribute `out_channels`). With `pretrained` (training
+    from a config) the backbone starts from cfg.backbone.pretrained when that is set; inference, which loads a whole
+    detector checkpoint afterwards, leaves it False."""
     if cfg.kind not in MODEL_KINDS:
         raise ValueError(f"kind: expected one of {MODEL_KINDS}, got {cfg.kind!r}")
     if cfg.kind.startswith("cascade") != (len(cfg.roi_head.stages) > 1):
@@ -42,7 +45,7 @@ def build_model(cfg: ModelConfig, backbone: nn.Module | None = None) -> Generali
     wants_mask = cfg.kind in ("mask_rcnn", "cascade_mask_rcnn")
     if wants_mask != (cfg.roi_head.mask_head is not None):
         raise ValueError(f"kind {cfg.kind!r}: roi_head.mask_head must be {'set' if wants_mask else 'None'}")
-    backbone = backbone if backbone is not None else build_backbone(cfg.backbone)
+    backbone = backbone if backbone is not None else build_backbone(cfg.backbone, pretrained=pretrained)
     if tuple(backbone.out_channels) != tuple(cfg.fpn.in_channels):
         raise ValueError(f"fpn.in_channels {cfg.fpn.in_channels} != backbone out_channels {backbone.out_channels}")
     model = GeneralizedRCNN(
@@ -57,17 +60,24 @@ def build_model(cfg: ModelConfig, backbone: nn.Module | None = None) -> Generali
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
-def build_backbone(cfg: BackboneConfig) -> nn.Module:
+def build_backbone(cfg: BackboneConfig, pretrained: bool = False) -> nn.Module:
+    """The ResNeSt of `cfg`; with `pretrained` and cfg.pretrained set, its weights are loaded before the stages are
+    frozen."""
     constructor = getattr(resnest_cuda, cfg.name, None)
     if constructor is None:
         raise ValueError(f"backbone.name: resnest_cuda has no constructor {cfg.name!r}")
-    return constructor(
+    load = pretrained and bool(cfg.pretrained)
+    backbone = constructor(
         num_classes=None,
         out_indices=tuple(cfg.out_indices),
-        frozen_stages=cfg.frozen_stages,
+        frozen_stages=-1 if load else cfg.frozen_stages,
         norm_layer=cfg.norm,
         norm_eval=cfg.norm_eval,
     )
+    if load:
+        load_backbone_pretrained(backbone, cfg.pretrained)
+        backbone.freeze_stages(cfg.frozen_stages)
+    return backbone
 
 
 def build_fpn(cfg: FPNConfig) -> FPN:

@@ -19,12 +19,18 @@ class DataConfig:
     val_ann: str = "annotations/instances_val2017.json"
     val_images: str = "val2017"
     with_masks: bool = False
+    # False (the Mask R-CNN seed configs, as mmdetection's): polygon annotations stay polygons and mask targets are
+    # rasterised per RoI (detection/data/polygons.py); images with RLE masks keep full-image bitmaps.
+    poly2mask: bool = True
     # Training resize: "range" draws the short side uniformly from [min(train_scales), max(train_scales)];
     # "value" picks one of train_scales. The long side is capped at max_size.
     train_scales: tuple[int, ...] = (640, 800)
     scale_mode: str = "range"
     max_size: int = 1333
     test_scale: int = 800
+    # "mmcv": mmdetection's resize (cv2 bilinear on uint8, no antialiasing, sizes int(x * s + 0.5)), in training
+    # and evaluation; "antialias": float bilinear, antialiased when shrinking (detection/data/transforms.py).
+    resize_mode: str = "mmcv"
     flip_prob: float = 0.5
     size_divisor: int = 32
     filter_empty_gt: bool = True
@@ -53,7 +59,8 @@ class SolverConfig:
     gamma: float = 0.1
     epochs: int = 12
     grad_clip: float | None = None  # max gradient norm, None for no clipping
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = True  # train with bf16 autocast on CUDA (ignored on CPU); the eight seed configs train in fp32
+    eval_amp: bool = False  # evaluate (detection.test and during training) with bf16 autocast on CUDA
     checkpoint_interval: int = 1  # epochs
     keep_checkpoints: int = 0  # keep only the newest N epoch_<n>.pth files (latest.pth always); 0 keeps all
     checkpoint_iters: int = 0  # also refresh latest.pth every N iterations inside an epoch (0: epoch ends only)

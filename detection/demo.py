@@ -86,7 +86,7 @@ def main(argv=None, model_builder=None) -> int:
     model.to(args.device).eval()
     image = load_rgb(args.image)
     original_size = tuple(image.shape[1:])
-    resized, _ = TestTransform(cfg.data.test_scale, cfg.data.max_size)(image, None)
+    resized, _ = TestTransform(cfg.data.test_scale, cfg.data.max_size, cfg.data.resize_mode)(image, None)
     with torch.no_grad():
         output = model([resized.to(args.device)], original_sizes=[original_size])[0]
     output = {k: v.cpu() for k, v in output.items()}

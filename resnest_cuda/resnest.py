@@ -230,6 +230,15 @@ class ResNeSt(nn.Module):
             for p in module.parameters():
                 p.requires_grad_(False)
 
+    def freeze_stages(self, frozen_stages: int) -> "ResNeSt":
+        """Freezes more stages after construction (as ``frozen_stages`` does), e.g. once pretrained weights are
+        loaded into a model built with ``frozen_stages=-1``. Stages frozen before stay frozen."""
+        if frozen_stages not in range(-1, 5):
+            raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
+        self.frozen_stages = max(self.frozen_stages, frozen_stages)
+        self._freeze_stages()
+        return self.train(self.training)
+
     def train(self, mode: bool = True) -> "ResNeSt":
         """Sets train/eval mode, then puts frozen stages (and with ``norm_eval`` every norm layer) back in eval."""
         if mode and self.fused:

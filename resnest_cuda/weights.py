@@ -5,6 +5,8 @@ All three layouts are converted to the official names used by ``resnest_cuda.Res
 - official / timm: ``conv1.{0,1,3,4,6}``, ``bn1``, ``layer{1-4}.{i}.*``, ``fc`` (a ``module.`` prefix is stripped).
 - mmdetection: ``backbone.`` prefix, ``stem.{0,1,3,4,6,7}`` for ``conv1.{0,1,3,4,6}`` and ``bn1``; the detector's
   other keys (``neck.*``, ``rpn_head.*``, ``roi_head.*``) are ignored. A top-level ``state_dict`` is unwrapped.
+  A bare mmdetection backbone (the ImageNet files its configs start from: ``stem.*``, ``layer{1-4}.*`` without the
+  ``backbone.`` prefix) is this layout too.
 - detectron2-ResNeSt: ``backbone.bottom_up.`` prefix; ``stem.conv1_{1,2,3}`` with ``.norm``; ``res{2-5}`` for
   ``layer{1-4}``; ``conv1.norm`` / ``conv3.norm`` for ``bn1`` / ``bn3``; ``shortcut`` / ``shortcut.norm`` for
   ``downsample.1`` / ``downsample.2``; ``conv2.*`` unchanged. FPN and heads are ignored; ``model`` is unwrapped.
@@ -29,6 +31,7 @@ LAYOUTS = ("resnest", "mmdet", "detectron2")
 # mmdetection's deep stem (the one statement of this map; detection.weights uses it through mmdet_stem_key).
 _MMDET_STEM = {"0": "conv1.0", "1": "conv1.1", "3": "conv1.3", "4": "conv1.4", "6": "conv1.6", "7": "bn1"}
 _D2_STEM = {"conv1_1": ("conv1.0", "conv1.1"), "conv1_2": ("conv1.3", "conv1.4"), "conv1_3": ("conv1.6", "bn1")}
+_MMDET_BARE_STEM = re.compile(r"^stem\.[0-7]\.")
 _D2_BLOCK = re.compile(r"^res([2-5])\.(\d+)\.(.+)$")
 # detectron2 sub-module (conv or its norm) -> official name.
 _D2_BLOCK_PARTS = {
@@ -63,7 +66,7 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     keys = list(state_dict)
     if any(k.startswith("backbone.bottom_up.") for k in keys):
         return "detectron2"
-    if any(k.startswith("backbone.") for k in keys):
+    if any(k.startswith("backbone.") for k in keys) or any(_MMDET_BARE_STEM.match(k) for k in keys):
         return "mmdet"
     if any(k.startswith(("conv1.", "layer1.")) for k in keys):
         return "resnest"
@@ -110,6 +113,8 @@ def convert_state_dict(checkpoint: Mapping) -> tuple[dict[str, torch.Tensor], st
     if layout == "resnest":
         return dict(state), layout
     prefix, rename = ("backbone.", mmdet_stem_key) if layout == "mmdet" else ("backbone.bottom_up.", _d2_key)
+    if layout == "mmdet" and not any(k.startswith(prefix) for k in state):
+        prefix = ""  # a bare mmdetection backbone
     converted = {rename(k[len(prefix) :]): v for k, v in state.items() if k.startswith(prefix)}
     return converted, layout
 

@@ -8,5 +8,5 @@ from detection.configs.cascade_mask_rcnn_s50_fpn_syncbn_backbone_head_mstrain_1x
 config = replace(
     base,
     name="cascade_mask_rcnn_s101_fpn_syncbn-backbone+head_mstrain_1x_coco",
-    model=replace(base.model, backbone=replace(base.model.backbone, name="resnest101")),
+    model=replace(base.model, backbone=replace(base.model.backbone, name="resnest101", pretrained="open-mmlab://resnest101")),
 )

@@ -25,7 +25,7 @@ config = Config(
     model=ModelConfig(
         kind="faster_rcnn",
         backbone=BackboneConfig(name="resnest50", out_indices=(0, 1, 2, 3), frozen_stages=1, norm="syncbn",
-                                norm_eval=False),
+                                norm_eval=False, pretrained="open-mmlab://resnest50"),
         fpn=FPNConfig(in_channels=(256, 512, 1024, 2048), out_channels=256, num_outs=5),
         rpn=RPNConfig(
             in_channels=256,
@@ -69,6 +69,7 @@ config = Config(
         scale_mode="range",
         max_size=1333,
         test_scale=800,
+        resize_mode="mmcv",  # mmcv.imrescale with cv2 bilinear, as mmdetection trains and tests
         flip_prob=0.5,
         size_divisor=32,
         filter_empty_gt=True,
@@ -77,5 +78,6 @@ config = Config(
     solver=SolverConfig(
         lr=0.02, base_batch_size=16, momentum=0.9, weight_decay=1e-4, warmup_iters=500, warmup_ratio=0.001,
         lr_steps=(8, 11), gamma=0.1, epochs=12,
+        amp=False,  # fp32 as mmdetection (OptimWrapper); solver.amp=true trains with bf16 autocast
     ),
 )

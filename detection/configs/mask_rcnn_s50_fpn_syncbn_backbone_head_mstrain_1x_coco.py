@@ -30,5 +30,6 @@ config = replace(
             ),
         ),
     ),
-    data=replace(faster.data, with_masks=True, train_scales=(640, 672, 704, 736, 768, 800), scale_mode="value"),
+    data=replace(faster.data, with_masks=True, poly2mask=False, train_scales=(640, 672, 704, 736, 768, 800),
+                 scale_mode="value"),
 )

@@ -70,7 +70,7 @@ config = Config(
     ),
     data=DataConfig(dataset="shapes", root="", with_masks=True, shapes_num_train=400, shapes_num_val=100,
                     shapes_image_size=96, train_scales=(80, 112), scale_mode="range", max_size=192, test_scale=96,
-                    min_size=0, images_per_gpu=4, workers_per_gpu=1),
+                    min_size=0, images_per_gpu=4, workers_per_gpu=1, resize_mode="antialias"),
     solver=SolverConfig(lr=0.04, base_batch_size=16, warmup_iters=50, lr_steps=(18, 21), epochs=22,
                         eval_interval=22, log_interval=10, keep_checkpoints=3),
 )

@@ -42,13 +42,13 @@ def build_dataset(cfg: DataConfig, root: str, train: bool, seed: int = 0) -> Coc
     the test resize and every readable image kept. The shapes dataset has a fixed layout (shapes.split_paths);
     the train_ann / train_images / val_ann / val_images fields apply to COCO-format folders."""
     if train:
-        transform = TrainTransform(cfg.train_scales, cfg.scale_mode, cfg.max_size, cfg.flip_prob)
+        transform = TrainTransform(cfg.train_scales, cfg.scale_mode, cfg.max_size, cfg.flip_prob, cfg.resize_mode)
         ann, images = cfg.train_ann, cfg.train_images
     else:
-        transform = TestTransform(cfg.test_scale, cfg.max_size)
+        transform = TestTransform(cfg.test_scale, cfg.max_size, cfg.resize_mode)
         ann, images = cfg.val_ann, cfg.val_images
     if cfg.dataset == "shapes":
         ann, images = split_paths("train" if train else "val")
     return CocoDetection(os.path.join(root, ann), os.path.join(root, images), transform=transform,
                          with_masks=cfg.with_masks, train=train, filter_empty_gt=cfg.filter_empty_gt,
-                         min_size=cfg.min_size if train else 0, seed=seed)
+                         min_size=cfg.min_size if train else 0, seed=seed, poly2mask=cfg.poly2mask)

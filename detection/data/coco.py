@@ -6,9 +6,11 @@ where COCOeval treats them as ignore regions. Polygon and RLE (compressed or not
 pycocotools.mask.
 
 Bad data never stops a run: a missing file, an annotation with a degenerate box (w or h < 1 after clipping to the
-image) or an unusable mask, and — for training with `filter_empty_gt` — an image without usable annotations are
-dropped when the dataset is built; a truncated or undecodable image is found only when read, and then the sample
-is returned as None (the collate function drops and counts it). Each case is counted and reported in one log line.
+image) or an unusable mask, and — for training with `filter_empty_gt` — an image without any annotation of a known
+category are dropped when the dataset is built (as in mmdetection, an image whose annotations are all crowd or
+unusable is kept, as a background-only image); a truncated or undecodable image is found only when read, and then
+the sample is returned as None (the collate function drops and counts it). Each case is counted and reported in
+one log line.
 """
 
 import contextlib
@@ -24,6 +26,8 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
+from .polygons import PolygonMasks
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,7 +35,7 @@ def decode_segmentation(segm, height: int, width: int) -> np.ndarray | None:
     """COCO segmentation (list of polygons, uncompressed or compressed RLE) → uint8 [height, width], or None
     when no usable polygon is given (a polygon needs at least 3 points)."""
     if isinstance(segm, list):
-        polygons = [p for p in segm if len(p) >= 6 and len(p) % 2 == 0]
+        polygons = usable_polygons(segm)
         if not polygons:
             return None
         rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
@@ -42,6 +46,11 @@ def decode_segmentation(segm, height: int, width: int) -> np.ndarray | None:
     else:
         return None
     return mask_util.decode(rle).astype(np.uint8)
+
+
+def usable_polygons(segm: list) -> list[list[float]]:
+    """The polygons of a COCO polygon segmentation that have at least 3 points."""
+    return [p for p in segm if len(p) >= 6 and len(p) % 2 == 0]
 
 
 def _usable_segmentation(segm) -> bool:
@@ -62,12 +71,14 @@ class CocoDetection(torch.utils.data.Dataset):
     """Samples are (image float32 [3, H, W] 0–255, target dict) or None for an unreadable image.
 
     target: `boxes` float32 [N, 4] xyxy in the transformed image's pixels, `labels` int64 [N] 0-based,
-    `masks` uint8 [N, H, W] when `with_masks`, `image_id` int, `orig_size` (height, width) before transforms.
+    `masks` uint8 [N, H, W] when `with_masks` (with `poly2mask=False`, an image whose masks are all polygons gets
+    `PolygonMasks` instead, as mmdetection's poly2mask=False; RLE masks keep the bitmap), `image_id` int,
+    `orig_size` (height, width) before transforms.
     `train=True` applies `filter_empty_gt` and `min_size`; evaluation keeps every readable image.
     """
 
     def __init__(self, ann_file: str, image_dir: str, transform=None, with_masks: bool = False, train: bool = False,
-                 filter_empty_gt: bool = True, min_size: int = 0, seed: int = 0):
+                 filter_empty_gt: bool = True, min_size: int = 0, seed: int = 0, poly2mask: bool = True):
         if not os.path.isfile(ann_file):
             raise FileNotFoundError(f"annotation file not found: {ann_file}")
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timing lines
@@ -75,6 +86,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.image_dir = image_dir
         self.transform = transform
         self.with_masks = with_masks
+        self.poly2mask = poly2mask
         self.seed = seed
         self.epoch = 0
         self.cat_ids = sorted(self.coco.getCatIds())
@@ -101,7 +113,11 @@ class CocoDetection(torch.utils.data.Dataset):
             self.skipped["image smaller than min_size"] += 1
             return None
         anns = []
+        # mmdetection's filter_empty_gt: an image is kept when any annotation of a known category refers to it, even
+        # when all of them are crowd (ignore regions) or unusable: it trains as a background-only image.
+        annotated = False
         for ann in self.coco.imgToAnns.get(image_id, []):
+            annotated = annotated or ann.get("category_id") in self.cat_id_to_label
             if ann.get("iscrowd", 0):
                 self.skipped["crowd annotation (ignore region)"] += 1
                 continue
@@ -119,7 +135,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 continue
             anns.append({"box": [x1, y1, x2, y2], "label": self.cat_id_to_label[ann["category_id"]],
                          "segmentation": ann.get("segmentation")})
-        if train and filter_empty_gt and not anns:
+        if train and filter_empty_gt and not annotated:
             self.skipped["image without annotations"] += 1
             return None
         return {"image_id": image_id, "path": path, "height": height, "width": width, "anns": anns}
@@ -160,7 +176,9 @@ class CocoDetection(torch.utils.data.Dataset):
             "image_id": record["image_id"],
             "orig_size": (height, width),
         }
-        if self.with_masks:
+        if self.with_masks and not self.poly2mask and all(isinstance(a["segmentation"], list) for a in anns):
+            target["masks"] = PolygonMasks([usable_polygons(a["segmentation"]) for a in anns], height, width)
+        elif self.with_masks:
             masks = np.zeros((len(anns), height, width), dtype=np.uint8)
             for i, ann in enumerate(anns):
                 decoded = decode_segmentation(ann["segmentation"], height, width)

@@ -1,7 +1,8 @@
 """Image/target transforms for detection: multi-scale resize, horizontal flip, test resize.
 
 An image is a float32 tensor [3, H, W] with RGB values in 0–255. A target is a dict with `boxes` float32 [N, 4]
-(x1, y1, x2, y2 in pixels of the current image), `labels` int64 [N] and optionally `masks` uint8 [N, H, W]; other
+(x1, y1, x2, y2 in pixels of the current image), `labels` int64 [N] and optionally `masks` (uint8 [N, H, W] or
+`PolygonMasks`, scaled and mirrored as polygons); other
 keys (`image_id`, `orig_size`) pass through unchanged. Random choices come from an explicit `random.Random` so that
 a sample's augmentation is a function of (seed, epoch, index) and a resumed run sees the same data.
 """
@@ -11,6 +12,9 @@ import random
 import torch
 import torch.nn.functional as F
 
+from .polygons import PolygonMasks
+from .resize import RESIZE_MODES, cv2_bilinear, mmcv_size
+
 
 def scale_for(height: int, width: int, short_side: int, max_size: int) -> float:
     """Scale factor that brings the short side to `short_side` unless the long side would exceed `max_size`."""
@@ -18,21 +22,39 @@ def scale_for(height: int, width: int, short_side: int, max_size: int) -> float:
     return min(short_side / short, max_size / long)
 
 
-def resize(image: torch.Tensor, target: dict | None, scale: float) -> tuple[torch.Tensor, dict | None]:
-    """Resize by `scale` (bilinear, antialiased when shrinking); boxes scale by the realised per-axis ratio
-    (sizes are rounded to integers), masks use nearest neighbour so they stay binary."""
+def check_resize_mode(mode: str) -> str:
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"data.resize_mode: expected one of {RESIZE_MODES}, got {mode!r}")
+    return mode
+
+
+def resize(image: torch.Tensor, target: dict | None, scale: float,
+           mode: str = "mmcv") -> tuple[torch.Tensor, dict | None]:
+    """Resize by `scale`; boxes scale by the realised per-axis ratio, masks use nearest neighbour (binary).
+
+    mode "mmcv" (mmdetection's mmcv.imrescale, cv2 backend): sizes int(size * scale + 0.5) and OpenCV's bilinear on
+    uint8 pixels, without antialiasing (detection/data/resize.py); the result holds integer values 0-255.
+    mode "antialias": sizes round(size * scale), float bilinear, antialiased when shrinking."""
     _, height, width = image.shape
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    if check_resize_mode(mode) == "mmcv":
+        new_h, new_w = mmcv_size(height, width, scale)
+    else:
+        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
     if (new_h, new_w) == (height, width):
         return image, target
-    image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
-                          antialias=scale < 1.0)[0]
+    if mode == "mmcv":
+        image = cv2_bilinear(image, new_h, new_w).to(image.dtype)
+    else:
+        image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
+                              antialias=scale < 1.0)[0]
     if target is None:
         return image, None
     target = dict(target)
     ratio = torch.tensor([new_w / width, new_h / height, new_w / width, new_h / height], dtype=torch.float32)
     target["boxes"] = target["boxes"] * ratio
-    if "masks" in target:
+    if isinstance(target.get("masks"), PolygonMasks):
+        target["masks"] = target["masks"].resize(new_h, new_w)
+    elif "masks" in target:
         masks = target["masks"]
         if masks.shape[0] > 0:
             masks = F.interpolate(masks[None].float(), size=(new_h, new_w), mode="nearest")[0].to(torch.uint8)
@@ -51,7 +73,9 @@ def hflip(image: torch.Tensor, target: dict | None) -> tuple[torch.Tensor, dict 
     target = dict(target)
     boxes = target["boxes"]
     target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-    if "masks" in target:
+    if isinstance(target.get("masks"), PolygonMasks):
+        target["masks"] = target["masks"].hflip()
+    elif "masks" in target:
         target["masks"] = target["masks"].flip(-1)
     return image, target
 
@@ -63,7 +87,8 @@ class TrainTransform:
     mode "value": short side chosen among `scales`. The long side is capped at `max_size` in both modes.
     """
 
-    def __init__(self, scales: tuple[int, ...], mode: str = "range", max_size: int = 1333, flip_prob: float = 0.5):
+    def __init__(self, scales: tuple[int, ...], mode: str = "range", max_size: int = 1333, flip_prob: float = 0.5,
+                 resize_mode: str = "mmcv"):
         if mode not in ("range", "value"):
             raise ValueError(f"scale_mode must be 'range' or 'value', got {mode!r}")
         if len(scales) == 0:
@@ -72,6 +97,7 @@ class TrainTransform:
         self.mode = mode
         self.max_size = max_size
         self.flip_prob = flip_prob
+        self.resize_mode = check_resize_mode(resize_mode)
 
     def __call__(self, image: torch.Tensor, target: dict, rng: random.Random) -> tuple[torch.Tensor, dict]:
         if self.mode == "range":
@@ -79,19 +105,21 @@ class TrainTransform:
         else:
             short_side = rng.choice(self.scales)
         _, height, width = image.shape
-        image, target = resize(image, target, scale_for(height, width, short_side, self.max_size))
+        image, target = resize(image, target, scale_for(height, width, short_side, self.max_size), self.resize_mode)
         if rng.random() < self.flip_prob:
             image, target = hflip(image, target)
         return image, target
 
 
 class TestTransform:
-    """Deterministic resize keeping the aspect ratio: short side `scale`, long side at most `max_size`."""
+    """Deterministic resize keeping the aspect ratio: short side `scale`, long side at most `max_size`; with
+    `resize_mode` "mmcv" exactly mmdetection's test resize."""
 
-    def __init__(self, scale: int, max_size: int = 1333):
+    def __init__(self, scale: int, max_size: int = 1333, resize_mode: str = "mmcv"):
         self.scale = scale
         self.max_size = max_size
+        self.resize_mode = check_resize_mode(resize_mode)
 
     def __call__(self, image: torch.Tensor, target: dict | None, rng: random.Random | None = None):
         _, height, width = image.shape
-        return resize(image, target, scale_for(height, width, self.scale, self.max_size))
+        return resize(image, target, scale_for(height, width, self.scale, self.max_size), self.resize_mode)

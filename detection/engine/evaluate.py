@@ -14,6 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from .distributed import all_gather_objects, unwrap_model
 from .metrics import progress_bar
+from .resources import InferenceTimer
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ def to_coco_results(output: dict, image_id: int, cat_ids: list[int]) -> list[dic
 
 @torch.no_grad()
 def run_inference(model, loader, device: torch.device, cat_ids: list[int], amp: bool = False,
-                  progress: bool = True) -> dict[int, list[dict]]:
-    """COCO results of this rank's shard, keyed by image id (images that failed to load are absent)."""
+                  progress: bool = True, timer: InferenceTimer | None = None) -> dict[int, list[dict]]:
+    """COCO results of this rank's shard, keyed by image id (images that failed to load are absent). `timer`
+    times each model call (images per second)."""
     model.eval()
     results: dict[int, list[dict]] = {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
@@ -69,7 +71,7 @@ def run_inference(model, loader, device: torch.device, cat_ids: list[int], amp: 
         if not images:
             continue
         images = [image.to(device, non_blocking=True) for image in images]
-        with autocast:
+        with autocast, timer.measure(len(images)) if timer is not None else contextlib.nullcontext():
             outputs = model(images, original_sizes=[tuple(t["orig_size"]) for t in targets])
         for output, target in zip(outputs, targets):
             results[int(target["image_id"])] = to_coco_results(output, target["image_id"], cat_ids)
@@ -95,12 +97,13 @@ def coco_summary(coco_gt, results: list[dict], image_ids: list[int], iou_type: s
 
 def evaluate(model, loader, device: torch.device, *, with_masks: bool, amp: bool = False, out_path: str | None = None,
              is_main: bool = True, progress: bool = True,
-             log=logger.info) -> dict[str, dict[str, float]]:
+             log=logger.info, timer: InferenceTimer | None = None) -> dict[str, dict[str, float]]:
     """Evaluate on `loader` (a CocoDetection test loader, possibly sharded). Every rank returns the same metrics:
     {"bbox": {"AP": ..., ...}, "segm": {...}}; rank 0 prints the summaries and writes `out_path`."""
     dataset = loader.dataset
     cat_ids = dataset.cat_ids
-    shard = run_inference(unwrap_model(model), loader, device, cat_ids, amp=amp, progress=is_main and progress)
+    shard = run_inference(unwrap_model(model), loader, device, cat_ids, amp=amp, progress=is_main and progress,
+                          timer=timer)
     merged: dict[int, list[dict]] = {}
     for part in all_gather_objects(shard):  # padded shards repeat images: the dict de-duplicates them
         merged.update(part)

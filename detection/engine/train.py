@@ -1,4 +1,4 @@
-"""The training loop: SGD with linear LR scaling, linear warmup and step decay by epoch; bf16 autocast on CUDA;
+"""The training loop: SGD with linear LR scaling, linear warmup and step decay by epoch; optional bf16 autocast;
 metrics, checkpoints and evaluation per epoch (and, with solver.checkpoint_iters, checkpoints inside an epoch);
 exact resume from the last checkpoint.
 
@@ -24,6 +24,7 @@ from . import distributed as dist_utils
 from .checkpoint import LATEST, get_rng_states, load_checkpoint, save_checkpoint, set_rng_states
 from .evaluate import evaluate
 from .metrics import MetricsWriter, progress_bar, setup_logging
+from .resources import peak_memory_mb
 
 MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
 
@@ -174,7 +175,7 @@ class Trainer:
     def evaluate(self, epoch: int) -> dict:
         out_path = os.path.join(self.work_dir, f"results_epoch_{epoch}.json")
         metrics = evaluate(self.ddp_model, self.val_loader, self.info.device, with_masks=self.cfg.data.with_masks,
-                           amp=self.cfg.solver.amp, out_path=out_path, is_main=self.info.is_main,
+                           amp=self.cfg.solver.eval_amp, out_path=out_path, is_main=self.info.is_main,
                            progress=self.progress, log=self.log.info)
         for iou_type, stats in metrics.items():
             self.metrics.write(f"eval_{iou_type}", self.iteration, {"epoch": epoch, **stats})
@@ -208,9 +209,12 @@ class Trainer:
                 window.clear()
                 elapsed = time.time() - start
                 eta = elapsed / (step + 1 - start_step) * (total_iters - epoch * num_steps - step - 1)
-                self.metrics.write("train", self.iteration, {"epoch": epoch + 1, "lr": lr, **averages})
+                memory = peak_memory_mb(device)  # MB since the previous log line, as mmdetection's `memory`
+                extra = {} if memory is None else {"memory": memory}
+                self.metrics.write("train", self.iteration, {"epoch": epoch + 1, "lr": lr, **averages, **extra})
                 self.log.info(f"epoch {epoch + 1} iter {self.iteration} lr {lr:.3e} "
-                              + " ".join(f"{k} {v:.4f}" for k, v in averages.items()) + f" eta {eta / 60:.1f} min")
+                              + " ".join(f"{k} {v:.4f}" for k, v in averages.items())
+                              + (f" memory {memory} MB" if extra else "") + f" eta {eta / 60:.1f} min")
             if solver.checkpoint_iters > 0 and self.iteration % solver.checkpoint_iters == 0 and step + 1 < num_steps:
                 self._save(epoch, step + 1, get_rng_states())
         bar.close()
@@ -247,7 +251,10 @@ def train(cfg: Config, work_dir: str, *, model_builder=None, data_root: str | No
     """Train `cfg` in `work_dir` (resuming from latest.pth when `resume`) and return the final evaluation metrics
     {"bbox": {"AP": ...}, "segm": {...}}. `model_builder(cfg.model)` defaults to detection.build.build_model."""
     if model_builder is None:
-        from ..build import build_model as model_builder
+        from ..build import build_model
+
+        def model_builder(model_cfg):  # training starts from backbone.pretrained
+            return build_model(model_cfg, pretrained=True)
     trainer = Trainer(cfg, work_dir, model_builder=model_builder, data_root=data_root, resume=resume, device=device,
                       progress=progress)
     return trainer.run()

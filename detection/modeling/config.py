@@ -21,6 +21,9 @@ class BackboneConfig:
     frozen_stages: int = 1  # stem and stage 1 frozen (and kept in eval mode)
     norm: str = "syncbn"
     norm_eval: bool = False
+    # ImageNet initialisation for training: a checkpoint path, a URL (cached by torch.hub) or a model-zoo name such
+    # as "open-mmlab://resnest50" (detection/pretrained.py); "" starts from random weights.
+    pretrained: str = ""
 
 
 @dataclass

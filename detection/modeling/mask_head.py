@@ -7,6 +7,7 @@ from torch import nn
 
 import resnest_cuda
 
+from ..data.polygons import PolygonMasks
 from .layers import ConvBlock, NormFactory
 
 
@@ -46,14 +47,17 @@ class FCNMaskHead(nn.Module):
 
 
 def mask_targets(
-    gt_masks: torch.Tensor, boxes: torch.Tensor, matched_idxs: torch.Tensor, mask_size: int
+    gt_masks: torch.Tensor | PolygonMasks, boxes: torch.Tensor, matched_idxs: torch.Tensor, mask_size: int
 ) -> torch.Tensor:
-    """Crop each matched GT mask to its box and resize to mask_size x mask_size with RoIAlign, then binarise at 0.5.
+    """Crop each matched GT mask to its box and resize to mask_size x mask_size with RoIAlign, then binarise at 0.5;
+    polygon masks are cropped and rasterised at mask_size instead (mmdetection's poly2mask=False).
 
-    gt_masks: uint8/bool [G, H, W] in input-image pixels; boxes: [P, 4] xyxy; matched_idxs: int64 [P] into gt_masks.
-    Returns float [P, mask_size, mask_size] of 0/1."""
+    gt_masks: uint8/bool [G, H, W] or PolygonMasks in input-image pixels; boxes: [P, 4] xyxy; matched_idxs: int64
+    [P] into gt_masks. Returns float [P, mask_size, mask_size] of 0/1 (boxes' dtype and device)."""
     if boxes.shape[0] == 0:
         return boxes.new_zeros((0, mask_size, mask_size))
+    if isinstance(gt_masks, PolygonMasks):
+        return gt_masks.crop_and_rasterize(boxes, matched_idxs, mask_size).to(boxes.device, boxes.dtype)
     rois = torch.cat([matched_idxs[:, None].to(boxes.dtype), boxes], dim=1)
     crops = resnest_cuda.roi_align(gt_masks[:, None].to(boxes.dtype), rois, mask_size, 1.0, 0, True)
     return (crops[:, 0] >= 0.5).to(boxes.dtype)

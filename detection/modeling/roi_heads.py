@@ -36,19 +36,22 @@ def label_and_sample_proposals(
     coder: BoxCoder,
     num_classes: int,
 ) -> SampledRoIs:
-    """Match proposals (with the GT boxes prepended when sampler.add_gt_as_proposals) to GT, sample, and encode."""
+    """Match proposals to GT, add the GT boxes as positives of themselves (when sampler.add_gt_as_proposals),
+    sample, and encode.
+
+    As in mmdetection, the matcher sees the proposals alone: were the GT boxes in the IoU matrix, every GT's best
+    IoU would be 1.0 (itself) and `match_low_quality` could never give a proposal to a GT. The GT boxes are
+    prepended afterwards, each matched to itself (even when degenerate or tied with another GT)."""
     parts = []
     for i, (boxes, target) in enumerate(zip(proposals, targets)):
         gt_boxes = target["boxes"].to(boxes)
         gt_labels = target["labels"]
         num_gt = gt_boxes.shape[0]
+        matched_idxs, match_labels = matcher(box_iou(gt_boxes, boxes))
         if sampler.add_gt_as_proposals:
             boxes = torch.cat([gt_boxes, boxes])
-        matched_idxs, match_labels = matcher(box_iou(gt_boxes, boxes))
-        if sampler.add_gt_as_proposals and num_gt > 0:
-            # A GT box is its own positive even when degenerate or tied with another GT.
-            matched_idxs[:num_gt] = torch.arange(num_gt, device=boxes.device)
-            match_labels[:num_gt] = POSITIVE
+            matched_idxs = torch.cat([torch.arange(num_gt, device=boxes.device), matched_idxs])
+            match_labels = torch.cat([match_labels.new_full((num_gt,), POSITIVE), match_labels])
         pos, neg = sampler(match_labels)
         idx = torch.cat([torch.nonzero(pos).squeeze(1), torch.nonzero(neg).squeeze(1)])
         sampled, matched, is_pos = boxes[idx], matched_idxs[idx], pos[idx]

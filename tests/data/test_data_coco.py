@@ -69,10 +69,12 @@ def test_training_split_filters_and_counts(coco_dir, caplog, monkeypatch):
     monkeypatch.setattr(logging.getLogger("detection"), "propagate", True)  # the CLI setup may have turned it off
     with caplog.at_level(logging.WARNING):
         ds = CocoDetection(str(root / "ann.json"), str(root / "images"), with_masks=True, train=True)
-    assert [r["image_id"] for r in ds.records] == [1, 4]  # good, corrupt (its failure shows only when read)
+    # good, thin (only a degenerate box: kept background-only, as mmdetection's filter_empty_gt), corrupt (its
+    # failure shows only when read)
+    assert [r["image_id"] for r in ds.records] == [1, 3, 4]
     assert ds.skipped == {"missing image file": 1, "crowd annotation (ignore region)": 1, "degenerate box": 2,
-                          "image without annotations": 2}
-    assert "missing image file: 1" in caplog.text and "kept 2 images" in caplog.text
+                          "image without annotations": 1}
+    assert "missing image file: 1" in caplog.text and "kept 3 images" in caplog.text
     assert ds.cat_ids == [3, 7] and ds.class_names == ["three", "seven"]
 
 
@@ -96,8 +98,8 @@ def test_targets_boxes_labels_masks(coco_dir):
 def test_corrupt_image_is_dropped_by_collate(coco_dir):
     root, _ = coco_dir
     ds = CocoDetection(str(root / "ann.json"), str(root / "images"), train=True)
-    assert ds[1] is None  # truncated JPEG
-    images, targets, dropped = collate([ds[0], ds[1]])
+    assert ds[2] is None  # truncated JPEG
+    images, targets, dropped = collate([ds[0], ds[2]])
     assert len(images) == len(targets) == 1 and dropped == 1
 
 
