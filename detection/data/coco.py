@@ -11,8 +11,6 @@ dropped when the dataset is built; a truncated or undecodable image is found onl
 is returned as None (the collate function drops and counts it). Each case is counted and reported in one log line.
 """
 
-import contextlib
-import io
 import logging
 import os
 import random
@@ -22,7 +20,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
+
+from .annotations import load_coco_api
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +67,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __init__(self, ann_file: str, image_dir: str, transform=None, with_masks: bool = False, train: bool = False,
                  filter_empty_gt: bool = True, min_size: int = 0, seed: int = 0):
-        if not os.path.isfile(ann_file):
-            raise FileNotFoundError(f"annotation file not found: {ann_file}")
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timing lines
-            self.coco = COCO(ann_file)
+        self.coco = load_coco_api(ann_file)  # checks the file's layout, errors name it
         self.image_dir = image_dir
         self.transform = transform
         self.with_masks = with_masks
