@@ -125,6 +125,9 @@ class Trainer:
                                 on_cuda=self.info.device.type == "cuda")
         torch.set_num_threads(choice.threads)
         self.log.info(choice.describe())
+        # The model first: a config mistake is reported before any data is generated or read (no data step uses
+        # the global RNG, so the initial weights are the same in either order).
+        self.model = build_checked(model_builder, cfg.model).to(self.info.device)
 
         root = prepare_data(data, data_root) if self.info.is_main else None
         dist_utils.barrier()
@@ -139,7 +142,6 @@ class Trainer:
         self.val_loader = build_test_loader(self.val_set, data.test_images_per_gpu, choice.workers, rank, world)
         self.min_batch = min(2, data.images_per_gpu)
 
-        self.model = build_checked(model_builder, cfg.model).to(self.info.device)
         total_batch = data.images_per_gpu * world
         self.base_lr = scaled_lr(solver, total_batch)
         self.optimizer = build_optimizer(self.model, solver, self.base_lr)

@@ -9,9 +9,9 @@ import torch
 from standin import StandInConfig, build_standin
 
 from detection import demo, test, train
+from detection.config import Config, DataConfig, SolverConfig
 from detection.configs import get_config
 from detection.data.build import resolve_root
-from detection.config import Config, DataConfig, SolverConfig
 from detection.engine.checkpoint import atomic_save, load_checkpoint, prune_checkpoints, save_checkpoint
 from detection.engine.overrides import apply_overrides
 from detection.engine.train import Trainer, check_solver, lr_at, scaled_lr
