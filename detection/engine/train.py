@@ -129,19 +129,8 @@ class Trainer:
         # the global RNG, so the initial weights are the same in either order).
         self.model = build_checked(model_builder, cfg.model).to(self.info.device)
 
-        root = prepare_data(data, data_root) if self.info.is_main else None
-        dist_utils.barrier()
-        root = root or prepare_data(data, data_root)  # other ranks: the files exist now, this only resolves
-        self.train_set = build_dataset(data, root, train=True, seed=solver.seed)
-        self.val_set = build_dataset(data, root, train=False)
-        check_num_classes(cfg.model, self.train_set, "training")
-        check_num_classes(cfg.model, self.val_set, "validation")
-        world, rank = self.info.world_size, self.info.rank
-        self.train_loader = build_train_loader(self.train_set, data.images_per_gpu, choice.workers, solver.seed,
-                                               rank, world)
-        self.val_loader = build_test_loader(self.val_set, data.test_images_per_gpu, choice.workers, rank, world)
-        self.min_batch = min(2, data.images_per_gpu)
-
+        self._build_data(data_root, choice.workers)
+        world = self.info.world_size
         total_batch = data.images_per_gpu * world
         self.base_lr = scaled_lr(solver, total_batch)
         self.optimizer = build_optimizer(self.model, solver, self.base_lr)
@@ -161,6 +150,22 @@ class Trainer:
         self.ddp_model = dist_utils.wrap_model(self.model, self.info)
         self.metrics = MetricsWriter(work_dir, self.info.is_main, purge_step=self.iteration + 1 if resume else None)
         self.in_step = self.stop_requested = False
+
+    def _build_data(self, data_root: str | None, workers: int) -> None:
+        """Datasets (checked against the model's class count) and loaders: full training batches, evaluation at
+        data.test_images_per_gpu."""
+        data, seed = self.cfg.data, self.cfg.solver.seed
+        root = prepare_data(data, data_root) if self.info.is_main else None
+        dist_utils.barrier()
+        root = root or prepare_data(data, data_root)  # other ranks: the files exist now, this only resolves
+        self.train_set = build_dataset(data, root, train=True, seed=seed)
+        self.val_set = build_dataset(data, root, train=False)
+        check_num_classes(self.cfg.model, self.train_set, "training")
+        check_num_classes(self.cfg.model, self.val_set, "validation")
+        world, rank = self.info.world_size, self.info.rank
+        self.train_loader = build_train_loader(self.train_set, data.images_per_gpu, workers, seed, rank, world)
+        self.val_loader = build_test_loader(self.val_set, data.test_images_per_gpu, workers, rank, world)
+        self.min_batch = min(2, data.images_per_gpu)
 
     def _resume(self) -> None:
         path = os.path.join(self.work_dir, LATEST)
