@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -210,3 +211,25 @@ def test_run_logs_its_thread_choice_and_restores_the_caller_threads(tmp_path, da
     assert _train(tmp_path, data_root, "solver.epochs=1", "--threads", "1") == 0
     assert "CPU threads: 1 intra-op (--threads;" in open(tmp_path / "train.log").read()
     assert torch.get_num_threads() == before
+
+
+def test_sigint_to_a_training_process_saves_and_exits_130(tmp_path, data_root):
+    """A real Ctrl-C (SIGINT from outside) to `detection.train`: no traceback, a resume hint, exit status 130."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, HERE]), OMP_NUM_THREADS="1")
+    command = [sys.executable, os.path.join(HERE, "run_standin.py"), "train", "--config", CONFIG, "--data-root",
+               data_root, "--work-dir", str(tmp_path), "--no-progress", "solver.epochs=500", "solver.log_interval=1"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = tmp_path / "train.log"
+        deadline = time.time() + 60  # for the first logged step
+        while time.time() < deadline and process.poll() is None and not (log.exists() and " iter " in log.read_text()):
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted: stopped at iteration" in err and "--resume" in err
+    state = load_checkpoint(str(tmp_path / "latest.pth"))
+    assert state["iteration"] >= 1 and "holds this state" in err
