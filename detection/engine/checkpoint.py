@@ -58,8 +58,11 @@ def read_checkpoint_file(path: str, map_location="cpu"):
         else:
             what = f"not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
         alternative = newest_intact_epoch_file(os.path.dirname(os.path.abspath(path)))
-        hint = f"; the newest intact checkpoint beside it is {alternative}" if alternative and \
-            os.path.abspath(alternative) != os.path.abspath(path) else ""
+        hint = ""
+        if alternative and os.path.abspath(alternative) != os.path.abspath(path):
+            hint = f"; the newest intact checkpoint beside it is {alternative}"
+            if os.path.basename(path) == LATEST:
+                hint += f" (copy it to {path} to resume from it)"
         raise UserError(f"checkpoint {path} is {what}{hint}") from None
 
 
