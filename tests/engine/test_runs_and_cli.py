@@ -15,7 +15,7 @@ from standin import build_standin
 
 from detection import test, train
 from detection.engine.checkpoint import load_checkpoint
-from detection.engine.threads import choose_threads
+from detection.engine.threads import affinity_cpus, busy_cores, choose_threads
 from detection.engine.train import Trainer
 from detection.engine.work_dir import truncate_metrics
 
@@ -190,20 +190,33 @@ def test_help_is_fast_and_names_the_program():
     assert done.stdout.rstrip().endswith("torch not loaded")
 
 
-@pytest.mark.parametrize("requested, env, cores, load, processes, expected", [
+@pytest.mark.parametrize("requested, env, cores, busy, processes, expected", [
     (0, None, 2, 0.1, 1, (2, 1, "free cores")),  # idle 2-core machine: torch's default
     (0, None, 2, 1.3, 1, (1, 0, "free cores")),  # another process busy: one thread, load in the main process
     (0, None, 16, 0.0, 4, (4, 2, "free cores")),  # 4 local processes share 16 cores, 2 workers each
     (3, None, 2, 1.3, 1, (3, 0, "--threads")),
     (0, "5", 2, 0.0, 1, (5, 1, "OMP_NUM_THREADS")),
 ])
-def test_thread_choice(monkeypatch, requested, env, cores, load, processes, expected):
+def test_thread_choice(monkeypatch, requested, env, cores, busy, processes, expected):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     if env is not None:
         monkeypatch.setenv("OMP_NUM_THREADS", env)
-    choice = choose_threads(requested, 2 if processes > 1 else 1, processes, cores=cores, load=load)
+    choice = choose_threads(requested, 2 if processes > 1 else 1, processes, cores=cores, busy=busy)
     assert (choice.threads, choice.workers, choice.reason) == expected
-    assert choose_threads(0, 4, 1, on_cuda=True, cores=4, load=0.0).workers == 4
+    assert choose_threads(0, 4, 1, on_cuda=True, cores=4, busy=0.0).workers == 4
+
+
+def test_busy_cores_measures_other_processes():
+    cpus = affinity_cpus()
+    idle_guess = busy_cores(cpus, interval=0.2)
+    assert 0.0 <= idle_guess <= len(cpus) + 1e-6
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cores(cpus, interval=0.5) >= 0.5  # one process spinning on one core
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_run_logs_its_thread_choice_and_restores_the_caller_threads(tmp_path, data_root):
