@@ -38,6 +38,8 @@ def main(argv=None, model_builder=None) -> int:
 def evaluate_checkpoint(cfg, args, model_builder=None) -> int:
     import os
 
+    import torch
+
     from .data.build import build_dataset, prepare_data
     from .data.loader import build_test_loader
     from .engine import distributed as dist_utils
@@ -46,6 +48,7 @@ def evaluate_checkpoint(cfg, args, model_builder=None) -> int:
     from .engine.errors import UserError
     from .engine.evaluate import evaluate
     from .engine.metrics import setup_logging
+    from .engine.threads import choose_threads
     from .engine.train import build_checked
 
     if model_builder is None:
@@ -53,14 +56,19 @@ def evaluate_checkpoint(cfg, args, model_builder=None) -> int:
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise UserError(f"--out {args.out}: the folder {os.path.dirname(os.path.abspath(args.out))} does not exist")
     info = dist_utils.init_distributed(args.device)
-    setup_logging(None, info.is_main)
+    log = setup_logging(None, info.is_main)
+    choice = choose_threads(0, cfg.data.workers_per_gpu, int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                            on_cuda=info.device.type == "cuda")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(choice.threads)
+    log.info(choice.describe())
     try:
         root = prepare_data(cfg.data, args.data_root) if info.is_main else None
         dist_utils.barrier()
         root = root or prepare_data(cfg.data, args.data_root)
         dataset = build_dataset(cfg.data, root, train=False)
         check_num_classes(cfg.model, dataset, "validation")
-        loader = build_test_loader(dataset, cfg.data.test_images_per_gpu, cfg.data.workers_per_gpu, info.rank,
+        loader = build_test_loader(dataset, cfg.data.test_images_per_gpu, choice.workers, info.rank,
                                    info.world_size)
         model = build_checked(model_builder, cfg.model)
         load_model_weights(model, args.checkpoint, cfg.name)
@@ -68,6 +76,7 @@ def evaluate_checkpoint(cfg, args, model_builder=None) -> int:
         evaluate(model, loader, info.device, with_masks=cfg.data.with_masks, amp=cfg.solver.amp, out_path=args.out,
                  is_main=info.is_main, log=print)
     finally:
+        torch.set_num_threads(previous_threads)
         dist_utils.cleanup()
     return 0
 
