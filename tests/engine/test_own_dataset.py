@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 from own_coco import DATA_OVERRIDES, USABLE_TRAIN, make_own_coco
 from standin import build_standin
 
@@ -158,10 +159,14 @@ def test_generated_data_goes_to_its_own_folder_per_parameter_set(tmp_path):
 def test_evaluation_runs_one_image_per_process_by_default(own_root, tmp_path, monkeypatch):
     cfg = get_config(STANDIN)
     apply_overrides(cfg, [*DATA_OVERRIDES, "model.num_classes=3", "data.images_per_gpu=4"])
-    trainer = Trainer(cfg, str(tmp_path), model_builder=build_standin, data_root=own_root, progress=False)
-    trainer.metrics.close()
-    assert trainer.train_loader.batch_sampler.batch_size == 4 and trainer.val_loader.batch_size == 1
-    apply_overrides(cfg, ["data.test_images_per_gpu=3"])
-    trainer = Trainer(cfg, str(tmp_path / "b"), model_builder=build_standin, data_root=own_root, progress=False)
-    trainer.metrics.close()
-    assert trainer.val_loader.batch_size == 3
+    threads = torch.get_num_threads()  # a Trainer sets the process's threads; train() would restore them
+    try:
+        trainer = Trainer(cfg, str(tmp_path), model_builder=build_standin, data_root=own_root, progress=False)
+        trainer.metrics.close()
+        assert trainer.train_loader.batch_sampler.batch_size == 4 and trainer.val_loader.batch_size == 1
+        apply_overrides(cfg, ["data.test_images_per_gpu=3"])
+        trainer = Trainer(cfg, str(tmp_path / "b"), model_builder=build_standin, data_root=own_root, progress=False)
+        trainer.metrics.close()
+        assert trainer.val_loader.batch_size == 3
+    finally:
+        torch.set_num_threads(threads)
