@@ -1,5 +1,12 @@
 """A lean two-stage detection stack (Faster/Mask/Cascade R-CNN) on ResNeSt-FPN backbones."""
 
-from .weights import load_checkpoint
-
 __all__ = ["load_checkpoint"]
+
+
+def __getattr__(name):
+    # Imported on first use, so that `python -m detection.train --help` answers without loading torch.
+    if name == "load_checkpoint":
+        from .weights import load_checkpoint
+
+        return load_checkpoint
+    raise AttributeError(f"module 'detection' has no attribute {name!r}")

@@ -35,7 +35,10 @@ class DataConfig:
     size_divisor: int = 32
     filter_empty_gt: bool = True
     min_size: int = 32  # images smaller than this on either side are skipped in training
-    images_per_gpu: int = 2
+    images_per_gpu: int = 2  # training batch per process
+    # Evaluation batch per process. 1, as mmdetection and detectron2 evaluate: a batch pads its images to a common
+    # size, and the padding changes a detector's outputs (and so its AP) a little.
+    test_images_per_gpu: int = 1
     workers_per_gpu: int = 2
     # Only for dataset="shapes": the generated dataset's size.
     shapes_num_train: int = 0

@@ -1,58 +1,87 @@
-"""Evaluate a checkpoint on the validation split with COCOeval: `python -m detection.test --config NAME_OR_PATH
---checkpoint FILE [--data-root DIR] [--out results.json] [key=value ...]`. Prints the 12-number summaries (bbox, and
-segm for mask models) and the inference speed in images per second; works under torchrun too (results are
-gathered across ranks). Evaluation runs in fp32 unless `solver.eval_amp=true` (bf16 autocast on CUDA).
+"""Evaluate a checkpoint on the validation split with COCOeval and print the 12-number summaries (bbox, and segm
+for mask models) and the inference speed in images per second; works under torchrun too (results are gathered
+across ranks). Evaluation runs in fp32 unless `solver.eval_amp=true` (bf16 autocast on CUDA). Images are evaluated
+one per process by default (data.test_images_per_gpu=1): batching pads images, which changes detections a little.
 """
 
-import argparse
 import sys
 
-from .data.build import build_dataset, prepare_data
-from .data.loader import build_test_loader
-from .engine import distributed as dist_utils
-from .engine.checkpoint import load_model_weights
-from .engine.evaluate import evaluate
-from .engine.metrics import setup_logging
-from .engine.overrides import load_config
-from .engine.resources import InferenceTimer
+from .engine.cli import config_text, list_configs_text, make_parser, parse
+from .engine.errors import report_user_errors
+from .engine.overrides import resolve_config
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="config name in detection/configs or a .py path")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by detection.train")
+def parse_args(argv=None):
+    parser = make_parser("python -m detection.test", __doc__, config_required=True)
+    parser.add_argument("--checkpoint", default=None, help="a checkpoint written by detection.train (required)")
     parser.add_argument("--data-root", default=None, help="dataset folder (overrides data.root)")
     parser.add_argument("--out", default=None, help="write the COCO-format results JSON here")
     parser.add_argument("--device", default=None, help="e.g. cpu or cuda:0")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.test_scale=640")
-    return parser.parse_args(argv)
+    args = parse(parser, argv)
+    if args.checkpoint is None and not (args.list_configs or args.print_config):
+        parser.error("the following arguments are required: --checkpoint")
+    return args
 
 
+@report_user_errors
 def main(argv=None, model_builder=None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    if cfg is None:
-        return 2
+    if args.list_configs:
+        print(list_configs_text())
+        return 0
+    cfg = resolve_config(args.config, args.overrides)
+    if args.print_config:
+        print(config_text(cfg))
+        return 0
+    return evaluate_checkpoint(cfg, args, model_builder)
+
+
+def evaluate_checkpoint(cfg, args, model_builder=None) -> int:
+    import os
+
+    import torch
+
+    from .data.build import build_dataset, prepare_data
+    from .data.loader import build_test_loader
+    from .engine import distributed as dist_utils
+    from .engine.checkpoint import load_model_weights
+    from .engine.checks import check_num_classes
+    from .engine.errors import UserError
+    from .engine.evaluate import evaluate
+    from .engine.metrics import setup_logging
+    from .engine.resources import InferenceTimer
+    from .engine.threads import choose_threads
+    from .engine.train import build_checked
+
     if model_builder is None:
         from .build import build_model as model_builder
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UserError(f"--out {args.out}: the folder {os.path.dirname(os.path.abspath(args.out))} does not exist")
     info = dist_utils.init_distributed(args.device)
-    setup_logging(None, info.is_main)
+    log = setup_logging(None, info.is_main)
+    choice = choose_threads(0, cfg.data.workers_per_gpu, int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+                            on_cuda=info.device.type == "cuda")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(choice.threads)
+    log.info(choice.describe())
     try:
         root = prepare_data(cfg.data, args.data_root) if info.is_main else None
         dist_utils.barrier()
         root = root or prepare_data(cfg.data, args.data_root)
         dataset = build_dataset(cfg.data, root, train=False)
-        loader = build_test_loader(dataset, cfg.data.images_per_gpu, cfg.data.workers_per_gpu, info.rank,
+        check_num_classes(cfg.model, dataset, "validation")
+        loader = build_test_loader(dataset, cfg.data.test_images_per_gpu, choice.workers, info.rank,
                                    info.world_size)
-        model = model_builder(cfg.model)
-        load_model_weights(model, args.checkpoint)
+        model = build_checked(model_builder, cfg.model)
+        load_model_weights(model, args.checkpoint, cfg.name)
         model.to(info.device)
         timer = InferenceTimer(info.device)
         evaluate(model, loader, info.device, with_masks=cfg.data.with_masks, amp=cfg.solver.eval_amp, out_path=args.out,
                  is_main=info.is_main, log=print, timer=timer)
         if info.is_main:  # rank 0's own rate: mmdetection's fps column is per GPU
-            print(timer.summary(cfg.data.images_per_gpu))
+            print(timer.summary(cfg.data.test_images_per_gpu))
     finally:
+        torch.set_num_threads(previous_threads)
         dist_utils.cleanup()
     return 0
 

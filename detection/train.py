@@ -1,52 +1,69 @@
-"""Train a detector: `python -m detection.train [--config NAME_OR_PATH] [--data-root DIR] [--work-dir DIR]
-[--resume] [key=value ...]`.
+"""Train a detector and evaluate it on the validation split.
 
-With no arguments it trains the default config (the shapes dataset, generated on first use) and evaluates it.
-Overrides such as `solver.epochs=2 data.images_per_gpu=4` are applied to the config dataclasses. Launch with
+With no arguments it trains the default config (the shapes dataset, generated on first use in its own cache
+folder). Overrides such as `solver.epochs=2 data.images_per_gpu=4` may stand anywhere among the flags.
+A work dir that already holds a run is never overwritten silently: `--resume` continues it, `--overwrite` starts
+over. Ctrl-C saves the run where it stands (resume with `--resume`). Launch with
 `torchrun --nproc_per_node=N -m detection.train ...` for distributed training.
 """
 
-import argparse
 import os
 import sys
 
-from .engine import distributed as dist_utils
-from .engine.overrides import load_config
-from .engine.train import NonFiniteLossError, check_solver, train
+from .engine.cli import config_text, list_configs_text, make_parser, parse
+from .engine.errors import EXIT_INTERRUPTED, UserError, report_user_errors
+from .engine.overrides import resolve_config
 
 DEFAULT_CONFIG = "shapes_mask_rcnn_s14"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="config name in detection/configs or a .py path")
+def parse_args(argv=None):
+    parser = make_parser("python -m detection.train", __doc__, config_required=False, default_config=DEFAULT_CONFIG)
     parser.add_argument("--data-root", default=None, help="dataset folder (overrides data.root)")
     parser.add_argument("--work-dir", default=None, help="checkpoints, logs and metrics (default work_dirs/<name>)")
     parser.add_argument("--resume", action="store_true", help="continue from <work-dir>/latest.pth")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a work dir that holds a run (removes its checkpoints, logs, metrics)")
     parser.add_argument("--device", default=None, help="e.g. cpu or cuda:0 (default: cuda:<local rank> if present)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op CPU threads per process (default 0: chosen from the free cores, see the log)")
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. solver.epochs=2")
-    return parser.parse_args(argv)
+    return parse(parser, argv)
 
 
+@report_user_errors
 def main(argv=None, model_builder=None) -> int:
-    """Returns the exit status: 0 on success, 1 when training stopped on a non-finite loss."""
+    """Returns the exit status: 0 on success, 1 when training stopped on a non-finite loss, 2 on a bad input
+    (config, data, checkpoint, flag), 130 when interrupted (the run is saved and can be resumed)."""
     args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    if cfg is None:
-        return 2
-    try:
-        check_solver(cfg.solver)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.list_configs:
+        print(list_configs_text())
+        return 0
+    cfg = resolve_config(args.config, args.overrides)
+    if args.print_config:
+        print(config_text(cfg))
+        return 0
+    if args.resume and args.overwrite:
+        raise UserError("--resume and --overwrite exclude each other: continue the run or start it over")
+
+    from .engine import distributed as dist_utils
+    from .engine.train import NonFiniteLossError, TrainingInterrupted, check_solver, train
+
+    check_solver(cfg.solver)
     work_dir = args.work_dir or os.path.join("work_dirs", cfg.name)
     try:
         metrics = train(cfg, work_dir, model_builder=model_builder, data_root=args.data_root, resume=args.resume,
-                        device=args.device, progress=not args.no_progress)
+                        overwrite=args.overwrite, device=args.device, progress=not args.no_progress,
+                        threads=args.threads)
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as err:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        again = " ".join(a for a in argv if a not in ("--resume", "--overwrite"))
+        print(f"interrupted: {err}\nto continue: python -m detection.train {again} --resume".replace("  ", " "),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         dist_utils.cleanup()
     summary = ", ".join(f"{kind} AP {stats['AP']:.3f}" for kind, stats in metrics.items())

@@ -45,7 +45,7 @@ config = Config(
                                      conv_channels=CHANNELS, norm="bn"),
         ),
     ),
-    data=DataConfig(dataset="shapes", with_masks=True, train_scales=(128,), scale_mode="value", max_size=160,
-                    test_scale=128, images_per_gpu=2),
+    data=DataConfig(dataset="shapes", root="", with_masks=True, train_scales=(128,), scale_mode="value",
+                    max_size=160, test_scale=128, images_per_gpu=2),
     solver=SolverConfig(lr=0.01, base_batch_size=2, warmup_iters=10, epochs=1, amp=False),
 )

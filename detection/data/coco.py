@@ -13,8 +13,6 @@ the sample is returned as None (the collate function drops and counts it). Each 
 one log line.
 """
 
-import contextlib
-import io
 import logging
 import os
 import random
@@ -24,8 +22,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
 
+from .annotations import load_coco_api
 from .polygons import PolygonMasks
 
 logger = logging.getLogger(__name__)
@@ -79,10 +77,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __init__(self, ann_file: str, image_dir: str, transform=None, with_masks: bool = False, train: bool = False,
                  filter_empty_gt: bool = True, min_size: int = 0, seed: int = 0, poly2mask: bool = True):
-        if not os.path.isfile(ann_file):
-            raise FileNotFoundError(f"annotation file not found: {ann_file}")
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timing lines
-            self.coco = COCO(ann_file)
+        self.coco = load_coco_api(ann_file)  # checks the file's layout, errors name it
         self.image_dir = image_dir
         self.transform = transform
         self.with_masks = with_masks

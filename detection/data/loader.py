@@ -1,11 +1,15 @@
 """Data loaders: sharded shuffling whose order is a function of (seed, epoch), aspect-ratio grouped batches,
 collation to lists (images keep their own sizes; the model pads).
+
+Training batches are never smaller than requested: batch-statistics BatchNorm cannot train on one image, so the
+last batch of an epoch is completed with images from the start of the epoch's order, and an unreadable image is
+replaced by the next readable one (both counted and logged by the trainer).
 """
 
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 
 class GroupedBatchSampler(Sampler[list[int]]):
@@ -14,14 +18,17 @@ class GroupedBatchSampler(Sampler[list[int]]):
     Indices arrive in the order of `sampler`; each group fills its own buffer and a batch is emitted when a buffer
     holds `batch_size` indices. Leftovers of all groups are emitted last, in sampler order, in chunks of
     `batch_size`; so the number of batches is always ceil(len(sampler) / batch_size), the same on every rank.
+    With `fill_last`, a last chunk shorter than `batch_size` is completed with the first indices of the epoch's
+    order (`filled_per_epoch` of them), so every batch has `batch_size` images.
     """
 
-    def __init__(self, sampler: Sampler[int], group_ids: list[int], batch_size: int):
+    def __init__(self, sampler: Sampler[int], group_ids: list[int], batch_size: int, fill_last: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sampler = sampler
         self.group_ids = group_ids
         self.batch_size = batch_size
+        self.fill_last = fill_last
         self.start_batch = 0  # batches of this epoch to skip (a run resumed in the middle of an epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -31,7 +38,8 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
     def _batches(self) -> Iterator[list[int]]:
         buffers: dict[int, list[tuple[int, int]]] = {}  # group -> [(position in sampler order, index)]
-        for position, index in enumerate(self.sampler):
+        order = list(self.sampler)
+        for position, index in enumerate(order):
             buffer = buffers.setdefault(self.group_ids[index], [])
             buffer.append((position, index))
             if len(buffer) == self.batch_size:
@@ -39,7 +47,10 @@ class GroupedBatchSampler(Sampler[list[int]]):
                 buffer.clear()
         leftovers = [i for _, i in sorted(pair for buffer in buffers.values() for pair in buffer)]
         for start in range(0, len(leftovers), self.batch_size):
-            yield leftovers[start:start + self.batch_size]
+            batch = leftovers[start:start + self.batch_size]
+            if self.fill_last and len(batch) < self.batch_size:
+                batch += [order[k % len(order)] for k in range(self.batch_size - len(batch))]
+            yield batch
 
     def __len__(self) -> int:
         """Batches left in this epoch (all of them unless it starts at start_batch)."""
@@ -49,26 +60,60 @@ class GroupedBatchSampler(Sampler[list[int]]):
         """Batches in a whole epoch."""
         return (len(self.sampler) + self.batch_size - 1) // self.batch_size
 
+    def filled_per_epoch(self) -> int:
+        """Indices repeated from the start of the epoch to complete its last batch (0 without fill_last)."""
+        return (-len(self.sampler)) % self.batch_size if self.fill_last else 0
+
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
 
+class ReplaceUnreadable(Dataset):
+    """Training view of a dataset whose samples may be None (an unreadable image): such a sample is replaced by the
+    next readable one in index order (at most `max_tries` looked at), so batches keep their size. Samples become
+    (image, target, number of unreadable images replaced), or None when no readable image was found."""
+
+    def __init__(self, dataset, max_tries: int = 16):
+        self.dataset = dataset
+        self.max_tries = max_tries
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        count = len(self.dataset)
+        for offset in range(min(count, self.max_tries)):
+            sample = self.dataset[(index + offset) % count]
+            if sample is not None:
+                return (*sample, offset)
+        return None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def aspect_groups(self) -> list[int]:
+        return self.dataset.aspect_groups()
+
+
 def collate(batch: list) -> tuple[list[torch.Tensor], list[dict], int]:
-    """Drop unreadable samples (None) and return (images, targets, number dropped)."""
+    """Drop unreadable samples (None) and return (images, targets, number of unreadable images dropped or
+    replaced). Samples are (image, target) or ReplaceUnreadable's (image, target, replaced)."""
     kept = [sample for sample in batch if sample is not None]
-    images = [image for image, _ in kept]
-    targets = [target for _, target in kept]
-    return images, targets, len(batch) - len(kept)
+    images = [sample[0] for sample in kept]
+    targets = [sample[1] for sample in kept]
+    replaced = sum(sample[2] for sample in kept if len(sample) > 2)
+    return images, targets, len(batch) - len(kept) + replaced
 
 
 def build_train_loader(dataset, images_per_gpu: int, workers: int, seed: int, rank: int = 0,
                        world_size: int = 1) -> DataLoader:
-    """Shuffled, sharded (one shard per rank; the shuffle is seeded with seed + epoch), aspect-ratio grouped.
-    Call `set_loader_epoch(loader, epoch)` before iterating each epoch."""
+    """Shuffled, sharded (one shard per rank; the shuffle is seeded with seed + epoch), aspect-ratio grouped, full
+    batches only (the last one completed, unreadable images replaced). Call `set_loader_epoch(loader, epoch)`
+    before iterating each epoch."""
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    batch_sampler = GroupedBatchSampler(sampler, dataset.aspect_groups(), images_per_gpu)
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
+    batch_sampler = GroupedBatchSampler(sampler, dataset.aspect_groups(), images_per_gpu, fill_last=True)
+    return DataLoader(ReplaceUnreadable(dataset), batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
                       generator=torch.Generator().manual_seed(seed))
 
 

@@ -11,12 +11,64 @@ import os
 import random
 import re
 import shutil
+import zipfile
 
 import numpy as np
 import torch
 
+from .errors import MissingPathError, UserError
+
 LATEST = "latest.pth"
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pth")
+
+
+def _intact(path: str) -> bool:
+    """Whether `path` is a complete torch.save zip archive (a truncated one has no central directory)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def newest_intact_epoch_file(folder: str) -> str | None:
+    """The highest-numbered epoch_<n>.pth of `folder` that is a complete archive, or None."""
+    if not os.path.isdir(folder):
+        return None
+    epochs = sorted((int(m.group(1)) for name in os.listdir(folder) if (m := _EPOCH_FILE.fullmatch(name))),
+                    reverse=True)
+    for epoch in epochs:
+        path = os.path.join(folder, f"epoch_{epoch}.pth")
+        if _intact(path):
+            return path
+    return None
+
+
+def read_checkpoint_file(path: str, map_location="cpu"):
+    """torch.load a trusted checkpoint file; a missing, truncated or foreign file raises a UserError that names
+    the path (and, for a broken file, the newest intact epoch_<n>.pth beside it)."""
+    if not os.path.isfile(path):
+        raise MissingPathError(f"checkpoint not found: {path}")
+    try:
+        # weights_only=False: our checkpoints hold RNG states, mmdetection's a `meta` dict. Only load trusted files.
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch.load raises many kinds for a broken file
+        if _looks_like_zip_start(path) and not _intact(path):
+            what = "truncated (an interrupted save or copy)"
+        else:
+            what = f"not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+        alternative = newest_intact_epoch_file(os.path.dirname(os.path.abspath(path)))
+        hint = ""
+        if alternative and os.path.abspath(alternative) != os.path.abspath(path):
+            hint = f"; the newest intact checkpoint beside it is {alternative}"
+            if os.path.basename(path) == LATEST:
+                hint += f" (copy it to {path} to resume from it)"
+        raise UserError(f"checkpoint {path} is {what}{hint}") from None
+
+
+def _looks_like_zip_start(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def get_rng_states() -> dict:
@@ -94,24 +146,34 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
     weights_only=False because our checkpoints hold RNG states and numpy objects; only call this on files this
     project wrote — unpickling an untrusted file can execute code."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    state = read_checkpoint_file(path, map_location)
     if isinstance(state, dict) and "model" not in state and all(isinstance(v, torch.Tensor) for v in state.values()):
         state = {"model": state}
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path} is not a checkpoint of this project (no 'model' entry)")
+        raise UserError(f"{path} is not a checkpoint of this project (no 'model' entry)")
     return state
 
 
-def load_model_weights(model: torch.nn.Module, path: str) -> dict:
+def load_model_weights(model: torch.nn.Module, path: str, config_name: str | None = None) -> dict:
     """Load only the model weights (strict) from `path`, one of our checkpoints or an mmdetection checkpoint of a
-    seed model (see `detection.load_checkpoint`); returns the whole checkpoint dict."""
+    seed model (see `detection.load_checkpoint`); returns the whole checkpoint dict. Weights that do not fit the
+    model raise a UserError naming the config that wrote the checkpoint (stored in our files) and `config_name`."""
     from ..weights import load_checkpoint as load_detector_weights
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    # weights_only=False: our checkpoints hold RNG states, mmdetection's a `meta` dict. Only load trusted files.
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    load_detector_weights(model, state)
+    state = read_checkpoint_file(path)
+    try:
+        load_detector_weights(model, state)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise UserError(f"checkpoint {path} does not fit {describe_config(config_name)}{trained_by(state)}: "
+                        f"{str(err)[:400]}") from None
     return state if isinstance(state, dict) else {}
+
+
+def describe_config(config_name: str | None) -> str:
+    return f"the model of config {config_name!r}" if config_name else "this model"
+
+
+def trained_by(state) -> str:
+    """' (written by config X)' for our checkpoints, '' for others."""
+    name = state.get("config") if isinstance(state, dict) else None
+    return f" (written by config {name!r})" if isinstance(name, str) else ""

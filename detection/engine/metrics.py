@@ -45,9 +45,10 @@ def setup_logging(work_dir: str | None, is_main: bool) -> logging.Logger:
 
 class MetricsWriter:
     """Appends one JSON object per record to metrics.jsonl and mirrors numeric fields as TensorBoard scalars
-    (`<kind>/<name>` at `step`). A no-op off rank 0."""
+    (`<kind>/<name>` at `step`). A no-op off rank 0. `purge_step` (a resumed run: its first new step) drops the
+    TensorBoard events of a previous run at or after that step, so resumed curves do not repeat steps."""
 
-    def __init__(self, work_dir: str, enabled: bool):
+    def __init__(self, work_dir: str, enabled: bool, purge_step: int | None = None):
         self.enabled = enabled
         self.file = None
         self.tensorboard = None
@@ -59,7 +60,7 @@ class MetricsWriter:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
             return
-        self.tensorboard = SummaryWriter(os.path.join(work_dir, "tensorboard"))
+        self.tensorboard = SummaryWriter(os.path.join(work_dir, "tensorboard"), purge_step=purge_step)
 
     def write(self, kind: str, step: int, values: dict) -> None:
         if not self.enabled:

@@ -2,13 +2,20 @@
 
 Values are converted to the field's annotated type: int, float, bool (true/false/1/0/yes/no), str, `X | None`
 ("none" → None), tuple/list of X (comma separated, brackets optional); anything else is parsed as a Python
-literal. Unknown keys raise an error that lists the valid ones.
+literal. Unknown keys raise an error that lists the valid ones; `config_lines` lists every key with its value
+(`--print-config`).
+
+`model.num_classes=N` is a shortcut: on a detector config it sets the class count of every box head of every
+stage and of the mask head (`model.roi_head.stages[i].box_head.num_classes`, `model.roi_head.mask_head.num_classes`),
+which a dotted key cannot reach inside the tuple of stages.
 """
 
 import ast
 import dataclasses
 import types
 import typing
+
+from .errors import UserError
 
 
 def _convert(text: str, annotation, key: str):
@@ -52,6 +59,8 @@ def apply_override(config, assignment: str) -> None:
         raise ValueError(f"override {assignment!r} must look like key=value (e.g. solver.epochs=2)")
     key, text = assignment.split("=", 1)
     parts = key.strip().split(".")
+    if parts == ["model", "num_classes"] and _set_detector_num_classes(config, text):
+        return
     target = config
     for depth, name in enumerate(parts):
         if not dataclasses.is_dataclass(target):
@@ -60,7 +69,8 @@ def apply_override(config, assignment: str) -> None:
         names = [f.name for f in dataclasses.fields(target)]
         if name not in names:
             where = ".".join(parts[:depth]) or "the config"
-            raise ValueError(f"unknown config key {key!r}: {where} has no field {name!r}; valid: {', '.join(names)}")
+            raise ValueError(f"unknown config key {key!r}: {where} has no field {name!r}; valid: {', '.join(names)} "
+                             "(--print-config lists every key)")
         if depth == len(parts) - 1:
             annotation = hints.get(name, typing.Any)
             if annotation in (object, typing.Any):
@@ -70,21 +80,59 @@ def apply_override(config, assignment: str) -> None:
             target = getattr(target, name)
 
 
+def _set_detector_num_classes(config, text: str) -> bool:
+    """The `model.num_classes` shortcut; False when the model config has a real `num_classes` field instead."""
+    from ..modeling.config import ModelConfig, set_num_classes
+
+    model = getattr(config, "model", None)
+    if not isinstance(model, ModelConfig):
+        return False
+    set_num_classes(model, _convert(text, int, "model.num_classes"))
+    return True
+
+
 def apply_overrides(config, assignments: list[str]) -> None:
     for assignment in assignments:
         apply_override(config, assignment)
 
 
-def load_config(name_or_path: str, assignments: list[str]):
-    """The config `name_or_path` with `assignments` applied, or None after printing the error (bad override)."""
-    import sys
+def config_lines(config, prefix: str = "") -> list[str]:
+    """`key = value` for every leaf field of the nested dataclass `config` (tuples of dataclasses, such as the
+    R-CNN stages, are listed with an index: `model.roi_head.stages[0].box_head.num_classes`)."""
+    lines = []
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            lines += config_lines(value, key + ".")
+        elif isinstance(value, (tuple, list)) and value and all(dataclasses.is_dataclass(v) for v in value):
+            for i, item in enumerate(value):
+                lines += config_lines(item, f"{key}[{i}].")
+        else:
+            lines.append(f"{key} = {value!r}")
+    return lines
 
+
+def resolve_config(name_or_path: str, assignments: list[str]):
+    """The config `name_or_path` with `assignments` applied; UserError for an unknown config or a bad override."""
     from ..configs import get_config
 
-    config = get_config(name_or_path)
+    try:
+        config = get_config(name_or_path)
+    except (KeyError, FileNotFoundError) as err:
+        raise UserError(err.args[0] if err.args else str(err)) from None
     try:
         apply_overrides(config, assignments)
     except ValueError as err:
+        raise UserError(str(err)) from None
+    return config
+
+
+def load_config(name_or_path: str, assignments: list[str]):
+    """Like `resolve_config`, but returns None after printing the `error:` line."""
+    import sys
+
+    try:
+        return resolve_config(name_or_path, assignments)
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return None
-    return config

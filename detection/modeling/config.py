@@ -187,3 +187,18 @@ class ModelConfig:
     # stored in it, and every op on the way (fused split attention, FPN, RoIAlign) keeps it. Same results, faster
     # convolutions on CPUs (oneDNN) and on GPUs with tensor cores; state dicts are unaffected.
     channels_last: bool = False
+
+
+def num_classes_of(cfg: ModelConfig) -> int:
+    """The detector's number of object classes (background excluded), from its first box head."""
+    return cfg.roi_head.stages[0].box_head.num_classes
+
+
+def set_num_classes(cfg: ModelConfig, num_classes: int) -> None:
+    """Set the class count of every box head of every stage and of the mask head, in place."""
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"model.num_classes: expected a positive integer, got {num_classes!r}")
+    for stage in cfg.roi_head.stages:
+        stage.box_head.num_classes = num_classes
+    if cfg.roi_head.mask_head is not None:
+        cfg.roi_head.mask_head.num_classes = num_classes

@@ -88,7 +88,8 @@ def decode_predictions(
     head: ConvFCBoxHead, coder: BoxCoder, box_deltas: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]
 ) -> torch.Tensor:
     """Per-class boxes of one image: deltas [K, 4C] or [K, 4], RoI boxes [K, 4] -> fp32 [K, C, 4] clipped."""
-    deltas = box_deltas.view(box_deltas.shape[0], -1, 4)  # (K, 4C) -> (K, C, 4); C = 1 when class-agnostic
+    # (K, 4C) -> (K, C, 4); C = 1 when class-agnostic. C spelled out: -1 is ambiguous for K = 0 (no proposals).
+    deltas = box_deltas.view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
     decoded = coder.decode(boxes[:, None, :], deltas, max_shape=image_size)
     return decoded.expand(-1, head.num_classes, 4)
 

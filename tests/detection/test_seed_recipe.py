@@ -8,6 +8,8 @@ import pytest
 
 from detection import test
 from detection.configs import get_config
+from detection.engine import checkpoint as checkpoint_engine
+from detection.engine import evaluate as evaluate_engine
 from detection.engine import train as train_engine
 
 SEEDS = {
@@ -51,8 +53,9 @@ def standin(monkeypatch):
 def test_detection_test_evaluates_in_fp32_unless_asked(standin, tmp_path, monkeypatch, overrides, expected):
     build_standin, config = standin
     seen = {}
-    monkeypatch.setattr(test, "load_model_weights", lambda model, path: {})
-    monkeypatch.setattr(test, "evaluate", lambda *args, **kwargs: seen.update(kwargs) or {})
+    # detection.test imports these when it runs: patch them where they are defined.
+    monkeypatch.setattr(checkpoint_engine, "load_model_weights", lambda model, path, name=None: {})
+    monkeypatch.setattr(evaluate_engine, "evaluate", lambda *args, **kwargs: seen.update(kwargs) or {})
     argv = ["--config", config, "--checkpoint", "unused.pth", "--data-root", str(tmp_path), *overrides]
     assert test.main(argv, model_builder=build_standin) == 0
     assert seen["amp"] is expected

@@ -8,6 +8,8 @@ import torch
 
 import resnest_cuda
 from detection import demo, test, train
+from detection.configs import get_config
+from detection.data.build import resolve_root
 from detection.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not all(hasattr(resnest_cuda, n) for n in ("nms", "roi_align", "resnest14")),
@@ -34,7 +36,7 @@ def test_real_model_train_resume_evaluate_demo(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("Average Precision") == 12  # bbox and segm, 6 AP lines each
     out_png = str(tmp_path / "demo.png")
-    image = os.path.join(data_root, "val", "000000.jpg")
+    image = os.path.join(resolve_root(get_config(CONFIG).data, data_root), "val", "000000.jpg")
     assert demo.main([*args, "--image", image, "--out", out_png, "--score-thr", "0.0"]) == 0
     with open(out_png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -70,6 +70,6 @@ def test_memory_in_log_lines_and_fps_in_test(tmp_path, capsys, monkeypatch):
     assert test.main(args, model_builder=build_standin) == 0
     printed = capsys.readouterr().out
     line = next(s for s in printed.splitlines() if s.startswith("inference speed:"))
-    # 8 val images in batches of 2: the first 3 batches (6 images) reach the 5 warm-up images
-    assert "images/s (2 images in" in line and "after 6 warm-up images; batch 2, cpu" in line
+    # 8 val images one per batch (data.test_images_per_gpu=1): 5 warm-up images, 3 timed
+    assert "images/s (3 images in" in line and "after 5 warm-up images; batch 1, cpu" in line
     assert float(line.split()[2]) > 0

@@ -1,0 +1,49 @@
+"""What the command-line entry points share: config flags, `key=value` overrides anywhere among the flags,
+`--list-configs` and `--print-config`. Imports nothing heavy, so `--help` and the listings answer at once.
+"""
+
+import argparse
+
+OVERRIDES_HELP = ("config overrides key=value, anywhere on the line (e.g. solver.epochs=2 data.images_per_gpu=4 "
+                  "model.num_classes=3); --print-config lists every key")
+
+
+def make_parser(prog: str, doc: str, config_required: bool, default_config: str | None = None):
+    """An ArgumentParser named `prog` (e.g. "python -m detection.train") with --config, --list-configs,
+    --print-config and the positional overrides."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default = f" (default {default_config})" if default_config else ""
+    parser.add_argument("--config", default=default_config,
+                        help=f"config name in detection/configs (mmdetection names work too) or a .py path{default}")
+    parser.add_argument("--list-configs", action="store_true", help="list the config names and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (after overrides), one key = value per line, and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    parser.set_defaults(_config_required=config_required)
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse with flags and overrides in any order (`--work-dir X solver.lr=0.01 --resume`)."""
+    args = parser.parse_intermixed_args(argv)
+    if args._config_required and args.config is None and not args.list_configs:
+        parser.error("the following arguments are required: --config")
+    return args
+
+
+def list_configs_text() -> str:
+    """One line per config: the module name and, where it differs, the mmdetection name."""
+    from ..configs import get_config, list_configs
+
+    lines = []
+    for module_name in list_configs():
+        name = get_config(module_name).name
+        lines.append(module_name if name == module_name else f"{module_name}  ({name})")
+    return "\n".join(lines)
+
+
+def config_text(cfg) -> str:
+    """The resolved config as `key = value` lines (--print-config): every key a `key=value` override accepts."""
+    from .overrides import config_lines
+
+    return "\n".join([f"name = {cfg.name!r}", *config_lines(cfg)])
