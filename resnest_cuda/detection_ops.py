@@ -144,12 +144,12 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
     if idxs.dtype.is_floating_point or idxs.dtype.is_complex or idxs.dtype == torch.bool:
         raise TypeError(f"{op}: idxs must be an integer tensor, got {idxs.dtype}")
     _check_same_device(idxs, "idxs", boxes, "boxes", op)
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.long, device=boxes.device)
     # Offset trick: move each category to its own region of the plane, then run one NMS. The span covers
-    # negative coordinates too (plain max + 1 would let categories overlap when boxes reach below -1).
+    # negative coordinates too (plain max + 1 would let categories overlap when boxes reach below -1). A zero is
+    # appended so that no branch on the (possibly data-dependent) box count is needed: torch.export can trace it.
     b = boxes if boxes.dtype in (torch.float32, torch.float64) else boxes.float()
-    span = b.max() - b.min().clamp(max=0) + 1
+    coords = torch.cat([b.reshape(-1), b.new_zeros(1)])
+    span = coords.max() - coords.min() + 1
     return torch.ops.resnest_cuda.nms(b + (idxs.to(b.dtype) * span)[:, None], scores, float(iou_threshold))
 
 

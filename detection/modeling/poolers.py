@@ -2,6 +2,7 @@
 
 import torch
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 import resnest_cuda
 
@@ -52,14 +53,14 @@ class MultiScaleRoIAlign(nn.Module):
             raise ValueError(f"features: expected at least {num_levels} maps, got {len(features)}")
         first = features[0]
         out = first.new_zeros((rois.shape[0], first.shape[1], self.output_size, self.output_size))
-        if rois.shape[0] == 0:
+        if guard_or_false(rois.shape[0] == 0):  # a shortcut only: traced (torch.export) graphs take the general path
             return out
         # RoI coordinates stay fp32 under autocast: in bf16 those of a 1333-px image would be off by up to 4 px.
         rois = rois.float()
         levels = assign_levels(rois[:, 1:], num_levels, self.finest_scale)
         for level in range(num_levels):
             idx = torch.nonzero(levels == level).squeeze(1)
-            if idx.numel() == 0:
+            if guard_or_false(idx.numel() == 0):
                 continue
             out[idx] = resnest_cuda.roi_align(
                 features[level], rois[idx], self.output_size, 1.0 / self.featmap_strides[level],
