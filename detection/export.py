@@ -14,9 +14,9 @@ Every format holds the same graph (`InferenceGraph`), for one image of any size:
 masks pasted) exactly as the PyTorch model does.
 
 Before export the norms of the backbone and heads are folded into their convolutions (eval-mode BatchNorm,
-SyncBatchNorm, FrozenBatchNorm): a norm on a data-dependent number of RoIs does not export. For ONNX the split
-attention runs as its plain PyTorch reference (standard ops), RoIAlign becomes ONNX RoiAlign (half_pixel for
-aligned=True) and NMS ONNX NonMaxSuppression; torch.export keeps the fused resnest_cuda ops.
+SyncBatchNorm, FrozenBatchNorm): BatchNorm on a data-dependent number of RoIs does not trace (GroupNorm does).
+For ONNX the split attention runs as its plain PyTorch reference (standard ops), RoIAlign becomes ONNX RoiAlign
+(half_pixel for aligned=True) and NMS ONNX NonMaxSuppression; torch.export keeps the fused resnest_cuda ops.
 """
 
 import argparse
@@ -26,6 +26,7 @@ import sys
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from resnest_cuda.norm import fold_norm_into_conv
 
@@ -50,8 +51,6 @@ class InferenceGraph(nn.Module):
         h, w = image_size[0].item(), image_size[1].item()
         torch._check(h >= 1)
         torch._check(w >= 1)
-        torch._check(h <= padded_h)
-        torch._check(w <= padded_w)
         inside = (torch.arange(padded_h, device=image.device) < h)[:, None] & (
             torch.arange(padded_w, device=image.device) < w
         )[None, :]
@@ -68,20 +67,20 @@ class InferenceGraph(nn.Module):
 
 
 def check_exportable(model: nn.Module) -> None:
-    """Raise ValueError naming what cannot be exported: a model that is not a GeneralizedRCNN, or a norm that does
-    not fold into its convolution (GroupNorm, or BatchNorm without running statistics) in the RoI heads."""
+    """Raise ValueError naming what cannot be exported: a model that is not a GeneralizedRCNN, or a BatchNorm in the
+    RoI heads that cannot fold into its convolution (no running statistics): BatchNorm over a data-dependent number
+    of RoIs does not trace. GroupNorm needs no folding and exports."""
     if not isinstance(model, GeneralizedRCNN):
         raise ValueError(f"export: expected a detection GeneralizedRCNN, got {type(model).__name__}")
     bad = [
         f"roi_head.{name}.bn ({type(m.bn).__name__})"
         for name, m in model.roi_head.named_modules()
-        if isinstance(m, ConvBlock) and m.bn is not None and fold_norm_into_conv(m.conv, m.bn) is None
+        if isinstance(m, ConvBlock) and isinstance(m.bn, _BatchNorm) and fold_norm_into_conv(m.conv, m.bn) is None
     ]
     if bad:
         raise ValueError(
-            "export: the RoI heads' norms must fold into their convolutions (eval-mode BatchNorm, SyncBatchNorm or "
-            f"FrozenBatchNorm); these do not: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Configs with "
-            "GroupNorm heads (norm='gn') cannot be exported"
+            "export: BatchNorm layers of the RoI heads must fold into their convolutions (they need running "
+            f"statistics); these do not: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
         )
 
 

@@ -100,6 +100,14 @@ def class_names_from(checkpoint, num_classes: int, dataset: str) -> list[str]:
     return [str(n) for n in names]
 
 
+def _num_classes(model, cfg) -> int:
+    """Foreground classes of a built model (stand-in models may carry the count in their config only)."""
+    roi_head = getattr(model, "roi_head", None)
+    if roi_head is not None:
+        return roi_head.num_classes
+    return getattr(model, "num_classes", None) or cfg.model.num_classes
+
+
 class Detector:
     """A detector ready for inference. `model` is a GeneralizedRCNN (eval mode) or a runner of an exported graph
     (`detection.export.GraphRunner`); both are called as `model(images, original_sizes=...)`."""
@@ -143,7 +151,7 @@ class Detector:
                 load_checkpoint(model, state)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"checkpoint {checkpoint!r} does not fit config {cfg.name!r}: {err}") from None
-        names = kwargs.pop("class_names", None) or class_names_from(state, model.roi_head.num_classes, cfg.data.dataset)
+        names = kwargs.pop("class_names", None) or class_names_from(state, _num_classes(model, cfg), cfg.data.dataset)
         return cls(model.to(device), cfg, names, device=device, precision=precision, **kwargs)
 
     @classmethod

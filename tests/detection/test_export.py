@@ -1,0 +1,116 @@
+"""Exported detectors: the ONNX graph (standard ops only, run in onnxruntime) and the saved torch.export program
+give the PyTorch model's detections on images of other sizes than the traced one; unsupported models are refused."""
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from detection import Detector, export
+from detection.export import GraphRunner, check_exportable
+
+# Two sizes unlike the traced 320 x 320 example: the graphs are dynamic in H and W.
+SIZES = ((100, 150), (130, 90))
+
+
+def _detector(config: str, kind: str | None = None, seed: int = 0) -> Detector:
+    """A tiny detector with random weights. The randomly initialised box head scores every class about equally
+    (~1/4 for 3 classes), above the test threshold of 0.05, so there are many detections to compare."""
+    torch.manual_seed(seed)
+    detector = Detector.from_config(config, None)
+    if kind is not None:  # the box-only variant: drop the mask head
+        model = detector.model
+        model.roi_head.mask_head = model.roi_head.mask_pooler = None
+        detector.cfg.model = dataclasses.replace(
+            detector.cfg.model, kind=kind, roi_head=dataclasses.replace(detector.cfg.model.roi_head, mask_head=None)
+        )
+    return detector
+
+
+def _images(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in SIZES]
+
+
+def _mismatch(a, b) -> str | None:
+    """Why detections `a` and `b` of one image differ beyond the export tolerances (boxes within 1e-3 of the image
+    size, same labels, scores within 1e-4, mask IoU >= 0.99), or None when they match."""
+    if len(a) != len(b):
+        return f"{len(a)} vs {len(b)} detections"
+    box_err = float((a.boxes - b.boxes).abs().max()) / max(a.image_size)
+    score_err = float((a.scores - b.scores).abs().max())
+    if box_err > 1e-3 or score_err > 1e-4 or not torch.equal(a.labels, b.labels):
+        return f"box error {box_err:.2e} of the image size, score error {score_err:.2e}, labels equal: " \
+               f"{torch.equal(a.labels, b.labels)}"
+    if a.masks is not None:
+        inter = (a.masks & b.masks).flatten(1).sum(1).float()
+        union = (a.masks | b.masks).flatten(1).sum(1).float()
+        iou = torch.where(union > 0, inter / union.clamp(min=1), 1.0)
+        if float(iou.min()) < 0.99:
+            return f"mask IoU {float(iou.min()):.4f}"
+    return None
+
+
+def _assert_same_detections(reference: Detector, exported: Detector, images) -> None:
+    for image in images:
+        expected, got = reference(image), exported(image)
+        assert len(expected) > 10  # a real comparison, not of two empty sets
+        assert _mismatch(expected, got) is None, _mismatch(expected, got)
+
+
+@pytest.mark.parametrize("config,kind", [("tiny_test", None), ("tiny_test", "faster_rcnn"),
+                                         ("tiny_cascade_test", None)],
+                         ids=["mask_rcnn", "faster_rcnn", "cascade_mask_rcnn"])
+def test_onnx_graph_of_standard_ops_matches_pytorch_in_onnxruntime(tmp_path, config, kind):
+    detector = _detector(config, kind)
+    path = str(tmp_path / "model.onnx")
+    export.export_onnx(detector.model, path)
+    graph = onnx.load(path).graph
+    ops = {node.op_type for node in graph.node}
+    assert {node.domain for node in graph.node} <= {"", "ai.onnx"}  # standard ONNX operators only
+    assert {"RoiAlign", "NonMaxSuppression", "Softmax"} <= ops
+    modes = {a.s for n in graph.node if n.op_type == "RoiAlign" for a in n.attribute
+             if a.name == "coordinate_transformation_mode"}
+    assert modes == {b"half_pixel"}  # aligned=True RoIAlign
+    assert [o.name for o in graph.output] == ["boxes", "scores", "labels"] + (["mask_probs"] if kind is None else [])
+    onnx_detector = Detector.from_exported(path, config, class_names=detector.class_names)
+    _assert_same_detections(detector, onnx_detector, _images())
+    # The comparison can fail: other weights give other detections.
+    other = _detector(config, kind, seed=1)
+    assert _mismatch(other(_images()[0]), onnx_detector(_images()[0])) is not None
+
+
+def test_torch_export_program_saved_and_loaded_matches_pytorch(tmp_path):
+    detector = _detector("tiny_test")
+    program = export.export_program(detector.model)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    for op in ("resnest_cuda.split_attention_pool", "resnest_cuda.split_attention_combine",
+               "resnest_cuda.roi_align", "resnest_cuda.nms"):
+        assert any(t.startswith(op) for t in targets), op  # the fused ops stay in the graph
+    path = str(tmp_path / "model.pt2")
+    torch.export.save(program, path)
+    _assert_same_detections(detector, Detector.from_exported(path, "tiny_test"), _images(1))
+
+
+def test_unsupported_models_are_refused_with_the_reason():
+    detector = _detector("tiny_test")
+    with pytest.raises(ValueError, match="expected a detection GeneralizedRCNN"):
+        check_exportable(torch.nn.Linear(2, 2))
+    detector.model.roi_head.bbox_head.shared_convs[0].bn = torch.nn.BatchNorm2d(32, track_running_stats=False)
+    with pytest.raises(ValueError, match=r"must fold.*roi_head\.bbox_head\.shared_convs\.0\.bn \(BatchNorm2d\)"):
+        export.export_onnx(detector.model, "unused.onnx")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        GraphRunner.load("missing.onnx", detector.cfg.model)
+    with pytest.raises(ValueError, match="expected a .onnx or .pt2"):
+        GraphRunner.load(__file__, detector.cfg.model)
+
+
+def test_export_command_refuses_bad_arguments(tmp_path, capsys):
+    assert export.main(["--config", "tiny_test", "--checkpoint", "x.pth", "--format", "onnx",
+                        "--out", str(tmp_path / "nowhere" / "m.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert export.main(["--config", "tiny_test", "--checkpoint", str(tmp_path / "x.pth"), "--format", "onnx",
+                        "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "x.pth" in capsys.readouterr().err
