@@ -194,10 +194,10 @@ class GraphRunner:
         return outputs
 
 
-def _onnxruntime_runner(path: str):
+def _onnxruntime_runner(path: str, session_options=None):
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(path, session_options, providers=["CPUExecutionProvider"])
 
     def run(image: torch.Tensor, image_size: torch.Tensor) -> list[torch.Tensor]:
         outputs = session.run(None, {"image": image.numpy(), "image_size": image_size.numpy()})
