@@ -39,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--onnx", default=None, help="reuse this exported model instead of exporting")
     parser.add_argument("--json", default=None)
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. model.roi_head.test.score_thr=0.01")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value (model.roi_head.test.score_thr=0.01)")
     return parser.parse_args(argv)
 
 
