@@ -1,7 +1,6 @@
 """Exported detectors: the ONNX graph (standard ops only, run in onnxruntime) and the saved torch.export program
 give the PyTorch model's detections on images of other sizes than the traced one; unsupported models are refused."""
 
-import dataclasses
 
 import numpy as np
 import onnx
@@ -15,18 +14,14 @@ from detection.export import GraphRunner, check_exportable
 SIZES = ((100, 150), (130, 90))
 
 
-def _detector(config: str, kind: str | None = None, seed: int = 0) -> Detector:
-    """A tiny detector with random weights. The randomly initialised box head scores every class about equally
-    (~1/4 for 3 classes), above the test threshold of 0.05, so there are many detections to compare."""
+FASTER = ["model.kind=faster_rcnn", "model.roi_head.mask_head=none"]
+
+
+def _detector(config: str, overrides=(), seed: int = 0, checkpoint: str | None = None) -> Detector:
+    """A tiny detector with random weights (seeded) or those of `checkpoint`. The randomly initialised box head
+    scores each of the 3 classes about 1/4, above the test threshold of 0.05: many detections to compare."""
     torch.manual_seed(seed)
-    detector = Detector.from_config(config, None)
-    if kind is not None:  # the box-only variant: drop the mask head
-        model = detector.model
-        model.roi_head.mask_head = model.roi_head.mask_pooler = None
-        detector.cfg.model = dataclasses.replace(
-            detector.cfg.model, kind=kind, roi_head=dataclasses.replace(detector.cfg.model.roi_head, mask_head=None)
-        )
-    return detector
+    return Detector.from_config(config, checkpoint, overrides=overrides)
 
 
 def _images(seed: int = 0) -> list[np.ndarray]:
@@ -60,13 +55,14 @@ def _assert_same_detections(reference: Detector, exported: Detector, images) -> 
         assert _mismatch(expected, got) is None, _mismatch(expected, got)
 
 
-@pytest.mark.parametrize("config,kind", [("tiny_test", None), ("tiny_test", "faster_rcnn"),
-                                         ("tiny_cascade_test", None)],
+@pytest.mark.parametrize("config,overrides", [("tiny_test", []), ("tiny_test", FASTER), ("tiny_cascade_test", [])],
                          ids=["mask_rcnn", "faster_rcnn", "cascade_mask_rcnn"])
-def test_onnx_graph_of_standard_ops_matches_pytorch_in_onnxruntime(tmp_path, config, kind):
-    detector = _detector(config, kind)
-    path = str(tmp_path / "model.onnx")
-    export.export_onnx(detector.model, path)
+def test_onnx_graph_of_standard_ops_matches_pytorch_in_onnxruntime(tmp_path, capsys, config, overrides):
+    checkpoint, path = str(tmp_path / "model.pth"), str(tmp_path / "model.onnx")
+    torch.save({"model": _detector(config, overrides).model.state_dict()}, checkpoint)
+    assert export.main(["--config", config, "--checkpoint", checkpoint, "--format", "onnx", "--out", path,
+                        *overrides]) == 0
+    assert "written to" in capsys.readouterr().out
     graph = onnx.load(path).graph
     ops = {node.op_type for node in graph.node}
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}  # standard ONNX operators only
@@ -74,11 +70,13 @@ def test_onnx_graph_of_standard_ops_matches_pytorch_in_onnxruntime(tmp_path, con
     modes = {a.s for n in graph.node if n.op_type == "RoiAlign" for a in n.attribute
              if a.name == "coordinate_transformation_mode"}
     assert modes == {b"half_pixel"}  # aligned=True RoIAlign
-    assert [o.name for o in graph.output] == ["boxes", "scores", "labels"] + (["mask_probs"] if kind is None else [])
-    onnx_detector = Detector.from_exported(path, config, class_names=detector.class_names)
+    masks = ["mask_probs"] if not overrides else []
+    assert [o.name for o in graph.output] == ["boxes", "scores", "labels", *masks]
+    detector = _detector(config, overrides, checkpoint=checkpoint)
+    onnx_detector = Detector.from_exported(path, config, overrides=overrides)
     _assert_same_detections(detector, onnx_detector, _images())
     # The comparison can fail: other weights give other detections.
-    other = _detector(config, kind, seed=1)
+    other = _detector(config, overrides, seed=1)
     assert _mismatch(other(_images()[0]), onnx_detector(_images()[0])) is not None
 
 
