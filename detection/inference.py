@@ -163,6 +163,8 @@ class Detector:
         from .engine.overrides import apply_overrides
         from .export import GraphRunner
 
+        if kwargs.get("precision", "fp32") != "fp32" or torch.device(kwargs.get("device", "cpu")).type != "cpu":
+            raise ValueError("from_exported: exported graphs run in fp32 on the CPU (precision='fp32', device='cpu')")
         cfg = get_config(name_or_path)
         apply_overrides(cfg, list(overrides))
         runner = GraphRunner.load(path, cfg.model)

@@ -103,6 +103,8 @@ def test_unsupported_models_are_refused_with_the_reason():
         GraphRunner.load("missing.onnx", detector.cfg.model)
     with pytest.raises(ValueError, match="expected a .onnx or .pt2"):
         GraphRunner.load(__file__, detector.cfg.model)
+    with pytest.raises(ValueError, match="fp32 on the CPU"):
+        Detector.from_exported("model.onnx", "tiny_test", precision="bf16")
 
 
 def test_export_command_refuses_bad_arguments(tmp_path, capsys):
