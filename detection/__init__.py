@@ -1,6 +1,6 @@
 """A lean two-stage detection stack (Faster/Mask/Cascade R-CNN) on ResNeSt-FPN backbones."""
 
-__all__ = ["load_checkpoint"]
+__all__ = ["Detections", "Detector", "load_checkpoint"]
 
 
 def __getattr__(name):
@@ -9,4 +9,8 @@ def __getattr__(name):
         from .weights import load_checkpoint
 
         return load_checkpoint
+    if name in ("Detections", "Detector"):
+        from . import inference
+
+        return getattr(inference, name)
     raise AttributeError(f"module 'detection' has no attribute {name!r}")

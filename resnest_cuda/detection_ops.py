@@ -156,10 +156,13 @@ def multi_level_roi_align(
     Returns:
         ``[K, C, ph, pw]`` contiguous tensor of the features' dtype; differentiable w.r.t. every level (gradients
         ``[N, C, H_l, W_l]``, channels_last for a channels_last level, else contiguous; double backward is exact);
-        rois receive no gradient.
+        rois receive no gradient. RoIs with a non-finite coordinate or a batch index outside ``[0, N)`` pool to 0,
+        as in :func:`roi_align`. The CUDA backward accumulates with atomics: it raises under
+        ``torch.use_deterministic_algorithms(True)``.
     """
     ph, pw = _output_size(output_size)
     _check_multi_level(features, rois, strides, finest_scale, sampling_ratio, aligned)
+    refuse_functorch_transforms("multi_level_roi_align")
     scales = [1.0 / float(s) for s in strides]
     return torch.ops.resnest_cuda.multi_level_roi_align(
         list(features), rois, scales, ph, pw, float(finest_scale), int(sampling_ratio), aligned
@@ -202,9 +205,11 @@ def _check_idxs(idxs, boxes: torch.Tensor, op: str) -> None:
 def _offset_by_category(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor:
     """Move each category to its own region of the plane, so that one NMS never lets categories suppress each
     other. The span covers negative coordinates too (plain max + 1 would let categories overlap when boxes reach
-    below -1). Device-side only: no host synchronisation."""
+    below -1). A zero is appended so that no branch on the (possibly data-dependent) box count is needed:
+    torch.export can trace it. Device-side only: no host synchronisation."""
     b = boxes if boxes.dtype in (torch.float32, torch.float64) else boxes.float()
-    span = b.max() - b.min().clamp(max=0) + 1
+    coords = torch.cat([b.reshape(-1), b.new_zeros(1)])
+    span = coords.max() - coords.min() + 1
     return b + (idxs.to(b.dtype) * span)[:, None]
 
 
@@ -259,8 +264,6 @@ def batched_nms(
     _check_boxes_scores(boxes, scores, iou_threshold, op)
     _check_idxs(idxs, boxes, op)
     max_keep = _check_max_keep(max_keep, False, op)
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.long, device=boxes.device)
     return torch.ops.resnest_cuda.nms(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 
 
@@ -273,8 +276,6 @@ def batched_nms_fixed(
     _check_boxes_scores(boxes, scores, iou_threshold, op)
     _check_idxs(idxs, boxes, op)
     max_keep = _check_max_keep(max_keep, True, op)
-    if boxes.shape[0] == 0:
-        return torch.ops.resnest_cuda.nms_fixed(boxes, scores, float(iou_threshold), max_keep)
     return torch.ops.resnest_cuda.nms_fixed(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 
 

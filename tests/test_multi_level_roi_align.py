@@ -206,9 +206,7 @@ def test_bad_inputs(override, error, match):
         resnest_cuda.multi_level_roi_align(**args)
 
 
-def test_bad_batch_index_raises_on_cpu():
-    with pytest.raises(RuntimeError, match=r"rois\[0, 0\]"):
-        resnest_cuda.multi_level_roi_align(pyramid(), torch.tensor([[2.0, 0, 0, 10, 10]]), 7, STRIDES)
+def test_raw_op_refuses_no_levels():
     with pytest.raises(RuntimeError, match="levels"):  # the op's own check
         torch.ops.resnest_cuda.multi_level_roi_align([], torch.zeros(0, 5), [], 7, 7, 56.0, 0, True)
 
@@ -267,3 +265,28 @@ def test_gradient_keeps_each_level_layout(device):
     for i, g in enumerate(grads):
         fmt = torch.channels_last if i % 2 else torch.contiguous_format
         assert g.is_contiguous(memory_format=fmt), i
+
+
+@pytest.mark.parametrize("device", devices())
+def test_bad_rois_pool_to_zero_with_no_gradient(device):
+    """Non-finite coordinates and batch indices outside [0, N) (or NaN) pool to 0, as roi_align does, on every
+    device; the other RoIs are unaffected."""
+    features = [f.requires_grad_() for f in pyramid(dtype=torch.float32, device=device)]
+    good = random_rois(6, device=device).float()
+    nan, inf = float("nan"), float("inf")
+    bad = torch.tensor([[0, nan, 1, 20, 20], [1, 1, 1, inf, 20], [2, 1, 1, 30, 30], [-1, 1, 1, 30, 30],
+                        [nan, 1, 1, 30, 30], [0, -inf, -inf, inf, inf]], device=device)
+    out = resnest_cuda.multi_level_roi_align(features, torch.cat([good, bad]), 7, STRIDES)
+    assert torch.all(out[6:] == 0) and out[:6].flatten(1).abs().amax(1).min() > 0
+    assert torch.equal(out[:6], resnest_cuda.multi_level_roi_align(features, good, 7, STRIDES))
+    grads = torch.autograd.grad(out[6:].sum(), features, allow_unused=True)
+    assert all(g is None or torch.all(g == 0) for g in grads)
+    assert torch.all(torch.isfinite(torch.cat([g.flatten() for g in grads if g is not None])))
+
+
+def test_functorch_transforms_refused():
+    features = pyramid(batch=1, channels=2, size=(24, 32))
+    rois = torch.tensor([[0, 1.0, 2, 9, 13]], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="multi_level_roi_align: torch.func transforms"):
+        torch.func.grad(lambda f: resnest_cuda.multi_level_roi_align([f, *features[1:]], rois, 3, STRIDES).sum())(
+            features[0])

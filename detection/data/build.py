@@ -78,6 +78,11 @@ def prepare_data(cfg: DataConfig, data_root: str | None = None) -> str:
     return root
 
 
+def build_test_transform(cfg: DataConfig) -> TestTransform:
+    """The test-time resize of `cfg`: evaluation and `detection.Detector` both use this one."""
+    return TestTransform(cfg.test_scale, cfg.max_size, cfg.resize_mode)
+
+
 def build_dataset(cfg: DataConfig, root: str, train: bool, seed: int = 0) -> CocoDetection:
     """Training split with the multi-scale/flip transform and the training filters, or the validation split with
     the test resize and every readable image kept. The shapes dataset has a fixed layout (shapes.split_paths);
@@ -86,7 +91,7 @@ def build_dataset(cfg: DataConfig, root: str, train: bool, seed: int = 0) -> Coc
         transform = TrainTransform(cfg.train_scales, cfg.scale_mode, cfg.max_size, cfg.flip_prob, cfg.resize_mode)
         ann, images = cfg.train_ann, cfg.train_images
     else:
-        transform = TestTransform(cfg.test_scale, cfg.max_size, cfg.resize_mode)
+        transform = build_test_transform(cfg)
         ann, images = cfg.val_ann, cfg.val_images
     if cfg.dataset == "shapes":
         ann, images = split_paths("train" if train else "val")

@@ -103,13 +103,20 @@ class GeneralizedRCNN(nn.Module):
     def _postprocess(
         self, det: dict[str, torch.Tensor], input_size: tuple[int, int], output_size: tuple[int, int]
     ) -> dict[str, torch.Tensor]:
-        """Scale boxes from the input size to `output_size` and paste masks at that size."""
-        scale = (output_size[1] / input_size[1], output_size[0] / input_size[0])
-        boxes = det["boxes"] if output_size == input_size else scale_boxes(det["boxes"], scale)
-        out = {"boxes": boxes, "scores": det["scores"], "labels": det["labels"]}
-        if "mask_probs" in det:
-            out["masks"] = paste_masks(det["mask_probs"], boxes, output_size, self.mask_threshold)
-        return out
+        return postprocess(det, input_size, output_size, self.mask_threshold)
+
+
+def postprocess(
+    det: dict[str, torch.Tensor], input_size: tuple[int, int], output_size: tuple[int, int], mask_threshold: float
+) -> dict[str, torch.Tensor]:
+    """Scale one image's boxes from the input size (h, w) to `output_size` and paste its `mask_probs` [D, M, M]
+    (if any) at that size, binarised at `mask_threshold` -> `boxes`, `scores`, `labels` (+ bool `masks`)."""
+    scale = (output_size[1] / input_size[1], output_size[0] / input_size[0])
+    boxes = det["boxes"] if output_size == input_size else scale_boxes(det["boxes"], scale)
+    out = {"boxes": boxes, "scores": det["scores"], "labels": det["labels"]}
+    if "mask_probs" in det:
+        out["masks"] = paste_masks(det["mask_probs"], boxes, output_size, mask_threshold)
+    return out
 
 
 def _check_targets(targets: list[dict[str, torch.Tensor]] | None, num_images: int) -> None:

@@ -31,11 +31,11 @@ struct LevelTaps {
 
 template <typename acc_t>
 void level_taps(const acc_t* roi, int64_t level, const LevelView& v, acc_t scale, const RoiAlignParams& p,
-                LevelTaps<acc_t>& t) {
+                int64_t batch_size, LevelTaps<acc_t>& t) {
   const RoiGeometry<acc_t> g =
       roi_geometry<acc_t>(roi, scale, p.pooled_height, p.pooled_width, p.sampling_ratio, p.aligned);
   t.level = level;
-  t.batch = static_cast<int64_t>(roi[0]);
+  t.batch = roi_batch_index(roi[0], batch_size);  // -1: outside the batch, pools to 0, no gradient
   t.grid_h = g.grid_h;
   t.grid_w = g.grid_w;
   t.count = static_cast<acc_t>(std::max<int64_t>(g.grid_h * g.grid_w, 1));
@@ -56,15 +56,6 @@ void level_taps(const acc_t* roi, int64_t level, const LevelView& v, acc_t scale
       a.hi *= v.sw;
       t.xs[pw * g.grid_w + ix] = a;
     }
-  }
-}
-
-template <typename acc_t>
-void check_batch_indices(const acc_t* rois, int64_t num_rois, int64_t batch_size, const char* op) {
-  for (int64_t k = 0; k < num_rois; ++k) {
-    const acc_t b = rois[k * 5];
-    TORCH_CHECK(b >= 0 && b < static_cast<acc_t>(batch_size), op, ": rois[", k, ", 0] (batch index ", b,
-                ") must be in [0, ", batch_size, ")");
   }
 }
 
@@ -141,7 +132,6 @@ at::Tensor multi_level_roi_align_cpu(at::TensorList features, const at::Tensor& 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "multi_level_roi_align_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* roi_ptr = r.const_data_ptr<acc_t>();
-    check_batch_indices<acc_t>(roi_ptr, num_rois, first.size(0), op);
     std::vector<const scalar_t*> data;
     for (const at::Tensor& f : features) data.push_back(f.const_data_ptr<scalar_t>());
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
@@ -152,7 +142,8 @@ at::Tensor multi_level_roi_align_cpu(at::TensorList features, const at::Tensor& 
         const int64_t level = pyramid_level<acc_t>(roi, static_cast<acc_t>(finest_scale), num_levels);
         const LevelView& v = views[level];
         if (v.height == 0 || v.width == 0) continue;
-        level_taps<acc_t>(roi, level, v, static_cast<acc_t>(scales[level]), p, t);
+        level_taps<acc_t>(roi, level, v, static_cast<acc_t>(scales[level]), p, first.size(0), t);
+        if (t.batch < 0) continue;
         pool_roi<scalar_t, acc_t>(data[level] + t.batch * v.sn, v.sc, channels, t, p,
                                   o + k * channels * pooled_height * pooled_width);
       }
@@ -190,19 +181,18 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cpu(const at::Tensor& gra
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "multi_level_roi_align_bwd", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const acc_t* roi_ptr = r.const_data_ptr<acc_t>();
-      check_batch_indices<acc_t>(roi_ptr, num_rois, batch_size, op);
       std::vector<LevelTaps<acc_t>> taps(num_rois);
       at::parallel_for(0, num_rois, 16, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
           const acc_t* roi = roi_ptr + k * 5;
           const int64_t level = pyramid_level<acc_t>(roi, static_cast<acc_t>(finest_scale), num_levels);
           const LevelView v{heights[level], widths[level], 0, 0, widths[level], 1};
-          level_taps<acc_t>(roi, level, v, static_cast<acc_t>(spatial_scales[level]), p, taps[k]);
+          level_taps<acc_t>(roi, level, v, static_cast<acc_t>(spatial_scales[level]), p, batch_size, taps[k]);
         }
       });
       std::vector<std::vector<int64_t>> rois_of(num_levels * batch_size);  // (level, image) -> ROIs
       for (int64_t k = 0; k < num_rois; ++k) {
-        if (heights[taps[k].level] > 0 && widths[taps[k].level] > 0) {
+        if (taps[k].batch >= 0 && heights[taps[k].level] > 0 && widths[taps[k].level] > 0) {
           rois_of[taps[k].level * batch_size + taps[k].batch].push_back(k);
         }
       }

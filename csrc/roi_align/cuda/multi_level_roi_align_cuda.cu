@@ -4,6 +4,7 @@
 // value. Backward: one thread per element of grad, atomicAdd into one accumulation-dtype buffer holding every
 // level's NCHW gradient back to back, split and cast at the end. A ROI whose batch index is out of range pools to 0
 // and receives no gradient (a kernel cannot raise).
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -163,6 +164,7 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cuda(const at::Tensor& gr
   const RoiAlignParams p{1.0, pooled_height, pooled_width, sampling_ratio, aligned};
   check_roi_align_backward_input(grad, rois, p, batch_size, channels, 0, 0);
   TORCH_CHECK(grad.is_cuda(), op, ": grad must be a CUDA tensor");
+  at::globalContext().alertNotDeterministic("multi_level_roi_align_backward_cuda");  // atomic accumulation
   const c10::cuda::CUDAGuard guard(grad.device());
   std::vector<int64_t> offsets(num_levels + 1, 0);
   for (int64_t l = 0; l < num_levels; ++l) {
