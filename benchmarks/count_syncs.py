@@ -235,12 +235,14 @@ def model_step(model, optimizer, images, targets):
 def engine_step(model, optimizer, images, targets, device):
     """`detection.engine.train.Trainer._step` on a stand-in trainer (one process, no clipping, fp32)."""
     from detection.config import SolverConfig
+    from detection.engine.step_stats import FiniteWatch
     from detection.engine.train import Trainer
 
     solver = SolverConfig(amp=False, grad_clip=None)
     trainer = types.SimpleNamespace(
         info=types.SimpleNamespace(device=torch.device(device)), cfg=types.SimpleNamespace(solver=solver),
-        ddp_model=model, model=model, optimizer=optimizer, work_dir=str(ROOT), iteration=0)
+        ddp_model=model, model=model, optimizer=optimizer, work_dir=str(ROOT), iteration=0,
+        watch=FiniteWatch(torch.device(device)))
     Trainer._step(trainer, images, targets, 0, 0)
 
 

@@ -14,6 +14,8 @@ Needs onnxscript (requirements-dev.txt); imported only when exporting to ONNX.
 - `resnest_cuda::nms(boxes [N, 4], scores [N], iou, max_keep)` -> NonMaxSuppression on one batch and one class with
   no score threshold: it suppresses IoU > iou and returns the kept boxes by descending score, like the op, at most
   max_keep of them (max_keep -1: all); column 2 of its [K, 3] output is the box index.
+- `resnest_cuda::nms_fixed(boxes, scores, iou, max_keep)` -> the same NonMaxSuppression, its indices padded with 0
+  to max_keep, and `valid` = position < number kept.
 """
 
 import math
@@ -80,9 +82,20 @@ def nms(boxes, scores, iou_threshold: float, max_keep: int = -1):
     return op.Reshape(op.Slice(selected, [2], [3], [1]), [-1])
 
 
+def nms_fixed(boxes, scores, iou_threshold: float, max_keep: int):
+    kept = nms(boxes, scores, iou_threshold, max_keep)  # at most max_keep, by descending score
+    count = op.Shape(kept)
+    padding = op.Concat(op.Constant(value_ints=[0]), op.Sub(op.Constant(value_ints=[int(max_keep)]), count), axis=0)
+    keep = op.Pad(kept, padding, op.Constant(value_int=0))
+    valid = op.Less(op.Range(op.Constant(value_int=0), op.Constant(value_int=int(max_keep)), op.Constant(value_int=1)),
+                    count)
+    return keep, valid
+
+
 def translation_table() -> dict:
     return {
         torch.ops.resnest_cuda.roi_align.default: roi_align,
         torch.ops.resnest_cuda.multi_level_roi_align.default: multi_level_roi_align,
         torch.ops.resnest_cuda.nms.default: nms,
+        torch.ops.resnest_cuda.nms_fixed.default: nms_fixed,
     }

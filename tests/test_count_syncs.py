@@ -77,7 +77,7 @@ def test_script_counts_a_tiny_model_step(capsys):
     engine = results["faster resnest14 Trainer._step"]
     assert model_only["per_step"] > 0
     assert any(site.startswith("detection/modeling/") for site in model_only["sites"])
-    # The engine's step adds the loss read-back for logging.
-    assert engine["per_step"] >= model_only["per_step"] + 1
-    assert any(site.startswith("detection/engine/") for site in engine["sites"])
+    # The engine's step adds no synchronisation of its own: losses and their finiteness stay on the device.
+    assert engine["per_step"] == model_only["per_step"]
+    assert not any(site.startswith("detection/engine/") for site in engine["sites"])
     assert "host synchronisations per training step" in capsys.readouterr().out

@@ -223,3 +223,21 @@ def test_row_deterministic(device):
         assert any("roi_align_backward_cuda" in str(w.message) for w in caught)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic_multi_level(device):  # part of the `deterministic` row
+    feats = [rand(1, 2, 8 // s, 8 // s, device=device, dtype=torch.float32).requires_grad_() for s in (1, 2)]
+    rois = torch.tensor([[0, 0.0, 0, 5, 5], [0, 1, 1, 20, 20]], device=device)  # levels 0 and 1
+    out = resnest_cuda.multi_level_roi_align(feats, rois, 2, (4, 8), finest_scale=4.0)
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        if device == "cpu":
+            grads = [torch.autograd.grad(out.sum(), feats, retain_graph=True) for _ in range(2)]
+            assert all(torch.equal(a, b) for a, b in zip(*grads)) and all(g.abs().sum() > 0 for g in grads[0])
+            return
+        with pytest.raises(RuntimeError, match="multi_level_roi_align_backward_cuda"):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])

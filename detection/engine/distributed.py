@@ -59,17 +59,6 @@ def all_gather_objects(obj) -> list:
     return gathered
 
 
-def reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Mean of scalar tensors over ranks (one all-reduce), as Python floats; every rank gets the same values, so
-    decisions taken on them (stopping on a non-finite loss) agree across ranks."""
-    names = sorted(values)
-    stacked = torch.stack([values[n].detach().float().reshape(()) for n in names])
-    if is_distributed():
-        dist.all_reduce(stacked)
-        stacked /= dist.get_world_size()
-    return dict(zip(names, stacked.tolist()))
-
-
 def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """DDP when world_size > 1. Normalisation layers are left as the model built them (SyncBN is its choice).
     find_unused_parameters: a head can receive no gradient in an iteration (e.g. no positive RoI for the mask

@@ -13,7 +13,6 @@ silent overwrite, no silent restart, metrics cut back on resume) are in work_dir
 """
 
 import dataclasses
-import math
 import os
 import random
 import signal
@@ -33,6 +32,7 @@ from .errors import UserError
 from .evaluate import evaluate
 from .metrics import MetricsWriter, progress_bar, setup_logging
 from .resources import peak_memory_mb
+from .step_stats import FiniteWatch, LossWindow
 from .threads import choose_threads
 from .work_dir import check_work_dir, remove_stale_temporaries, truncate_metrics
 
@@ -151,6 +151,7 @@ class Trainer:
         self.ddp_model = dist_utils.wrap_model(self.model, self.info)
         self.metrics = MetricsWriter(work_dir, self.info.is_main, purge_step=self.iteration + 1 if resume else None)
         self.in_step = self.stop_requested = False
+        self.watch = FiniteWatch(self.info.device)  # non-finite losses, read at log steps and before a save
 
     def _build_data(self, data_root: str | None, workers: int) -> None:
         """Datasets (checked against the model's class count) and loaders: full training batches, evaluation at
@@ -249,7 +250,9 @@ class Trainer:
                                   f"{where}); {latest} holds this state") from None
 
     def _save(self, epoch: int, epoch_step: int, rng: dict) -> None:
-        """Checkpoint (rank 0 only) after `epoch` completed epochs and `epoch_step` batches of the next one."""
+        """Checkpoint (rank 0 only) after `epoch` completed epochs and `epoch_step` batches of the next one, once
+        every step since the last check is known to have been finite."""
+        self._check_finite()
         if not self.info.is_main:
             return
         path = save_checkpoint(self.work_dir, self.model, self.optimizer, epoch=epoch, epoch_step=epoch_step,
@@ -278,7 +281,7 @@ class Trainer:
         num_steps = self.train_loader.batch_sampler.num_batches()
         bar = progress_bar(self.train_loader, self.progress and self.info.is_main,
                            desc=f"epoch {epoch + 1}/{solver.epochs}", initial=start_step, total=num_steps)
-        window: dict[str, list[float]] = {}  # losses since the last log line, averaged in it
+        window = LossWindow()  # losses since the last log line, on the device, averaged in it
         done = short = 0  # batches of this epoch done (trained or dropped); batches dropped as too small
         try:
             for step, (images, targets, dropped) in enumerate(bar, start=start_step):
@@ -290,14 +293,18 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self.in_step = True  # a first Ctrl-C from here on lets the step finish
-                losses = self._step(images, targets, epoch, step)
+                try:
+                    losses = self._step(images, targets, epoch, step)
+                except Exception:
+                    if not dist_utils.is_distributed():  # an error caused by an earlier non-finite step names it
+                        self._check_finite()
+                    raise
                 self.iteration, done = self.iteration + 1, step + 1
                 self.in_step = False
-                for name, value in losses.items():
-                    window.setdefault(name, []).append(value)
-                bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+                window.add(losses)
                 if self.iteration % solver.log_interval == 0 or step + 1 == num_steps:
-                    self._log_train(epoch, step, start_step, num_steps, lr, window, start)
+                    averages = self._log_train(epoch, step, start_step, num_steps, lr, window, start)
+                    bar.set_postfix(loss=f"{averages['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
                 if solver.checkpoint_iters > 0 and self.iteration % solver.checkpoint_iters == 0 and done < num_steps:
                     self._save(epoch, done, get_rng_states())
                 if self.stop_requested:
@@ -315,10 +322,22 @@ class Trainer:
                              "images")
         self.log.info(f"epoch {epoch + 1} done in {time.time() - start:.1f} s")
 
-    def _log_train(self, epoch, step, start_step, num_steps, lr, window, start) -> None:
-        """Write the losses averaged since the last log line (and clear `window`)."""
-        averages = {name: sum(values) / len(values) for name, values in window.items()}
-        window.clear()
+    def _check_finite(self) -> None:
+        """Raise NonFiniteLossError if a step since the last check had a non-finite loss (collective under DDP)."""
+        bad = self.watch.first_bad()
+        if bad is None:
+            return
+        iteration, epoch, step, values = bad
+        latest = os.path.join(self.work_dir, LATEST)
+        kept = f"the last good checkpoint is {latest}" if os.path.isfile(latest) else "no checkpoint was saved yet"
+        raise NonFiniteLossError(f"non-finite loss at iteration {iteration} (epoch {epoch + 1}, step {step + 1}): "
+                                 f"{values}; training stopped, {kept}")
+
+    def _log_train(self, epoch, step, start_step, num_steps, lr, window, start) -> dict[str, float]:
+        """Check the steps since the last log line were finite, write their averaged losses (clearing `window`)
+        and return the averages. The loop's one host synchronisation per `log_interval` iterations."""
+        self._check_finite()
+        averages = window.averages()
         total_iters = num_steps * self.cfg.solver.epochs
         eta = (time.time() - start) / (step + 1 - start_step) * (total_iters - epoch * num_steps - step - 1)
         memory = peak_memory_mb(self.info.device)  # MB since the previous log line, as mmdetection's `memory`
@@ -327,27 +346,25 @@ class Trainer:
         self.log.info(f"epoch {epoch + 1} iter {self.iteration} lr {lr:.3e} "
                       + " ".join(f"{k} {v:.4f}" for k, v in averages.items())
                       + (f" memory {memory} MB" if extra else "") + f" eta {eta / 60:.1f} min")
+        return averages
 
-    def _step(self, images, targets, epoch: int, step: int) -> dict[str, float]:
-        """One optimizer step; returns the rank-averaged losses (and grad_norm when clipping)."""
+    def _step(self, images, targets, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        """One optimizer step with no host synchronisation of its own; returns this rank's losses (and grad_norm
+        when clipping) as detached device scalars. Their finiteness is recorded on the device (self.watch) and
+        checked at the next log step or checkpoint, which never saves weights from after a non-finite step."""
         device, solver = self.info.device, self.cfg.solver
         images, targets = _to_device(images, targets, device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=solver.amp and device.type == "cuda"):
             loss_dict = self.ddp_model(images, targets)
         loss = sum(loss_dict.values())
-        logged = dist_utils.reduce_mean({"loss": loss, **loss_dict})
-        if not all(math.isfinite(v) for v in logged.values()):
-            values = ", ".join(f"{k}={v}" for k, v in logged.items())
-            latest = os.path.join(self.work_dir, LATEST)
-            kept = f"the last good checkpoint is {latest}" if os.path.isfile(latest) else "no checkpoint was saved yet"
-            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration + 1} (epoch {epoch + 1}, step "
-                                     f"{step + 1}): {values}; training stopped, {kept}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        logged = {"loss": loss.detach(), **{name: value.detach() for name, value in loss_dict.items()}}
         if solver.grad_clip is not None:
             params = [p for p in self.model.parameters() if p.grad is not None]
-            logged["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, solver.grad_clip))
+            logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, solver.grad_clip)
         self.optimizer.step()
+        self.watch.update(self.iteration + 1, epoch, step, logged)
         return logged
 
 

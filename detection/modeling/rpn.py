@@ -122,10 +122,15 @@ class RPNHead(nn.Module):
         proposals = []
         for i, size in enumerate(image_sizes):
             boxes_i = clip_boxes(boxes[i], size)
-            keep = nonempty_box_mask(boxes_i, settings.min_box_size)
-            boxes_i, scores_i, levels_i = boxes_i[keep], scores[i][keep], levels[keep]
-            keep = resnest_cuda.batched_nms(boxes_i, scores_i, levels_i, settings.nms_iou)[: settings.max_per_img]
-            proposals.append(boxes_i[keep])
+            nonempty = nonempty_box_mask(boxes_i, settings.min_box_size)
+            # Empty boxes are not removed before NMS but scored -inf: sorted after every other box, they suppress
+            # none of them, and they are dropped with the NMS padding afterwards. The kept boxes are those of
+            # "filter, then NMS, then the top max_per_img", with one compaction per image as the only host
+            # synchronisation (instead of three boolean indexings and the NMS output length).
+            scores_i = torch.where(nonempty, scores[i], float("-inf"))
+            keep, valid = resnest_cuda.batched_nms_fixed(boxes_i, scores_i, levels, settings.nms_iou,
+                                                         max(settings.max_per_img, 0))
+            proposals.append(boxes_i[keep[valid & nonempty[keep]]])
         return proposals
 
     def _valid_anchors(

@@ -16,6 +16,15 @@ class MultiLevel(torch.nn.Module):
         return resnest_cuda.multi_level_roi_align([p2, p3, p4, p5], rois, 7, STRIDES, 56.0, 0, True)
 
 
+class NmsFixed(torch.nn.Module):
+    def __init__(self, max_keep):
+        super().__init__()
+        self.max_keep = max_keep
+
+    def forward(self, boxes, scores):
+        return resnest_cuda.nms_fixed(boxes, scores, 0.5, self.max_keep)
+
+
 class Nms(torch.nn.Module):
     def __init__(self, max_keep):
         super().__init__()
@@ -25,13 +34,13 @@ class Nms(torch.nn.Module):
         return resnest_cuda.nms(boxes, scores, 0.5, self.max_keep)
 
 
-def _run_onnx(module, inputs, path):
+def _run_onnx(module, inputs, path, single=True):
     module.eval()
     torch.onnx.export(module, inputs, str(path), dynamo=True, custom_translation_table=translation_table(),
                       opset_version=18)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    return session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0]
+    return session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0 if single else slice(None)]
 
 
 def test_multi_level_roi_align_translation(tmp_path):
@@ -64,3 +73,15 @@ def test_nms_translation(tmp_path, max_keep):
     assert torch.equal(want, everything if max_keep < 0 else everything[:max_keep])
     got = torch.from_numpy(_run_onnx(Nms(max_keep), (boxes, scores), tmp_path / "nms.onnx"))
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("max_keep", [3, 60])  # fewer than NMS keeps (no padding), more than the 40 boxes
+def test_nms_fixed_translation(tmp_path, max_keep):
+    g = torch.Generator().manual_seed(2)
+    xy = torch.rand(40, 2, generator=g) * 50
+    boxes = torch.cat([xy, xy + 10 + torch.rand(40, 2, generator=g) * 20], 1)
+    scores = torch.rand(40, generator=g)
+    keep, valid = NmsFixed(max_keep)(boxes, scores)
+    assert valid.any() and (max_keep == 3 or not valid.all())
+    got_keep, got_valid = _run_onnx(NmsFixed(max_keep), (boxes, scores), tmp_path / "nmsf.onnx", single=False)
+    assert torch.equal(torch.from_numpy(got_keep), keep) and torch.equal(torch.from_numpy(got_valid), valid)

@@ -1,0 +1,86 @@
+"""What the training loop keeps about its steps without a host synchronisation per step.
+
+A `.item()`, `float(tensor)` or an all-reduce read on the host drains the device queue: the CPU stops queueing the
+next step's kernels until the GPU has finished this one. The loop therefore keeps its per-step numbers on the
+device and reads them only every `log_interval` iterations (and before a checkpoint is written):
+
+- `LossWindow` sums each loss of the steps since the last log line on the device; `averages()` all-reduces the
+  sums over ranks and reads them in one transfer.
+- `FiniteWatch` records on the device the first iteration whose losses (or gradient norm) were not all finite and
+  those values; `first_bad()` reads it (one transfer, an all-reduce under DDP, so every rank takes the same
+  decision). Steps after a non-finite one still run until the next check: their weights are never saved, because
+  every checkpoint is preceded by a check.
+"""
+
+import torch
+import torch.distributed as dist
+
+from . import distributed as dist_utils
+
+
+class LossWindow:
+    """Per-name sums of detached scalar tensors over the steps since the last `averages()`."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            value = value.detach().float().reshape(())
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.steps += 1
+
+    def averages(self) -> dict[str, float]:
+        """Means over the window's steps and over ranks (collective under DDP; every rank must call it at the same
+        iteration), as floats; clears the window."""
+        if not self.steps:
+            return {}
+        names = sorted(self.sums)
+        stacked = torch.stack([self.sums[n] for n in names]) / self.steps
+        if dist_utils.is_distributed():
+            dist.all_reduce(stacked)
+            stacked /= dist.get_world_size()
+        self.sums, self.steps = {}, 0
+        return dict(zip(names, stacked.tolist()))
+
+
+class FiniteWatch:
+    """The first iteration (1-based) with a non-finite value among the step's losses, kept on the device."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.first = torch.full((), -1, dtype=torch.int64, device=device)
+        self.names: list[str] = []
+        self.values: torch.Tensor | None = None  # the values of that iteration
+        self.where: dict[int, tuple[int, int]] = {}  # iteration -> (epoch, step) since the last check
+
+    def update(self, iteration: int, epoch: int, step: int, values: dict[str, torch.Tensor]) -> None:
+        names = sorted(values)
+        stacked = torch.stack([values[n].detach().float().reshape(()) for n in names])
+        if self.values is None or names != self.names:
+            self.names, self.values = names, torch.zeros_like(stacked)
+        newly_bad = (self.first < 0) & ~torch.isfinite(stacked).all()
+        self.first = torch.where(newly_bad, iteration, self.first)  # a Python scalar: no host-to-device copy
+        self.values = torch.where(newly_bad, stacked, self.values)
+        self.where[iteration] = (epoch, step)
+
+    def first_bad(self) -> tuple[int, int, int, str] | None:
+        """(iteration, epoch, step, "name=value, ...") of the first non-finite step over all ranks, or None.
+        Collective under DDP. Clears the iteration -> (epoch, step) record when every step was finite."""
+        first = self.first.clone()
+        if dist_utils.is_distributed():
+            # the earliest bad iteration of any rank (-1, none, counts as the largest)
+            first = torch.where(first < 0, torch.iinfo(torch.int64).max, first)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            first = torch.where(first == torch.iinfo(torch.int64).max, -1, first)
+        iteration = int(first.item())
+        if iteration < 0:
+            self.where.clear()
+            return None
+        epoch, step = self.where.get(iteration, (-1, -1))
+        if int(self.first.item()) == iteration and self.values is not None:
+            described = ", ".join(f"{n}={v}" for n, v in zip(self.names, self.values.tolist()))
+        else:
+            described = "non-finite on another rank"
+        return iteration, epoch, step, described
