@@ -154,7 +154,7 @@ class CascadeRoIHeads(nn.Module):
         batch_idx = samples.rois[:, 0]
         out = []
         for b, size in enumerate(image_sizes):
-            keep = (batch_idx == b) & ~samples.is_gt
+            keep = torch.nonzero((batch_idx == b) & ~samples.is_gt).squeeze(1)  # one host sync for both gathers
             out.append(self.coders[i].decode(samples.rois[keep, 1:], deltas[keep], max_shape=size))
         return out
 

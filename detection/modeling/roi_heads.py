@@ -53,7 +53,9 @@ def label_and_sample_proposals(
             matched_idxs = torch.cat([torch.arange(num_gt, device=boxes.device), matched_idxs])
             match_labels = torch.cat([match_labels.new_full((num_gt,), POSITIVE), match_labels])
         pos, neg = sampler(match_labels)
-        idx = torch.cat([torch.nonzero(pos).squeeze(1), torch.nonzero(neg).squeeze(1)])
+        # positives then negatives, each in index order: one nonzero (one host sync) and a stable sort on the device
+        idx = torch.nonzero(pos | neg).squeeze(1)
+        idx = idx[torch.argsort((~pos[idx]).to(torch.uint8), stable=True)]
         sampled, matched, is_pos = boxes[idx], matched_idxs[idx], pos[idx]
         is_gt = idx < num_gt if sampler.add_gt_as_proposals else torch.zeros_like(is_pos)
         if num_gt > 0:
