@@ -138,6 +138,7 @@ if ((dry)); then
   detector_args="--config tiny_test --batch 2 --size 64x64 --precisions fp32 --infer-batches 1 --iters 1 \
     --warmup 0 --impls fused --layouts channels_last"
   profile_args="--config tiny_test --batch 2 --size 64x64 --iters 1 --warmup 0 --rows 5"
+  syncs_args="--models faster --size 64x96 --engine"
 else
   dev="--device cuda"
   # The goals: the three largest detection shapes, both layouts, bf16 and fp32, vs a copy, eager and compile.
@@ -149,6 +150,8 @@ else
     --config mask_rcnn_s50_fpn_syncbn_backbone_head_mstrain_1x_coco --impls fused --layouts channels_last \
     --precisions fp32,bf16 --infer-batches 1 --iters 5 --torchvision faster,mask,faster_v2"
   profile_args="--precision bf16 --iters 3"
+  # torch.cuda.set_sync_debug_mode over steady-state steps: what the CPU counter cannot see (copies, syncs in ATen)
+  syncs_args="--models faster,mask --backbone resnest50 --size 800x1216 --engine"
 fi
 needs_build bench_split_attention && run_step bench_split_attention 70 'wrote|copy bandwidth' \
   "\$PY -m benchmarks.bench_split_attention $dev $split_args --out $logs/bench_split_attention.json"
@@ -160,6 +163,8 @@ needs_build bench_detector && run_step bench_detector 70 'wrote' \
   "\$PY -m benchmarks.bench_detector $dev $detector_args --out $logs/bench_detector.json"
 needs_build profile && run_step profile 35 'host synchronisations|wrote' \
   "\$PY -m benchmarks.profile_detector $dev $profile_args --out $logs/profile"
+needs_build syncs && run_step syncs 40 'host synchronisations' \
+  "\$PY -m benchmarks.count_syncs $dev $syncs_args --out $logs/syncs.json"
 
 # ------------------------------------------------------------------------------------------------------------
 # Bundle and summarise.

@@ -116,7 +116,7 @@ def roi_inputs(num_rois, channels, batch, seed, max_size=40.0):
 
 def roi_align_cases(check, device, tiny):
     x, rois = roi_inputs(30, 8, 2, seed=0)
-    rois[0, 0] = 5  # batch index out of range: pools to 0 on CUDA (the CPU kernel raises), compared separately
+    rois[0, 0] = 5  # batch index out of range: pools to 0 (on every device), also compared on its own below
     for dtype in DTYPES:
         for layout in ("nchw", "channels_last"):
             for sampling_ratio, aligned in ((0, True), (2, False)):
@@ -144,6 +144,32 @@ def roi_align_cases(check, device, tiny):
     xc = x.clone().requires_grad_()
     (want_gx,) = torch.autograd.grad(resnest_cuda.roi_align(xc, rois, 7, 0.25, 1, True), xc, torch.ones_like(out.cpu()))
     check.close(f"roi_align {out.numel()} outputs backward", gx, want_gx, 1e-4)
+    multi_level_cases(check, device, tiny)
+
+
+def multi_level_cases(check, device, tiny):
+    """multi_level_roi_align (forward and backward) against the CPU kernel: RoIs on all four levels, bad RoIs."""
+    g = torch.Generator().manual_seed(2)
+    channels, size = (8, (64, 96)) if tiny else (64, (256, 384))
+    strides = (4, 8, 16, 32)
+    feats = [torch.randn(2, channels, -(-size[0] // s), -(-size[1] // s), generator=g) for s in strides]
+    k = 60 if tiny else 600
+    side = torch.exp(torch.empty(k, 1).uniform_(1.5, 6.4, generator=g))
+    xy = torch.rand(k, 2, generator=g) * torch.tensor([size[1], size[0]]) - 8
+    rois = torch.cat([torch.randint(0, 2, (k, 1), generator=g).float(), xy, xy + side], 1)
+    rois[:3] = torch.tensor([[5.0, 1, 1, 30, 30], [0, float("nan"), 1, 9, 9], [1, 1, 1, float("inf"), 9]])
+    for dtype in DTYPES:
+        for layout in ("nchw", "channels_last"):
+            outs = {}
+            for dev in (device, "cpu"):
+                fd = [place(f.to(dtype), dev, layout).requires_grad_() for f in feats]
+                out = resnest_cuda.multi_level_roi_align(fd, rois.to(dev), 7, strides)
+                grads = torch.autograd.grad(out, fd, torch.ones_like(out))
+                outs[dev] = (out, grads)
+            name = f"multi_level_roi_align {str(dtype)[6:]} {layout}"
+            check.close(f"{name} forward", outs[device][0], outs["cpu"][0], TOL[dtype])
+            for level, (got, want) in enumerate(zip(outs[device][1], outs["cpu"][1])):
+                check.close(f"{name} backward level {level}", got, want, TOL[dtype] * 4)
 
 
 def nms_cases(check, device, tiny):
@@ -161,6 +187,15 @@ def nms_cases(check, device, tiny):
         check.equal(f"batched_nms {n} boxes", resnest_cuda.batched_nms(boxes.to(device), scores.to(device),
                                                                        idxs.to(device), 0.5),
                     resnest_cuda.batched_nms(boxes, scores, idxs, 0.5))
+        for max_keep in (0, 1, 100):
+            check.equal(f"nms max_keep={max_keep} {n} boxes",
+                        resnest_cuda.nms(boxes.to(device), scores.to(device), 0.7, max_keep),
+                        resnest_cuda.nms(boxes, scores, 0.7, max_keep))
+            keep, valid = resnest_cuda.batched_nms_fixed(boxes.to(device), scores.to(device), idxs.to(device), 0.5,
+                                                         max_keep)
+            want_keep, want_valid = resnest_cuda.batched_nms_fixed(boxes, scores, idxs, 0.5, max_keep)
+            check.equal(f"batched_nms_fixed max_keep={max_keep} {n} boxes keep", keep, want_keep)
+            check.equal(f"batched_nms_fixed max_keep={max_keep} {n} boxes valid", valid, want_valid)
 
 
 def main(argv=None):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["env", "build", "tests", "memcheck", "racecheck", "bench_split_attention", "bench_detection_ops",
-         "bench_backbone", "bench_detector", "profile"]
+         "bench_backbone", "bench_detector", "profile", "syncs"]
 
 
 def run_check(out: Path, budget_s: int) -> subprocess.CompletedProcess:
