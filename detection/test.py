@@ -71,7 +71,7 @@ def evaluate_checkpoint(cfg, args, model_builder=None) -> int:
         dataset = build_dataset(cfg.data, root, train=False)
         check_num_classes(cfg.model, dataset, "validation")
         loader = build_test_loader(dataset, cfg.data.test_images_per_gpu, choice.workers, info.rank,
-                                   info.world_size)
+                                   info.world_size, pin_memory=info.device.type == "cuda")
         model = build_checked(model_builder, cfg.model)
         load_model_weights(model, args.checkpoint, cfg.name)
         model.to(info.device)

@@ -58,15 +58,16 @@ def _usable_segmentation(segm) -> bool:
 
 
 def load_rgb(path: str) -> torch.Tensor:
-    """Decode an image with Pillow as RGB → float32 [3, H, W] in 0–255. Raises OSError on missing, truncated or
+    """Decode an image with Pillow as RGB → uint8 [3, H, W] (contiguous). Raises OSError on missing, truncated or
     undecodable files (Pillow's default refuses truncated JPEGs)."""
     with Image.open(path) as img:
         array = np.asarray(img.convert("RGB"))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float()
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 class CocoDetection(torch.utils.data.Dataset):
-    """Samples are (image float32 [3, H, W] 0–255, target dict) or None for an unreadable image.
+    """Samples are (image [3, H, W] 0–255, target dict) or None for an unreadable image; the image is uint8 where
+    the transform leaves integer pixels (no transform, the mmcv resize, flips) and float32 otherwise.
 
     target: `boxes` float32 [N, 4] xyxy in the transformed image's pixels, `labels` int64 [N] 0-based,
     `masks` uint8 [N, H, W] when `with_masks` (with `poly2mask=False`, an image whose masks are all polygons gets

@@ -107,21 +107,22 @@ def collate(batch: list) -> tuple[list[torch.Tensor], list[dict], int]:
 
 
 def build_train_loader(dataset, images_per_gpu: int, workers: int, seed: int, rank: int = 0,
-                       world_size: int = 1) -> DataLoader:
+                       world_size: int = 1, pin_memory: bool = False) -> DataLoader:
     """Shuffled, sharded (one shard per rank; the shuffle is seeded with seed + epoch), aspect-ratio grouped, full
     batches only (the last one completed, unreadable images replaced). Call `set_loader_epoch(loader, epoch)`
     before iterating each epoch."""
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     batch_sampler = GroupedBatchSampler(sampler, dataset.aspect_groups(), images_per_gpu, fill_last=True)
     return DataLoader(ReplaceUnreadable(dataset), batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory)
 
 
-def build_test_loader(dataset, images_per_gpu: int, workers: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+def build_test_loader(dataset, images_per_gpu: int, workers: int, rank: int = 0, world_size: int = 1,
+                      pin_memory: bool = False) -> DataLoader:
     """In-order shards; DistributedSampler pads with repeated images, which evaluation de-duplicates by image id."""
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
     return DataLoader(dataset, batch_size=images_per_gpu, sampler=sampler, num_workers=workers, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(0))
+                      generator=torch.Generator().manual_seed(0), pin_memory=pin_memory)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:

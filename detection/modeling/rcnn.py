@@ -14,8 +14,10 @@ class ImageTransform(nn.Module):
     """Normalise 0-255 RGB images with the pixel mean/std and batch them, zero-padded (after normalisation) at the
     bottom/right to a multiple of `size_divisor`, in channels_last memory format when `channels_last`.
 
-    forward(images: list of float [3, H_i, W_i]) -> (batch [N, 3, H, W], image_sizes [(H_i, W_i)],
-    padded_sizes [(ceil(H_i / d) * d, ceil(W_i / d) * d)])."""
+    forward(images: list of float or uint8 [3, H_i, W_i]) -> (batch [N, 3, H, W], image_sizes [(H_i, W_i)],
+    padded_sizes [(ceil(H_i / d) * d, ceil(W_i / d) * d)]). The batch has the dtype of a floating first image,
+    float32 for uint8 images (the training and evaluation loaders deliver uint8 where the resize leaves integer
+    pixels: a quarter of the bytes to copy to the device, normalised there)."""
 
     def __init__(self, pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...], size_divisor: int = 32,
                  channels_last: bool = False):
@@ -30,18 +32,20 @@ class ImageTransform(nn.Module):
 
     def forward(self, images: list[torch.Tensor]):
         if not isinstance(images, (list, tuple)) or len(images) == 0:
-            raise ValueError("images: expected a non-empty list of float tensors [3, H, W]")
+            raise ValueError("images: expected a non-empty list of float or uint8 tensors [3, H, W]")
         for i, image in enumerate(images):
-            if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
+            if image.dim() != 3 or image.shape[0] != 3 or not (image.is_floating_point() or image.dtype == torch.uint8):
                 raise ValueError(
-                    f"images[{i}]: expected a float tensor [3, H, W], got {image.dtype} {tuple(image.shape)}"
+                    f"images[{i}]: expected a float or uint8 tensor [3, H, W], got {image.dtype} {tuple(image.shape)}"
                 )
         image_sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
         padded_sizes = [(self._pad_to(h), self._pad_to(w)) for h, w in image_sizes]
         batch_h = max(h for h, _ in padded_sizes)
         batch_w = max(w for _, w in padded_sizes)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        batch = images[0].new_empty((len(images), 3, batch_h, batch_w)).contiguous(memory_format=memory_format)
+        dtype = images[0].dtype if images[0].is_floating_point() else torch.float32
+        batch = images[0].new_empty((len(images), 3, batch_h, batch_w), dtype=dtype).contiguous(
+            memory_format=memory_format)
         batch.zero_()
         for i, image in enumerate(images):
             h, w = image_sizes[i]

@@ -82,3 +82,20 @@ def test_empty_targets_survive_transforms():
               "masks": torch.zeros(0, 40, 60, dtype=torch.uint8)}
     out_image, out = TrainTransform((20,), flip_prob=1.0)(image, target, random.Random(0))
     assert out["boxes"].shape == (0, 4) and out["masks"].shape == (0, 20, 30)
+
+
+def test_uint8_images_stay_uint8_where_pixels_stay_integers():
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (3, 40, 60), generator=g, dtype=torch.uint8)
+    masks = (torch.rand(2, 40, 60, generator=g) > 0.5).to(torch.uint8)
+    target = {"boxes": torch.tensor([[1.0, 2, 30, 20], [5, 5, 50, 35]]), "labels": torch.tensor([0, 1]),
+              "masks": masks}
+    out, out_target = resize(pixels, target, 1.5, "mmcv")
+    assert out.dtype == torch.uint8 and out.shape == (3, 60, 90)
+    assert torch.equal(out.float(), resize(pixels.float(), target, 1.5, "mmcv")[0])  # same pixels as from float
+    assert out_target["masks"].dtype == torch.uint8 and out_target["masks"].shape == (2, 60, 90)
+    assert torch.equal(out_target["masks"], resize(pixels.float(), target, 1.5, "mmcv")[1]["masks"])
+    assert hflip(out, None)[0].dtype == torch.uint8
+    smooth, _ = resize(pixels, None, 0.5, "antialias")  # fractional pixels: float32
+    assert smooth.dtype == torch.float32
+    torch.testing.assert_close(smooth, resize(pixels.float(), None, 0.5, "antialias")[0])

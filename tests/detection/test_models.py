@@ -72,7 +72,7 @@ def test_training_needs_targets_and_validates():
     with pytest.raises(ValueError, match=r"targets\[0\]\['labels'\]"):
         model(images, bad)
     with pytest.raises(ValueError, match=r"images\[0\]"):
-        model([images[0].to(torch.uint8)], targets[:1])
+        model([images[0].to(torch.int32)], targets[:1])  # uint8 and float are images; int32 is not
 
 
 def test_image_transform_normalises_and_pads_to_32():
@@ -90,6 +90,15 @@ def test_image_transform_normalises_and_pads_to_32():
     assert batch[0, :, 50:].eq(0).all() and batch[0, :, :, 70:].eq(0).all()  # zero padding after normalising
     with pytest.raises(ValueError, match="images"):
         transform([])
+    # uint8 images (what the loaders deliver where pixels stay integers) give the float batch of their float copies
+    g = torch.Generator().manual_seed(0)
+    pixels = [torch.randint(0, 256, (3, 50, 70), generator=g, dtype=torch.uint8),
+              torch.randint(0, 256, (3, 64, 33), generator=g, dtype=torch.uint8)]
+    from_uint8, _, _ = transform(pixels)
+    assert from_uint8.dtype == torch.float32
+    assert torch.equal(from_uint8, transform([p.float() for p in pixels])[0])
+    with pytest.raises(ValueError, match=r"images\[0\]: expected a float or uint8 tensor"):
+        transform([pixels[0].int()])
 
 
 @pytest.mark.parametrize("kind", ["mask_rcnn", "cascade_mask_rcnn"])

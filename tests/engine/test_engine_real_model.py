@@ -40,3 +40,16 @@ def test_real_model_train_resume_evaluate_demo(tmp_path, capsys):
     assert demo.main([*args, "--image", image, "--out", out_png, "--score-thr", "0.0"]) == 0
     with open(out_png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not resnest_cuda.cuda_kernels_available(),
+                    reason="needs a CUDA device and the CUDA kernels")
+def test_real_model_trains_and_evaluates_on_cuda(tmp_path, capsys):
+    """The loop on a GPU: pinned batches, losses and their finiteness kept on the device, checkpoints, evaluation."""
+    data_root = str(tmp_path / "data")
+    common = ["--config", CONFIG, "--data-root", data_root, "--no-progress", "--device", "cuda"]
+    assert train.main([*common, "--work-dir", str(tmp_path / "run")]) == 0
+    state = load_checkpoint(str(tmp_path / "run" / "latest.pth"))
+    assert state["iteration"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values()
+                                           if v.is_floating_point())
+    assert "bbox AP" in capsys.readouterr().out
