@@ -169,27 +169,16 @@ def multi_level_roi_align(
     )
 
 
-def _check_boxes_scores(boxes, scores, iou_threshold, op: str) -> None:
+def _check_nms_args(boxes, scores, iou_threshold, max_keep, fixed: bool, op: str) -> int:
+    """The arguments only Python sees (non-tensors, the scalar types), then the op's own rules on the tensors and
+    max_keep (csrc/nms/nms.h, through `_nms_check`: the same errors as the kernels and the fake kernels)."""
     _check_tensor(boxes, "boxes", op)
     _check_tensor(scores, "scores", op)
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{op}: boxes must have shape [N, 4] (x1, y1, x2, y2), got shape {tuple(boxes.shape)}")
-    _check_float(boxes, "boxes", op)
-    if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
-        raise ValueError(
-            f"{op}: scores must have shape [{boxes.shape[0]}] (one per box), got shape {tuple(scores.shape)}"
-        )
-    _check_float(scores, "scores", op)
-    _check_same_device(scores, "scores", boxes, "boxes", op)
     if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool):
         raise TypeError(f"{op}: iou_threshold must be a number, got {iou_threshold!r}")
-
-
-def _check_max_keep(max_keep, fixed: bool, op: str) -> int:
     if not _is_int(max_keep):
         raise TypeError(f"{op}: max_keep must be an int, got {max_keep!r}")
-    if max_keep < (0 if fixed else -1):
-        raise ValueError(f"{op}: max_keep must be >= 0{'' if fixed else ' (or -1 for no limit)'}, got {max_keep}")
+    torch.ops.resnest_cuda._nms_check(boxes, scores, int(max_keep), fixed, op)
     return int(max_keep)
 
 
@@ -226,8 +215,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
         ``[M]`` int64 indices of the kept boxes, by descending score (ties: lower index first); ``M`` depends on
         the data (a host synchronisation on CUDA; :func:`nms_fixed` has a fixed size).
     """
-    _check_boxes_scores(boxes, scores, iou_threshold, "nms")
-    max_keep = _check_max_keep(max_keep, False, "nms")
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, "nms")
     return torch.ops.resnest_cuda.nms(boxes, scores, float(iou_threshold), max_keep)
 
 
@@ -243,8 +231,7 @@ def nms_fixed(
         ``keep`` ``[max_keep]`` int64: ``nms(boxes, scores, iou_threshold, max_keep)`` followed by padding 0;
         ``valid`` ``[max_keep]`` bool: True for the kept entries (a prefix).
     """
-    _check_boxes_scores(boxes, scores, iou_threshold, "nms_fixed")
-    max_keep = _check_max_keep(max_keep, True, "nms_fixed")
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, "nms_fixed")
     return torch.ops.resnest_cuda.nms_fixed(boxes, scores, float(iou_threshold), max_keep)
 
 
@@ -261,9 +248,8 @@ def batched_nms(
         ``[M]`` int64 indices of the kept boxes of all categories, by descending score (ties: lower index first).
     """
     op = "batched_nms"
-    _check_boxes_scores(boxes, scores, iou_threshold, op)
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, op)
     _check_idxs(idxs, boxes, op)
-    max_keep = _check_max_keep(max_keep, False, op)
     return torch.ops.resnest_cuda.nms(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 
 
@@ -273,14 +259,14 @@ def batched_nms_fixed(
     """:func:`batched_nms` with the fixed-size result of :func:`nms_fixed`: ``(keep [max_keep] int64 padded with 0,
     valid [max_keep] bool)``."""
     op = "batched_nms_fixed"
-    _check_boxes_scores(boxes, scores, iou_threshold, op)
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, op)
     _check_idxs(idxs, boxes, op)
-    max_keep = _check_max_keep(max_keep, True, op)
     return torch.ops.resnest_cuda.nms_fixed(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Fake kernel of nms (its output size depends on the values). RoIAlign's fake tensors run its C++ Meta kernels
+# Fake kernels of nms (its output size depends on the values) and nms_fixed: they apply the kernels' argument rules
+# through `_nms_check` (csrc/nms/nms.h). RoIAlign's fake tensors run its C++ Meta kernels
 # (csrc/roi_align/roi_align.cpp), which share the argument checks of the CPU and CUDA kernels.
 
 
@@ -301,7 +287,7 @@ def _multi_level_roi_align_backward_fake(grad, rois, spatial_scales, pooled_heig
 
 @torch.library.register_fake("resnest_cuda::nms")
 def _nms_fake(boxes, scores, iou_threshold, max_keep=-1):
-    torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: "nms: boxes must have shape [N, 4]")
+    torch.ops.resnest_cuda._nms_check(boxes, scores, max_keep, False, "nms")
     # How many boxes survive depends on their values: an unbacked size.
     num_kept = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((num_kept,), dtype=torch.long)
@@ -309,7 +295,7 @@ def _nms_fake(boxes, scores, iou_threshold, max_keep=-1):
 
 @torch.library.register_fake("resnest_cuda::nms_fixed")
 def _nms_fixed_fake(boxes, scores, iou_threshold, max_keep):
-    torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: "nms_fixed: boxes must have shape [N, 4]")
+    torch.ops.resnest_cuda._nms_check(boxes, scores, max_keep, True, "nms_fixed")
     # The output size is an argument, not a property of the data: no unbacked sizes.
     return boxes.new_empty((max_keep,), dtype=torch.long), boxes.new_empty((max_keep,), dtype=torch.bool)
 

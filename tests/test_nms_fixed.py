@@ -148,8 +148,11 @@ def test_torch_compile_fullgraph(device):
 def test_bad_max_keep(fn, max_keep, error):
     with pytest.raises(error, match="max_keep"):
         fn(torch.zeros(3, 4), torch.zeros(3), 0.5, max_keep)
-    with pytest.raises(RuntimeError, match="max_keep"):  # the op checks it too
+    # the raw op applies the same rule, with the same error
+    with pytest.raises(ValueError, match=r"^nms_fixed: max_keep must be >= 0, got -3$"):
         torch.ops.resnest_cuda.nms_fixed(torch.zeros(3, 4), torch.zeros(3), 0.5, -3)
+    with pytest.raises(ValueError, match=r"^nms_fixed: max_keep must be >= 0, got -3$"):
+        resnest_cuda.nms_fixed(torch.zeros(3, 4), torch.zeros(3), 0.5, -3)
 
 
 def test_batched_fixed_bad_idxs():

@@ -101,6 +101,21 @@ BAD = [
      lambda: OPS.roi_align(FEATS, ROIS, 1.0, 0, 0, 0, True), ValueError, r"output_size must be positive, got \(0, 0\)"),
     ("spatial_scale", lambda: resnest_cuda.roi_align(FEATS, ROIS, 2, 0.0),
      lambda: OPS.roi_align(FEATS, ROIS, 0.0, 2, 2, 0, True), ValueError, "spatial_scale must be > 0, got 0"),
+    ("boxes shape", lambda: resnest_cuda.nms(_t(3, 5), _t(3), 0.5), lambda: OPS.nms(_t(3, 5), _t(3), 0.5),
+     ValueError, r"^nms: boxes must have shape \[N, 4\] \(x1, y1, x2, y2\), got shape \[3, 5\]$"),
+    ("boxes dtype", lambda: resnest_cuda.nms(_t(3, 4).int(), _t(3), 0.5), lambda: OPS.nms(_t(3, 4).int(), _t(3), 0.5),
+     TypeError, r"^nms: boxes must be float32/float16/bfloat16/float64, got Int$"),
+    ("scores shape", lambda: resnest_cuda.nms_fixed(_t(3, 4), _t(2), 0.5, 2),
+     lambda: OPS.nms_fixed(_t(3, 4), _t(2), 0.5, 2), ValueError,
+     r"^nms_fixed: scores must have shape \[3\] \(one per box\), got shape \[2\]$"),
+    ("scores dtype", lambda: resnest_cuda.nms(_t(3, 4), _t(3).long(), 0.5),
+     lambda: OPS.nms(_t(3, 4), _t(3).long(), 0.5), TypeError,
+     r"^nms: scores must be float32/float16/bfloat16/float64, got Long$"),
+    ("max_keep", lambda: resnest_cuda.nms(_t(3, 4), _t(3), 0.5, -2), lambda: OPS.nms(_t(3, 4), _t(3), 0.5, -2),
+     ValueError, r"^nms: max_keep must be >= 0 \(or -1 for no limit\), got -2$"),
+    ("batched boxes shape", lambda: resnest_cuda.batched_nms(_t(3, 5), _t(3), torch.zeros(3, dtype=torch.long), 0.5),
+     lambda: OPS._nms_check(_t(3, 5), _t(3), -1, False, "batched_nms"), ValueError,
+     r"^batched_nms: boxes must have shape \[N, 4\]"),
 ]
 
 

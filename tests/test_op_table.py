@@ -71,6 +71,10 @@ def test_row_bad_shape():
         resnest_cuda.split_attention_combine(rand(4, 3, 3), rand(2, 4), 2)
     with pytest.raises(ValueError, match=r"rois must have shape \[K, 5\]"):
         resnest_cuda.roi_align(rand(1, 2, 4, 4), rand(3, 4), 2)
+    with pytest.raises(ValueError, match=r"boxes must have shape \[N, 4\]"):
+        resnest_cuda.nms(rand(3, 5), rand(3), 0.5)
+    with pytest.raises(ValueError, match=r"scores must have shape \[3\] \(one per box\)"):
+        torch.ops.resnest_cuda.nms_fixed(rand(3, 4), rand(3, 1), 0.5, 2)
 
 
 def test_row_bad_value():
@@ -80,6 +84,8 @@ def test_row_bad_value():
         resnest_cuda.split_attention_pool(rand(2, 6, 3, 3), 4)
     with pytest.raises(ValueError, match=r"output_size must be positive, got \(2, 0\)"):
         resnest_cuda.roi_align(rand(1, 2, 4, 4), torch.tensor(ROIS[:1]), (2, 0))
+    with pytest.raises(ValueError, match=r"max_keep must be >= 0 \(or -1 for no limit\), got -2"):
+        torch.ops.resnest_cuda.nms(rand(3, 4), rand(3), 0.5, -2)
 
 
 @pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=requires_cuda)])

@@ -91,17 +91,29 @@ RESNEST_HOST_DEVICE inline acc_t box_iou(const acc_t* a, acc_t area_a, const acc
   return inter / sub_rn(add_rn(area_a, area_b), inter);
 }
 
+// The one statement of NMS's argument rules: the CPU and CUDA kernels call these, and so does the `_nms_check` op
+// (nms.cpp) through which the Python wrappers and the fake kernels apply them. ValueError for shapes, values and
+// devices, TypeError for dtypes, each naming the argument.
+inline bool is_nms_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
 inline void check_nms_input(const at::Tensor& boxes, const at::Tensor& scores, const char* op) {
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, op, ": boxes must have shape [N, 4] (x1, y1, x2, y2), got ",
-              boxes.sizes());
-  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), op, ": boxes must be a floating tensor, got ",
-              boxes.scalar_type());
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), op, ": scores must have shape [",
-              boxes.size(0), "] (one per box), got ", scores.sizes());
-  TORCH_CHECK(at::isFloatingType(scores.scalar_type()), op, ": scores must be a floating tensor, got ",
-              scores.scalar_type());
-  TORCH_CHECK(scores.device() == boxes.device(), op, ": scores is on ", scores.device(), " but boxes is on ",
-              boxes.device());
+  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.sym_size(1) == 4, op,
+                    ": boxes must have shape [N, 4] (x1, y1, x2, y2), got shape ", boxes.sym_sizes());
+  TORCH_CHECK_TYPE(is_nms_float(boxes.scalar_type()), op, ": boxes must be float32/float16/bfloat16/float64, got ",
+                   boxes.scalar_type());
+  TORCH_CHECK_VALUE(scores.dim() == 1 && scores.sym_size(0) == boxes.sym_size(0), op, ": scores must have shape [",
+                    boxes.sym_size(0), "] (one per box), got shape ", scores.sym_sizes());
+  TORCH_CHECK_TYPE(is_nms_float(scores.scalar_type()), op, ": scores must be float32/float16/bfloat16/float64, got ",
+                   scores.scalar_type());
+  TORCH_CHECK_VALUE(scores.device() == boxes.device(), op, ": scores is on ", scores.device(), " but boxes is on ",
+                    boxes.device(), "; both must be on one device");
+}
+
+inline void check_max_keep(int64_t max_keep, bool fixed, const char* op) {
+  TORCH_CHECK_VALUE(fixed ? max_keep >= 0 : max_keep >= -1, op, ": max_keep must be >= 0",
+                    fixed ? "" : " (or -1 for no limit)", ", got ", max_keep);
 }
 
 // Box coordinates in the dtype the IoU is computed in: fp32 (fp64 for fp64 boxes), contiguous.
@@ -109,10 +121,6 @@ inline at::Tensor boxes_in_acc_dtype(const at::Tensor& boxes) {
   return boxes.to(boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
 }
 
-inline void check_max_keep(int64_t max_keep, bool fixed, const char* op) {
-  TORCH_CHECK(fixed ? max_keep >= 0 : max_keep >= -1, op, ": max_keep must be ", fixed ? ">= 0" : ">= 0 (or -1 for all)",
-              ", got ", max_keep);
-}
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t max_keep);
 std::tuple<at::Tensor, at::Tensor> nms_fixed_cpu(const at::Tensor& boxes, const at::Tensor& scores,
