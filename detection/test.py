@@ -6,9 +6,8 @@ one per process by default (data.test_images_per_gpu=1): batching pads images, w
 
 import sys
 
-from .engine.cli import config_text, list_configs_text, make_parser, parse
+from .engine.cli import config_unless_listing, make_parser, parse
 from .engine.errors import report_user_errors
-from .engine.overrides import resolve_config
 
 
 def parse_args(argv=None):
@@ -26,12 +25,8 @@ def parse_args(argv=None):
 @report_user_errors
 def main(argv=None, model_builder=None) -> int:
     args = parse_args(argv)
-    if args.list_configs:
-        print(list_configs_text())
-        return 0
-    cfg = resolve_config(args.config, args.overrides)
-    if args.print_config:
-        print(config_text(cfg))
+    cfg = config_unless_listing(args)
+    if cfg is None:
         return 0
     return evaluate_checkpoint(cfg, args, model_builder)
 

@@ -10,9 +10,8 @@ over. Ctrl-C saves the run where it stands (resume with `--resume`). Launch with
 import os
 import sys
 
-from .engine.cli import config_text, list_configs_text, make_parser, parse
+from .engine.cli import config_unless_listing, make_parser, parse
 from .engine.errors import EXIT_INTERRUPTED, UserError, report_user_errors
-from .engine.overrides import resolve_config
 
 DEFAULT_CONFIG = "shapes_mask_rcnn_s14"
 
@@ -36,12 +35,8 @@ def main(argv=None, model_builder=None) -> int:
     """Returns the exit status: 0 on success, 1 when training stopped on a non-finite loss, 2 on a bad input
     (config, data, checkpoint, flag), 130 when interrupted (the run is saved and can be resumed)."""
     args = parse_args(argv)
-    if args.list_configs:
-        print(list_configs_text())
-        return 0
-    cfg = resolve_config(args.config, args.overrides)
-    if args.print_config:
-        print(config_text(cfg))
+    cfg = config_unless_listing(args)
+    if cfg is None:
         return 0
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other: continue the run or start it over")

@@ -169,16 +169,18 @@ def multi_level_roi_align(
     )
 
 
-def _check_nms_args(boxes, scores, iou_threshold, max_keep, fixed: bool, op: str) -> int:
-    """The arguments only Python sees (non-tensors, the scalar types), then the op's own rules on the tensors and
-    max_keep (csrc/nms/nms.h, through `_nms_check`: the same errors as the kernels and the fake kernels)."""
+def _check_nms_args(boxes, scores, iou_threshold, max_keep, fixed: bool, op: str, batched: bool) -> int:
+    """The arguments only Python sees (non-tensors, the scalar types). The op's own rules on the tensors and
+    max_keep (csrc/nms/nms.h) are applied by its kernels; the batched wrappers, which compute on the boxes before
+    the op runs, apply them first through `_nms_check` (the same errors as the kernels and the fake kernels)."""
     _check_tensor(boxes, "boxes", op)
     _check_tensor(scores, "scores", op)
     if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool):
         raise TypeError(f"{op}: iou_threshold must be a number, got {iou_threshold!r}")
     if not _is_int(max_keep):
         raise TypeError(f"{op}: max_keep must be an int, got {max_keep!r}")
-    torch.ops.resnest_cuda._nms_check(boxes, scores, int(max_keep), fixed, op)
+    if batched:
+        torch.ops.resnest_cuda._nms_check(boxes, scores, int(max_keep), fixed, op)
     return int(max_keep)
 
 
@@ -215,7 +217,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
         ``[M]`` int64 indices of the kept boxes, by descending score (ties: lower index first); ``M`` depends on
         the data (a host synchronisation on CUDA; :func:`nms_fixed` has a fixed size).
     """
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, "nms")
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, "nms", batched=False)
     return torch.ops.resnest_cuda.nms(boxes, scores, float(iou_threshold), max_keep)
 
 
@@ -231,7 +233,7 @@ def nms_fixed(
         ``keep`` ``[max_keep]`` int64: ``nms(boxes, scores, iou_threshold, max_keep)`` followed by padding 0;
         ``valid`` ``[max_keep]`` bool: True for the kept entries (a prefix).
     """
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, "nms_fixed")
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, "nms_fixed", batched=False)
     return torch.ops.resnest_cuda.nms_fixed(boxes, scores, float(iou_threshold), max_keep)
 
 
@@ -248,7 +250,7 @@ def batched_nms(
         ``[M]`` int64 indices of the kept boxes of all categories, by descending score (ties: lower index first).
     """
     op = "batched_nms"
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, op)
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, op, batched=True)
     _check_idxs(idxs, boxes, op)
     return torch.ops.resnest_cuda.nms(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 
@@ -259,7 +261,7 @@ def batched_nms_fixed(
     """:func:`batched_nms` with the fixed-size result of :func:`nms_fixed`: ``(keep [max_keep] int64 padded with 0,
     valid [max_keep] bool)``."""
     op = "batched_nms_fixed"
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, op)
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, op, batched=True)
     _check_idxs(idxs, boxes, op)
     return torch.ops.resnest_cuda.nms_fixed(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 

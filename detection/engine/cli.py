@@ -47,3 +47,18 @@ def config_text(cfg) -> str:
     from .overrides import config_lines
 
     return "\n".join([f"name = {cfg.name!r}", *config_lines(cfg)])
+
+
+def config_unless_listing(args: argparse.Namespace):
+    """The config `args` ask for, or None after answering --list-configs / --print-config (the command then exits
+    with 0)."""
+    from .overrides import resolve_config
+
+    if args.list_configs:
+        print(list_configs_text())
+        return None
+    cfg = resolve_config(args.config, args.overrides)
+    if args.print_config:
+        print(config_text(cfg))
+        return None
+    return cfg

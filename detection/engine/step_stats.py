@@ -18,30 +18,36 @@ import torch.distributed as dist
 from . import distributed as dist_utils
 
 
+def stack_losses(values: dict[str, torch.Tensor]) -> tuple[tuple[str, ...], torch.Tensor]:
+    """A step's scalar losses as (sorted names, one detached float32 tensor of their values): built once per step
+    and shared by LossWindow and FiniteWatch."""
+    names = tuple(sorted(values))
+    return names, torch.stack([values[n].detach().float().reshape(()) for n in names])
+
+
 class LossWindow:
-    """Per-name sums of detached scalar tensors over the steps since the last `averages()`."""
+    """Per-name sums of the steps' losses since the last `averages()`, on the device."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
-        self.steps = 0
+        self.counts: dict[str, int] = {}
 
-    def add(self, values: dict[str, torch.Tensor]) -> None:
-        for name, value in values.items():
-            value = value.detach().float().reshape(())
+    def add(self, names: tuple[str, ...], stacked: torch.Tensor) -> None:
+        for name, value in zip(names, stacked.unbind()):
             self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.steps += 1
+            self.counts[name] = self.counts.get(name, 0) + 1
 
     def averages(self) -> dict[str, float]:
         """Means over the window's steps and over ranks (collective under DDP; every rank must call it at the same
         iteration), as floats; clears the window."""
-        if not self.steps:
+        if not self.sums:
             return {}
         names = sorted(self.sums)
-        stacked = torch.stack([self.sums[n] for n in names]) / self.steps
+        stacked = torch.stack([self.sums[n] / self.counts[n] for n in names])
         if dist_utils.is_distributed():
             dist.all_reduce(stacked)
             stacked /= dist.get_world_size()
-        self.sums, self.steps = {}, 0
+        self.sums, self.counts = {}, {}
         return dict(zip(names, stacked.tolist()))
 
 
@@ -51,13 +57,11 @@ class FiniteWatch:
     def __init__(self, device: torch.device):
         self.device = device
         self.first = torch.full((), -1, dtype=torch.int64, device=device)
-        self.names: list[str] = []
+        self.names: tuple[str, ...] = ()
         self.values: torch.Tensor | None = None  # the values of that iteration
         self.where: dict[int, tuple[int, int]] = {}  # iteration -> (epoch, step) since the last check
 
-    def update(self, iteration: int, epoch: int, step: int, values: dict[str, torch.Tensor]) -> None:
-        names = sorted(values)
-        stacked = torch.stack([values[n].detach().float().reshape(()) for n in names])
+    def update(self, iteration: int, epoch: int, step: int, names: tuple[str, ...], stacked: torch.Tensor) -> None:
         if self.values is None or names != self.names:
             self.names, self.values = names, torch.zeros_like(stacked)
         newly_bad = (self.first < 0) & ~torch.isfinite(stacked).all()

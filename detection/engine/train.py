@@ -32,7 +32,7 @@ from .errors import UserError
 from .evaluate import evaluate
 from .metrics import MetricsWriter, progress_bar, setup_logging
 from .resources import peak_memory_mb
-from .step_stats import FiniteWatch, LossWindow
+from .step_stats import FiniteWatch, LossWindow, stack_losses
 from .threads import choose_threads
 from .work_dir import check_work_dir, remove_stale_temporaries, truncate_metrics
 
@@ -303,7 +303,7 @@ class Trainer:
                     raise
                 self.iteration, done = self.iteration + 1, step + 1
                 self.in_step = False
-                window.add(losses)
+                window.add(*losses)
                 if self.iteration % solver.log_interval == 0 or step + 1 == num_steps:
                     averages = self._log_train(epoch, step, start_step, num_steps, lr, window, start)
                     bar.set_postfix(loss=f"{averages['loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
@@ -350,10 +350,11 @@ class Trainer:
                       + (f" memory {memory} MB" if extra else "") + f" eta {eta / 60:.1f} min")
         return averages
 
-    def _step(self, images, targets, epoch: int, step: int) -> dict[str, torch.Tensor]:
+    def _step(self, images, targets, epoch: int, step: int) -> tuple[tuple[str, ...], torch.Tensor]:
         """One optimizer step with no host synchronisation of its own; returns this rank's losses (and grad_norm
-        when clipping) as detached device scalars. Their finiteness is recorded on the device (self.watch) and
-        checked at the next log step or checkpoint, which never saves weights from after a non-finite step."""
+        when clipping) as (names, one detached device tensor of their values), see step_stats.stack_losses. Their
+        finiteness is recorded on the device (self.watch) and checked at the next log step or checkpoint, which
+        never saves weights from after a non-finite step."""
         device, solver = self.info.device, self.cfg.solver
         images, targets = _to_device(images, targets, device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=solver.amp and device.type == "cuda"):
@@ -366,8 +367,9 @@ class Trainer:
             params = [p for p in self.model.parameters() if p.grad is not None]
             logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, solver.grad_clip)
         self.optimizer.step()
-        self.watch.update(self.iteration + 1, epoch, step, logged)
-        return logged
+        names, stacked = stack_losses(logged)
+        self.watch.update(self.iteration + 1, epoch, step, names, stacked)
+        return names, stacked
 
 
 def train(cfg: Config, work_dir: str, *, model_builder=None, data_root: str | None = None, resume: bool = False,

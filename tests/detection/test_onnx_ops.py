@@ -16,22 +16,13 @@ class MultiLevel(torch.nn.Module):
         return resnest_cuda.multi_level_roi_align([p2, p3, p4, p5], rois, 7, STRIDES, 56.0, 0, True)
 
 
-class NmsFixed(torch.nn.Module):
-    def __init__(self, max_keep):
-        super().__init__()
-        self.max_keep = max_keep
-
-    def forward(self, boxes, scores):
-        return resnest_cuda.nms_fixed(boxes, scores, 0.5, self.max_keep)
-
-
 class Nms(torch.nn.Module):
-    def __init__(self, max_keep):
+    def __init__(self, max_keep, fixed=False):
         super().__init__()
-        self.max_keep = max_keep
+        self.max_keep, self.op = max_keep, resnest_cuda.nms_fixed if fixed else resnest_cuda.nms
 
     def forward(self, boxes, scores):
-        return resnest_cuda.nms(boxes, scores, 0.5, self.max_keep)
+        return self.op(boxes, scores, 0.5, self.max_keep)
 
 
 def _run_onnx(module, inputs, path, single=True):
@@ -81,7 +72,7 @@ def test_nms_fixed_translation(tmp_path, max_keep):
     xy = torch.rand(40, 2, generator=g) * 50
     boxes = torch.cat([xy, xy + 10 + torch.rand(40, 2, generator=g) * 20], 1)
     scores = torch.rand(40, generator=g)
-    keep, valid = NmsFixed(max_keep)(boxes, scores)
+    keep, valid = Nms(max_keep, fixed=True)(boxes, scores)
     assert valid.any() and (max_keep == 3 or not valid.all())
-    got_keep, got_valid = _run_onnx(NmsFixed(max_keep), (boxes, scores), tmp_path / "nmsf.onnx", single=False)
+    got_keep, got_valid = _run_onnx(Nms(max_keep, fixed=True), (boxes, scores), tmp_path / "nmsf.onnx", single=False)
     assert torch.equal(torch.from_numpy(got_keep), keep) and torch.equal(torch.from_numpy(got_valid), valid)
