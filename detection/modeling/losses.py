@@ -6,6 +6,12 @@ import torch
 import torch.nn.functional as F
 
 
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    """The loss's computation dtype: fp32 for half/bfloat16/fp32 inputs (autocast leaves logits in half), fp64
+    stays fp64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _normalise(total: torch.Tensor, avg_factor: float | torch.Tensor) -> torch.Tensor:
     if isinstance(avg_factor, torch.Tensor):
         return total / avg_factor.clamp(min=1).to(total.dtype)
@@ -16,7 +22,7 @@ def sigmoid_ce_loss(
     logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, avg_factor: float | torch.Tensor
 ) -> torch.Tensor:
     """Binary cross entropy with logits. logits, targets (0/1), weights: [N] float -> scalar."""
-    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    loss = F.binary_cross_entropy_with_logits(_acc(logits), targets.to(_acc(logits).dtype), reduction="none")
     return _normalise((loss * weights).sum(), avg_factor)
 
 
@@ -24,7 +30,7 @@ def softmax_ce_loss(
     logits: torch.Tensor, labels: torch.Tensor, avg_factor: float | torch.Tensor | None = None
 ) -> torch.Tensor:
     """Cross entropy. logits [N, C] float, labels int64 [N] in [0, C) -> scalar; default avg_factor is N."""
-    loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+    loss = F.cross_entropy(_acc(logits), labels, reduction="sum")
     return _normalise(loss, labels.numel() if avg_factor is None else avg_factor)
 
 
@@ -32,7 +38,7 @@ def l1_loss(
     pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, avg_factor: float | torch.Tensor
 ) -> torch.Tensor:
     """Sum of |pred - target| * weights over all elements, / avg_factor. pred, target, weights: [N, 4]."""
-    return _normalise(((pred.float() - target).abs() * weights).sum(), avg_factor)
+    return _normalise(((_acc(pred) - target).abs() * weights).sum(), avg_factor)
 
 
 def smooth_l1_loss(
@@ -43,7 +49,7 @@ def smooth_l1_loss(
     beta: float = 1.0,
 ) -> torch.Tensor:
     """Smooth L1: 0.5 d^2 / beta for |d| < beta, else |d| - 0.5 beta; weighted sum / avg_factor."""
-    diff = (pred.float() - target).abs()
+    diff = (_acc(pred) - target).abs()
     loss = torch.where(diff < beta, 0.5 * diff * diff / beta, diff - 0.5 * beta) if beta > 0 else diff
     return _normalise((loss * weights).sum(), avg_factor)
 
@@ -69,4 +75,4 @@ def mask_bce_loss(mask_logits: torch.Tensor, mask_targets: torch.Tensor) -> torc
     With no positives the result is a zero that still depends on the logits (so every parameter gets a gradient)."""
     if mask_logits.numel() == 0:
         return mask_logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(mask_logits.float(), mask_targets.float(), reduction="mean")
+    return F.binary_cross_entropy_with_logits(_acc(mask_logits), mask_targets.to(_acc(mask_logits).dtype), reduction="mean")

@@ -28,6 +28,13 @@ class SampledRoIs(NamedTuple):
     is_gt: torch.Tensor  # bool [R], the RoI is a GT box added as a proposal (a cascade drops these when refining)
 
 
+def sampling_keys(boxes: torch.Tensor) -> torch.Tensor | None:
+    """The random keys of the R-CNN sampler's two draws for these candidate boxes ([N, 4] -> float [2, N] in
+    [0, 1)), or None for the sampler's own `torch.rand` draws. Tests substitute keys that depend on each box alone,
+    so that two layouts of the same boxes (padded or compacted) sample the same RoIs."""
+    return None
+
+
 def label_and_sample_proposals(
     proposals: list[torch.Tensor],
     targets: list[dict[str, torch.Tensor]],
@@ -52,7 +59,7 @@ def label_and_sample_proposals(
             boxes = torch.cat([gt_boxes, boxes])
             matched_idxs = torch.cat([torch.arange(num_gt, device=boxes.device), matched_idxs])
             match_labels = torch.cat([match_labels.new_full((num_gt,), POSITIVE), match_labels])
-        pos, neg = sampler(match_labels)
+        pos, neg = sampler(match_labels, keys=sampling_keys(boxes))
         # positives then negatives, each in index order: one nonzero (one host sync) and a stable sort on the device
         idx = torch.nonzero(pos | neg).squeeze(1)
         idx = idx[torch.argsort((~pos[idx]).to(torch.uint8), stable=True)]

@@ -5,11 +5,18 @@ import torch
 from .matcher import NEGATIVE, POSITIVE
 
 
-def random_subset_mask(mask: torch.Tensor, k: int | torch.Tensor, generator: torch.Generator | None = None):
-    """bool [N] -> bool [N] with min(k, mask.sum()) of the True entries kept, chosen uniformly at random.
+def random_subset_mask(
+    mask: torch.Tensor,
+    k: int | torch.Tensor,
+    generator: torch.Generator | None = None,
+    keys: torch.Tensor | None = None,
+):
+    """bool [N] -> bool [N] with min(k, mask.sum()) of the True entries kept, chosen uniformly at random: those
+    with the k smallest random keys (`keys`, float [N] in [0, 1), drawn here when not given).
 
     `k` may be a 0-dim tensor, so the count never has to be read on the host."""
-    keys = torch.rand(mask.shape, device=mask.device, generator=generator)
+    if keys is None:
+        keys = torch.rand(mask.shape, device=mask.device, generator=generator)
     keys = keys.masked_fill(~mask, 2.0)  # non-candidates sort last
     order = keys.argsort()
     rank = torch.empty_like(order)
@@ -31,11 +38,17 @@ class RandomSampler:
         self.add_gt_as_proposals = add_gt_as_proposals
 
     def __call__(
-        self, match_labels: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        match_labels: torch.Tensor,
+        generator: torch.Generator | None = None,
+        keys: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """match_labels: int8 [N] from `Matcher` -> (pos_mask, neg_mask), bool [N] each."""
+        """match_labels: int8 [N] from `Matcher` -> (pos_mask, neg_mask), bool [N] each.
+
+        keys: optional float [2, N], the random keys of the positive and of the negative draw (else drawn here)."""
         num_pos_expected = int(self.num * self.pos_fraction)
-        pos_mask = random_subset_mask(match_labels == POSITIVE, num_pos_expected, generator)
+        pos_keys, neg_keys = (None, None) if keys is None else keys
+        pos_mask = random_subset_mask(match_labels == POSITIVE, num_pos_expected, generator, pos_keys)
         num_neg_expected = self.num - pos_mask.sum()
-        neg_mask = random_subset_mask(match_labels == NEGATIVE, num_neg_expected, generator)
+        neg_mask = random_subset_mask(match_labels == NEGATIVE, num_neg_expected, generator, neg_keys)
         return pos_mask, neg_mask
