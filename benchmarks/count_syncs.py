@@ -215,11 +215,12 @@ def cuda_sync_sites(step, steps: int = 5) -> collections.Counter:
     return sites
 
 
-def build(model_key: str, backbone: str, device: str):
+def build(model_key: str, backbone: str, device: str, static_shapes: bool = True):
     cfg = get_config(MODELS[model_key]).model
     cfg.backbone.name = backbone
     cfg.backbone.norm = "bn"  # no process group here; SyncBN would behave as BN anyway
     model = build_model(cfg).to(device).train()
+    model.static_shapes = static_shapes  # the CUDA default (fixed-size tensors), also when counted on the CPU
     num_classes = cfg.roi_head.stages[0].box_head.num_classes
     return model, num_classes, cfg.roi_head.mask_head is not None
 
@@ -246,11 +247,12 @@ def engine_step(model, optimizer, images, targets, device):
     Trainer._step(trainer, images, targets, 0, 0)
 
 
-def measure(model_key: str, backbone: str, batch: int, size, device: str, steps: int, engine: bool):
+def measure(model_key: str, backbone: str, batch: int, size, device: str, steps: int, engine: bool,
+            static_shapes: bool = True):
     from benchmarks.bench_detector import synthetic_batch
 
     torch.manual_seed(0)
-    model, num_classes, with_masks = build(model_key, backbone, device)
+    model, num_classes, with_masks = build(model_key, backbone, device, static_shapes)
     images, targets = synthetic_batch(batch, size, num_classes, with_masks, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
@@ -293,6 +295,9 @@ def main(argv=None):
     parser.add_argument("--size", default="128x192", help="HxW of the synthetic images")
     parser.add_argument("--steps", type=int, default=0, help="counted steps (default: 1 on CPU, 5 on CUDA)")
     parser.add_argument("--engine", action="store_true", help="also count Trainer._step (adds the loop's syncs)")
+    parser.add_argument("--compacted", action="store_true",
+                        help="count the compacted step (GeneralizedRCNN.static_shapes=False, the CPU default) "
+                             "instead of the fixed-size one (the CUDA default)")
     parser.add_argument("--out", default="", help="write the counts as JSON here")
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
@@ -303,8 +308,8 @@ def main(argv=None):
             raise SystemExit(f"--models: unknown model {key!r}; expected some of {', '.join(MODELS)}")
         modes = (False, True) if args.engine else (False,)
         for engine in modes:
-            name = f"{key} {args.backbone}{' Trainer._step' if engine else ''}"
-            sites, n = measure(key, args.backbone, args.batch, size, args.device, steps, engine)
+            name = f"{key} {args.backbone}{' compacted' if args.compacted else ''}{' Trainer._step' if engine else ''}"
+            sites, n = measure(key, args.backbone, args.batch, size, args.device, steps, engine, not args.compacted)
             results[name] = report(name, sites, n)
     if args.out:
         import json

@@ -59,7 +59,7 @@ class InferenceGraph(nn.Module):
         if transform.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         features = self.model.neck(self.model.backbone(batch))
-        proposals, _ = self.model.rpn_head(features, [(h, w)])
+        proposals, _, _ = self.model.rpn_head(features, [(h, w)])
         detections, _ = self.model.roi_head(features, proposals, [(h, w)])
         det = detections[0]
         out = (det["boxes"], det["scores"], det["labels"])

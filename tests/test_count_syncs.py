@@ -72,9 +72,14 @@ def test_site_is_the_calling_line_and_backward_is_attributed_to_its_forward():
 
 
 def test_script_counts_a_tiny_model_step(capsys):
-    results = count_syncs.main(["--models", "faster", "--size", "64x96", "--batch", "2", "--engine"])
-    model_only = results["faster resnest14"]
-    engine = results["faster resnest14 Trainer._step"]
+    # The fixed-size step (the CUDA default) has no host synchronisation; the compacted one (the CPU default) has
+    # some, in the model, and the engine's step adds none to either.
+    fixed = count_syncs.main(["--models", "faster", "--size", "64x96", "--batch", "2", "--engine"])
+    assert fixed["faster resnest14"]["per_step"] == 0
+    assert fixed["faster resnest14 Trainer._step"]["per_step"] == 0
+    results = count_syncs.main(["--models", "faster", "--size", "64x96", "--batch", "2", "--engine", "--compacted"])
+    model_only = results["faster resnest14 compacted"]
+    engine = results["faster resnest14 compacted Trainer._step"]
     assert model_only["per_step"] > 0
     assert any(site.startswith("detection/modeling/") for site in model_only["sites"])
     # The engine's step adds no synchronisation of its own: losses and their finiteness stay on the device.

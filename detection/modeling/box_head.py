@@ -47,9 +47,10 @@ class ConvFCBoxHead(nn.Module):
         nn.init.zeros_(self.fc_cls.bias)
         nn.init.zeros_(self.fc_reg.bias)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """rows: optional bool [K], the RoIs whose statistics the norm layers use in training (not padding)."""
         for conv in self.shared_convs:
-            x = conv(x)
+            x = conv(x, rows)
         x = x.flatten(1)
         for fc in self.shared_fcs:
             x = torch.relu(fc(x))

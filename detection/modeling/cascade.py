@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .box_head import ConvFCBoxHead
-from .box_ops import BoxCoder
+from .box_ops import BoxCoder, clip_boxes
 from .mask_head import FCNMaskHead
 from .matcher import Matcher
 from .poolers import MultiScaleRoIAlign, boxes_to_rois
@@ -24,8 +24,10 @@ from .roi_heads import (
     SampledRoIs,
     box_head_losses,
     detections_per_image,
+    gt_mask_inputs,
     label_and_sample_proposals,
     mask_head_loss,
+    padding_excluded,
 )
 from .sampler import RandomSampler
 
@@ -97,11 +99,14 @@ class CascadeRoIHeads(nn.Module):
         proposals: list[torch.Tensor],
         image_sizes: list[tuple[int, int]],
         targets: list[dict[str, torch.Tensor]] | None = None,
+        proposal_valid: list[torch.Tensor] | None = None,
+        static_shapes: bool = False,
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        """proposal_valid and static_shapes (training) as in `StandardRoIHeads.forward`."""
         if self.training:
             if targets is None:
                 raise ValueError("targets: required in training mode")
-            return [], self._forward_train(features, proposals, image_sizes, targets)
+            return [], self._forward_train(features, proposals, image_sizes, targets, proposal_valid, static_shapes)
         detections = self._forward_box_inference(features, proposals, image_sizes)
         if self.mask_head is not None:
             self._forward_mask_inference(features, detections)
@@ -113,11 +118,15 @@ class CascadeRoIHeads(nn.Module):
         proposals: list[torch.Tensor],
         image_sizes: list[tuple[int, int]],
         targets: list[dict[str, torch.Tensor]],
+        proposal_valid: list[torch.Tensor] | None = None,
+        static_shapes: bool = False,
     ) -> dict[str, torch.Tensor]:
         losses = {}
+        gt_masks = None
         for i in range(self.num_stages):
-            samples = self._run_stage_sampling(i, proposals, targets)
-            cls_logits, box_deltas = self.bbox_head[i](self.box_pooler(features, samples.rois))
+            samples = self._run_stage_sampling(i, proposals, targets, proposal_valid, compact=not static_shapes)
+            rois = samples.rois
+            cls_logits, box_deltas = self.bbox_head[i](self.box_pooler(features, rois), padding_excluded(samples))
             loss_cls, loss_box = box_head_losses(
                 self.bbox_head[i], cls_logits, box_deltas, samples, self.box_loss, self.box_loss_beta
             )
@@ -125,17 +134,27 @@ class CascadeRoIHeads(nn.Module):
             losses[f"loss_cls_s{i}"] = loss_cls * (self.cls_loss_weight * weight)
             losses[f"loss_bbox_s{i}"] = loss_box * (self.box_loss_weight * weight)
             if self.mask_head is not None:
-                loss_mask = mask_head_loss(self.mask_pooler, self.mask_head[i], features, samples, targets)
+                if gt_masks is None:  # converted once, read by every stage
+                    gt_masks = gt_mask_inputs(targets, samples.rois.dtype)
+                loss_mask = mask_head_loss(
+                    self.mask_pooler, self.mask_head[i], features, samples, gt_masks, self.samplers[i].pos_limit
+                )
                 losses[f"loss_mask_s{i}"] = loss_mask * (self.mask_loss_weight * weight)
             if i + 1 < self.num_stages:
-                proposals = self._refine_sampled(i, samples, cls_logits, box_deltas, image_sizes)
+                proposals, proposal_valid = self._refine_sampled(i, samples, cls_logits, box_deltas, image_sizes)
         return losses
 
     def _run_stage_sampling(
-        self, i: int, proposals: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+        self,
+        i: int,
+        proposals: list[torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+        proposal_valid: list[torch.Tensor] | None = None,
+        compact: bool = True,
     ) -> SampledRoIs:
         return label_and_sample_proposals(
-            proposals, targets, self.matchers[i], self.samplers[i], self.coders[i], self.num_classes
+            proposals, targets, self.matchers[i], self.samplers[i], self.coders[i], self.num_classes,
+            proposal_valid, compact,
         )
 
     @torch.no_grad()
@@ -146,17 +165,26 @@ class CascadeRoIHeads(nn.Module):
         cls_logits: torch.Tensor,
         box_deltas: torch.Tensor,
         image_sizes: list[tuple[int, int]],
-    ) -> list[torch.Tensor]:
-        """Stage i's regression applied to its sampled RoIs (GT boxes dropped): next stage's proposals per image."""
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Stage i's regression applied to its sampled RoIs, GT boxes dropped: the next stage's proposals per image
+        and, for fixed-size samples, their validity (padding and GT boxes invalid, kept in place: no host sync);
+        compacted samples drop them instead (one host sync per image) and return None."""
         predicted = cls_logits[:, :-1].argmax(dim=1)
         labels = torch.where(samples.labels == self.num_classes, predicted, samples.labels)
         deltas = self.bbox_head[i].select_deltas(box_deltas, labels)  # [R, 4]
+        coder = self.coders[i]
+        if samples.slots_per_image is not None:
+            n = samples.slots_per_image
+            refined = coder.decode(samples.rois[:, 1:], deltas).split(n)
+            keep = (samples.valid & ~samples.is_gt).split(n)
+            boxes = [clip_boxes(b, size) for b, size in zip(refined, image_sizes)]
+            return boxes, list(keep)
         batch_idx = samples.rois[:, 0]
         out = []
         for b, size in enumerate(image_sizes):
             keep = torch.nonzero((batch_idx == b) & ~samples.is_gt).squeeze(1)  # one host sync for both gathers
-            out.append(self.coders[i].decode(samples.rois[keep, 1:], deltas[keep], max_shape=size))
-        return out
+            out.append(coder.decode(samples.rois[keep, 1:], deltas[keep], max_shape=size))
+        return out, None
 
     def _forward_box_inference(
         self, features: list[torch.Tensor], proposals: list[torch.Tensor], image_sizes: list[tuple[int, int]]

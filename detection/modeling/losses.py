@@ -27,10 +27,17 @@ def sigmoid_ce_loss(
 
 
 def softmax_ce_loss(
-    logits: torch.Tensor, labels: torch.Tensor, avg_factor: float | torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    avg_factor: float | torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross entropy. logits [N, C] float, labels int64 [N] in [0, C) -> scalar; default avg_factor is N."""
-    loss = F.cross_entropy(_acc(logits), labels, reduction="sum")
+    """Cross entropy. logits [N, C] float, labels int64 [N] in [0, C), optional weights [N] -> scalar; default
+    avg_factor is N."""
+    if weights is None:
+        loss = F.cross_entropy(_acc(logits), labels, reduction="sum")
+    else:
+        loss = (F.cross_entropy(_acc(logits), labels, reduction="none") * weights).sum()
     return _normalise(loss, labels.numel() if avg_factor is None else avg_factor)
 
 
@@ -70,9 +77,18 @@ def box_regression_loss(
     raise ValueError(f"box loss: expected 'l1' or 'smooth_l1', got {kind!r}")
 
 
-def mask_bce_loss(mask_logits: torch.Tensor, mask_targets: torch.Tensor) -> torch.Tensor:
-    """Per-pixel BCE averaged over all pixels of all positive RoIs. [P, M, M] logits and 0/1 targets -> scalar.
-    With no positives the result is a zero that still depends on the logits (so every parameter gets a gradient)."""
+def mask_bce_loss(
+    mask_logits: torch.Tensor, mask_targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-pixel BCE averaged over all pixels of the weighted RoIs: [P, M, M] logits and 0/1 targets, optional 0/1
+    weights [P] (default: all 1) -> scalar. With no weighted RoI the result is a zero that still depends on the
+    logits (so every parameter gets a gradient)."""
     if mask_logits.numel() == 0:
         return mask_logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(_acc(mask_logits), mask_targets.to(_acc(mask_logits).dtype), reduction="mean")
+    logits = _acc(mask_logits)
+    loss = F.binary_cross_entropy_with_logits(logits, mask_targets.to(logits.dtype), reduction="none")
+    if weights is None:
+        return loss.mean()
+    weights = weights.to(loss.dtype)
+    pixels = weights.sum() * (loss.shape[-1] * loss.shape[-2])
+    return (loss * weights[:, None, None]).sum() / pixels.clamp(min=1)

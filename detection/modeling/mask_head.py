@@ -35,9 +35,10 @@ class FCNMaskHead(nn.Module):
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """rows: optional bool [K], the RoIs whose statistics the norm layers use in training (not padding)."""
         for conv in self.convs:
-            x = conv(x)
+            x = conv(x, rows)
         return self.conv_logits(torch.relu(self.upsample(x)))
 
     def select_class(self, mask_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -47,19 +48,33 @@ class FCNMaskHead(nn.Module):
 
 
 def mask_targets(
-    gt_masks: torch.Tensor | PolygonMasks, boxes: torch.Tensor, matched_idxs: torch.Tensor, mask_size: int
+    gt_masks: torch.Tensor | PolygonMasks,
+    boxes: torch.Tensor,
+    matched_idxs: torch.Tensor,
+    mask_size: int,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Crop each matched GT mask to its box and resize to mask_size x mask_size with RoIAlign, then binarise at 0.5;
     polygon masks are cropped and rasterised at mask_size instead (mmdetection's poly2mask=False).
 
-    gt_masks: uint8/bool [G, H, W] or PolygonMasks in input-image pixels; boxes: [P, 4] xyxy; matched_idxs: int64
-    [P] into gt_masks. Returns float [P, mask_size, mask_size] of 0/1 (boxes' dtype and device)."""
-    if boxes.shape[0] == 0:
-        return boxes.new_zeros((0, mask_size, mask_size))
+    gt_masks: uint8/bool [G, H, W] or float [G, 1, H, W] (0/1), or PolygonMasks, in input-image pixels; boxes:
+    [P, 4] xyxy; matched_idxs: int64 [P] into gt_masks; valid: optional bool [P], rows whose target is needed
+    (the others may hold any index and come back as zeros for polygons, unspecified 0/1 for bitmaps). Returns float
+    [P, mask_size, mask_size] of 0/1 (boxes' dtype and device). Bitmap targets need no host synchronisation;
+    polygons are rasterised on the host (one copy of the boxes there)."""
+    num = boxes.shape[0]
+    if num == 0 or len(gt_masks) == 0:
+        return boxes.new_zeros((num, mask_size, mask_size))
     if isinstance(gt_masks, PolygonMasks):
-        return gt_masks.crop_and_rasterize(boxes, matched_idxs, mask_size).to(boxes.device, boxes.dtype)
+        if valid is None:
+            return gt_masks.crop_and_rasterize(boxes, matched_idxs, mask_size).to(boxes.device, boxes.dtype)
+        rows = torch.nonzero(valid.cpu()).squeeze(1)
+        out = torch.zeros((num, mask_size, mask_size), dtype=torch.float32)
+        out[rows] = gt_masks.crop_and_rasterize(boxes.cpu()[rows], matched_idxs.cpu()[rows], mask_size)
+        return out.to(boxes.device, boxes.dtype)
+    masks = gt_masks if gt_masks.dim() == 4 else gt_masks[:, None]
     rois = torch.cat([matched_idxs[:, None].to(boxes.dtype), boxes], dim=1)
-    crops = resnest_cuda.roi_align(gt_masks[:, None].to(boxes.dtype), rois, mask_size, 1.0, 0, True)
+    crops = resnest_cuda.roi_align(masks.to(boxes.dtype), rois, mask_size, 1.0, 0, True)
     return (crops[:, 0] >= 0.5).to(boxes.dtype)
 
 

@@ -61,8 +61,10 @@ class GeneralizedRCNN(nn.Module):
       targets (training): list of dicts with `boxes` float [N, 4] xyxy in input pixels, `labels` int64 [N] (0-based),
         `masks` uint8 [N, H, W] for mask models; N may be 0;
       original_sizes (eval, optional): (h, w) per image to map detections to.
-    Training returns a dict of loss_* tensors; eval a list of dicts per image with `boxes` [D, 4] xyxy, `scores`
-    [D], `labels` int64 [D] and, for mask models, `masks` bool [D, h, w], in original_sizes[i] (else input) pixels.
+    `static_shapes` (attribute; see __init__) chooses fixed-size or compacted tensors in training; both give the
+    same losses. Training returns a dict of loss_* tensors; eval a list of dicts per image with `boxes` [D, 4]
+    xyxy, `scores` [D], `labels` int64 [D] and, for mask models, `masks` bool [D, h, w], in original_sizes[i]
+    (else input) pixels.
     """
 
     def __init__(
@@ -81,6 +83,10 @@ class GeneralizedRCNN(nn.Module):
         self.rpn_head = rpn_head
         self.roi_head = roi_head
         self.mask_threshold = mask_threshold
+        # Fixed-size tensors through the training step (True), or padding dropped as it goes (False); None: True
+        # on CUDA, where each drop is a host synchronisation that drains the GPU queue, False on the CPU, where a
+        # sync costs nothing and the padding (mask-head slots above all) would cost compute.
+        self.static_shapes: bool | None = None
 
     def forward(
         self,
@@ -92,8 +98,9 @@ class GeneralizedRCNN(nn.Module):
             _check_targets(targets, len(images))
         batch, image_sizes, padded_sizes = self.transform(images)
         features = self.neck(self.backbone(batch))
-        proposals, rpn_losses = self.rpn_head(features, image_sizes, padded_sizes, targets)
-        detections, roi_losses = self.roi_head(features, proposals, image_sizes, targets)
+        static = self.training and (self.static_shapes if self.static_shapes is not None else batch.is_cuda)
+        proposals, proposal_valid, rpn_losses = self.rpn_head(features, image_sizes, padded_sizes, targets, static)
+        detections, roi_losses = self.roi_head(features, proposals, image_sizes, targets, proposal_valid, static)
         if self.training:
             return {**rpn_losses, **roi_losses}
         if original_sizes is not None and len(original_sizes) != len(images):

@@ -8,24 +8,28 @@ from torch import nn
 
 import resnest_cuda
 
+from ..data.polygons import PolygonMasks
 from .box_head import ConvFCBoxHead
 from .box_ops import BoxCoder, box_iou
 from .losses import box_regression_loss, mask_bce_loss, softmax_ce_loss
 from .mask_head import FCNMaskHead, mask_targets
-from .matcher import POSITIVE, Matcher
+from .matcher import IGNORE, POSITIVE, Matcher
 from .poolers import MultiScaleRoIAlign, boxes_to_rois
 from .sampler import RandomSampler
 
 
 class SampledRoIs(NamedTuple):
-    """Training RoIs of a batch, positives first within each image. R = sampled RoIs over the batch."""
+    """Training RoIs of a batch: per image, its sampled positives, then its sampled negatives, then (fixed-size
+    sampling) padding slots up to the sampler's `num`. R = slots over the batch."""
 
     rois: torch.Tensor  # [R, 5] (batch_idx, x1, y1, x2, y2)
-    labels: torch.Tensor  # int64 [R], num_classes for background
-    box_targets: torch.Tensor  # fp32 [R, 4] encoded deltas (zero for negatives)
+    labels: torch.Tensor  # int64 [R], num_classes for background and padding
+    box_targets: torch.Tensor  # fp32 [R, 4] encoded deltas (zero for negatives and padding)
     pos: torch.Tensor  # bool [R]
-    matched_idxs: torch.Tensor  # int64 [R], GT index within the RoI's image (0 for negatives)
+    matched_idxs: torch.Tensor  # int64 [R], GT index within the RoI's image (0 for negatives and padding)
     is_gt: torch.Tensor  # bool [R], the RoI is a GT box added as a proposal (a cascade drops these when refining)
+    valid: torch.Tensor  # bool [R], a sampled RoI (False: padding, which carries zero weight in every loss)
+    slots_per_image: int | None  # the sampler's `num` when every image has that many slots, else None (compacted)
 
 
 def sampling_keys(boxes: torch.Tensor) -> torch.Tensor | None:
@@ -42,29 +46,37 @@ def label_and_sample_proposals(
     sampler: RandomSampler,
     coder: BoxCoder,
     num_classes: int,
+    proposal_valid: list[torch.Tensor] | None = None,
+    compact: bool = True,
 ) -> SampledRoIs:
     """Match proposals to GT, add the GT boxes as positives of themselves (when sampler.add_gt_as_proposals),
     sample, and encode.
 
     As in mmdetection, the matcher sees the proposals alone: were the GT boxes in the IoU matrix, every GT's best
     IoU would be 1.0 (itself) and `match_low_quality` could never give a proposal to a GT. The GT boxes are
-    prepended afterwards, each matched to itself (even when degenerate or tied with another GT)."""
+    prepended afterwards, each matched to itself (even when degenerate or tied with another GT).
+
+    proposal_valid: optional bool [P_i] per image; invalid proposals (padding) are never sampled. Every image gets
+    exactly `sampler.num` slots (`RandomSampler.sample_slots`), with no host synchronisation; `compact` then drops
+    the padding slots (one host sync for the batch)."""
     parts = []
     for i, (boxes, target) in enumerate(zip(proposals, targets)):
         gt_boxes = target["boxes"].to(boxes)
         gt_labels = target["labels"]
         num_gt = gt_boxes.shape[0]
-        matched_idxs, match_labels = matcher(box_iou(gt_boxes, boxes))
+        valid_i = None if proposal_valid is None else proposal_valid[i]
+        matched_idxs, match_labels = matcher(box_iou(gt_boxes, boxes), valid_i)
         if sampler.add_gt_as_proposals:
             boxes = torch.cat([gt_boxes, boxes])
             matched_idxs = torch.cat([torch.arange(num_gt, device=boxes.device), matched_idxs])
             match_labels = torch.cat([match_labels.new_full((num_gt,), POSITIVE), match_labels])
-        pos, neg = sampler(match_labels, keys=sampling_keys(boxes))
-        # positives then negatives, each in index order: one nonzero (one host sync) and a stable sort on the device
-        idx = torch.nonzero(pos | neg).squeeze(1)
-        idx = idx[torch.argsort((~pos[idx]).to(torch.uint8), stable=True)]
-        sampled, matched, is_pos = boxes[idx], matched_idxs[idx], pos[idx]
-        is_gt = idx < num_gt if sampler.add_gt_as_proposals else torch.zeros_like(is_pos)
+        if boxes.shape[0] == 0:  # no candidate at all: one ignored dummy box keeps the slots' shapes
+            boxes = boxes.new_zeros((1, 4))
+            matched_idxs = matched_idxs.new_zeros((1,))
+            match_labels = match_labels.new_full((1,), IGNORE)
+        idx, is_pos, valid = sampler.sample_slots(match_labels, keys=sampling_keys(boxes))
+        sampled, matched = boxes[idx], matched_idxs[idx]
+        is_gt = (idx < num_gt) & valid if sampler.add_gt_as_proposals else torch.zeros_like(is_pos)
         if num_gt > 0:
             labels = torch.where(is_pos, gt_labels[matched], num_classes)
             encoded = torch.where(is_pos[:, None], coder.encode(sampled, gt_boxes[matched]), 0.0)
@@ -72,8 +84,18 @@ def label_and_sample_proposals(
             labels = torch.full_like(matched, num_classes)
             encoded = sampled.new_zeros(sampled.shape)
         batch_idx = sampled.new_full((sampled.shape[0], 1), float(i))
-        parts.append((torch.cat([batch_idx, sampled], 1), labels, encoded, is_pos, matched, is_gt))
-    return SampledRoIs(*(torch.cat(p) for p in zip(*parts)))
+        parts.append((torch.cat([batch_idx, sampled], 1), labels, encoded, is_pos, matched, is_gt, valid))
+    samples = SampledRoIs(*(torch.cat(p) for p in zip(*parts)), slots_per_image=sampler.num)
+    if not compact:
+        return samples
+    keep = torch.nonzero(samples.valid).squeeze(1)
+    return SampledRoIs(*(t[keep] for t in samples[:-1]), slots_per_image=None)
+
+
+def padding_excluded(samples: SampledRoIs) -> torch.Tensor | None:
+    """The rows a head's batch statistics may use: the sampled RoIs of fixed-size samples, None (all) when
+    compacted."""
+    return samples.valid if samples.slots_per_image is not None else None
 
 
 def box_head_losses(
@@ -84,12 +106,14 @@ def box_head_losses(
     box_loss: str = "l1",
     box_loss_beta: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax CE over all sampled RoIs and box regression of positives, both divided by the number of RoIs."""
-    num_rois = samples.labels.shape[0]
-    loss_cls = softmax_ce_loss(cls_logits, samples.labels, num_rois)
+    """Softmax CE over the sampled RoIs and box regression of positives, both divided by the number of sampled
+    RoIs (a device tensor: padding slots carry zero weight and are not counted)."""
+    weights = samples.valid.to(cls_logits.dtype)
+    num_rois = weights.sum()
+    loss_cls = softmax_ce_loss(cls_logits, samples.labels, num_rois, weights)
     deltas = head.select_deltas(box_deltas, samples.labels)
-    weights = samples.pos[:, None].to(deltas.dtype).expand_as(deltas)
-    loss_box = box_regression_loss(box_loss, deltas, samples.box_targets, weights, num_rois, box_loss_beta)
+    box_weights = samples.pos[:, None].to(deltas.dtype).expand_as(deltas)
+    loss_box = box_regression_loss(box_loss, deltas, samples.box_targets, box_weights, num_rois, box_loss_beta)
     return loss_cls, loss_box
 
 
@@ -114,25 +138,55 @@ def postprocess_detections(
     return det_boxes[keep], det_scores[keep], keep_c[keep]
 
 
+def gt_mask_inputs(targets: list[dict[str, torch.Tensor]], dtype: torch.dtype) -> list:
+    """Each image's GT masks as the mask targets read them, converted once per training step (a cascade reads them
+    once per stage): bitmap masks as `dtype` [G, 1, H, W] (0/1 is exact in any float dtype), polygon masks as
+    they are."""
+    out = []
+    for i, target in enumerate(targets):
+        if "masks" not in target:
+            raise ValueError(f"targets[{i}]: a mask model needs 'masks' (uint8 [N, H, W] or PolygonMasks)")
+        masks = target["masks"]
+        out.append(masks if isinstance(masks, PolygonMasks) else masks[:, None].to(dtype))
+    return out
+
+
 def mask_head_loss(
     pooler: MultiScaleRoIAlign,
     head: FCNMaskHead,
     features: list[torch.Tensor],
     samples: SampledRoIs,
-    targets: list[dict[str, torch.Tensor]],
+    gt_masks: list,
+    pos_limit: int,
 ) -> torch.Tensor:
-    """Per-class BCE of the mask head on the positive sampled RoIs, against their GT masks cropped to the RoI."""
-    pos_idx = torch.nonzero(samples.pos).squeeze(1)
-    rois, labels, matched = samples.rois[pos_idx], samples.labels[pos_idx], samples.matched_idxs[pos_idx]
-    mask_logits = head.select_class(head(pooler(features, rois)), labels)
+    """Per-class BCE of the mask head on the positive sampled RoIs, against their GT masks (`gt_mask_inputs`)
+    cropped to the RoI, averaged over the positives' pixels.
+
+    With fixed-size samples (`samples.slots_per_image` set) the head runs on the first `pos_limit` slots of each
+    image, which hold all its positives, weighted by `pos`: no host synchronisation. Compacted samples select
+    their positives (one host sync, and one for their count per image)."""
+    num_images = len(gt_masks)
+    if samples.slots_per_image is not None:
+        per_image = min(pos_limit, samples.slots_per_image)
+        starts = torch.arange(num_images, device=samples.pos.device) * samples.slots_per_image
+        slots = (starts[:, None] + torch.arange(per_image, device=starts.device)).flatten()
+        counts = [per_image] * num_images
+    else:
+        slots = torch.nonzero(samples.pos).squeeze(1)
+        counts = torch.bincount(samples.rois[slots, 0].long(), minlength=num_images).tolist()
+    rois, labels, matched = samples.rois[slots], samples.labels[slots], samples.matched_idxs[slots]
+    weights = samples.pos[slots]
+    classes = torch.where(weights, labels, 0)  # background and padding slots read class 0, with zero weight
+    rows = weights if samples.slots_per_image is not None else None  # compacted: every row is a positive
+    mask_logits = head.select_class(head(pooler(features, rois), rows), classes)
     mask_size = mask_logits.shape[-1]
-    gt = []
-    for i, target in enumerate(targets):
-        in_image = torch.nonzero(rois[:, 0] == i).squeeze(1)
-        if "masks" not in target:
-            raise ValueError(f"targets[{i}]: a mask model needs 'masks' (uint8 [N, H, W])")
-        gt.append(mask_targets(target["masks"], rois[in_image, 1:], matched[in_image], mask_size))
-    return mask_bce_loss(mask_logits, torch.cat(gt))
+    gt = [
+        mask_targets(masks, rois_i[:, 1:], matched_i, mask_size, weights_i)
+        for masks, rois_i, matched_i, weights_i in zip(
+            gt_masks, rois.split(counts), matched.split(counts), weights.split(counts)
+        )
+    ]
+    return mask_bce_loss(mask_logits, torch.cat(gt), weights)
 
 
 def detections_per_image(
@@ -213,38 +267,49 @@ class StandardRoIHeads(nn.Module):
         proposals: list[torch.Tensor],
         image_sizes: list[tuple[int, int]],
         targets: list[dict[str, torch.Tensor]] | None = None,
+        proposal_valid: list[torch.Tensor] | None = None,
+        static_shapes: bool = False,
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        """proposal_valid (training): optional bool [P_i] per image, False for padding proposals. static_shapes
+        (training): keep the fixed-size samples (no host synchronisation) instead of compacting them."""
         if self.training:
             if targets is None:
                 raise ValueError("targets: required in training mode")
-            return [], self._forward_train(features, proposals, targets)
+            return [], self._forward_train(features, proposals, targets, proposal_valid, static_shapes)
         detections = self._forward_box_inference(features, proposals, image_sizes)
         if self.mask_head is not None:
             self._forward_mask_inference(features, detections)
         return detections, {}
 
-    def _forward_box(self, features: list[torch.Tensor], rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.bbox_head(self.box_pooler(features, rois))
+    def _forward_box(
+        self, features: list[torch.Tensor], rois: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.bbox_head(self.box_pooler(features, rois), rows)
 
     def _forward_train(
-        self, features: list[torch.Tensor], proposals: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+        self,
+        features: list[torch.Tensor],
+        proposals: list[torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+        proposal_valid: list[torch.Tensor] | None,
+        static_shapes: bool,
     ) -> dict[str, torch.Tensor]:
         samples = label_and_sample_proposals(
-            proposals, targets, self.matcher, self.sampler, self.coder, self.num_classes
+            proposals, targets, self.matcher, self.sampler, self.coder, self.num_classes, proposal_valid,
+            compact=not static_shapes,
         )
-        cls_logits, box_deltas = self._forward_box(features, samples.rois)
+        cls_logits, box_deltas = self._forward_box(features, samples.rois, padding_excluded(samples))
         loss_cls, loss_box = box_head_losses(
             self.bbox_head, cls_logits, box_deltas, samples, self.box_loss, self.box_loss_beta
         )
         losses = {"loss_cls": loss_cls * self.cls_loss_weight, "loss_bbox": loss_box * self.box_loss_weight}
         if self.mask_head is not None:
-            losses["loss_mask"] = self._forward_mask_train(features, samples, targets) * self.mask_loss_weight
+            gt_masks = gt_mask_inputs(targets, samples.rois.dtype)
+            loss_mask = mask_head_loss(
+                self.mask_pooler, self.mask_head, features, samples, gt_masks, self.sampler.pos_limit
+            )
+            losses["loss_mask"] = loss_mask * self.mask_loss_weight
         return losses
-
-    def _forward_mask_train(
-        self, features: list[torch.Tensor], samples: SampledRoIs, targets: list[dict[str, torch.Tensor]]
-    ) -> torch.Tensor:
-        return mask_head_loss(self.mask_pooler, self.mask_head, features, samples, targets)
 
     def _forward_box_inference(
         self, features: list[torch.Tensor], proposals: list[torch.Tensor], image_sizes: list[tuple[int, int]]

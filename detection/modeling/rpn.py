@@ -26,8 +26,11 @@ class ProposalSettings(NamedTuple):
 class RPNHead(nn.Module):
     """RPN with sigmoid objectness (one logit per anchor) and class-agnostic box deltas.
 
-    forward(features, image_sizes, padded_sizes, targets) -> (proposals, losses): `proposals` is a list of [P_i, 4]
-    fp32 xyxy boxes (detached) in input-image pixels; `losses` holds loss_rpn_cls and loss_rpn_bbox in training.
+    forward(features, image_sizes, padded_sizes, targets, static_shapes) -> (proposals, proposal_valid, losses):
+    `proposals` is a list of [P_i, 4] fp32 xyxy boxes (detached) in input-image pixels; `losses` holds
+    loss_rpn_cls and loss_rpn_bbox in training. With `static_shapes` (training only) every image gets exactly
+    `max_per_img` proposals, padded, and `proposal_valid` is a list of bool [max_per_img] marking the real ones: no
+    host synchronisation. Otherwise the padding is dropped (one host sync per image) and `proposal_valid` is None.
     """
 
     def __init__(
@@ -72,14 +75,15 @@ class RPNHead(nn.Module):
         image_sizes: list[tuple[int, int]],
         padded_sizes: list[tuple[int, int]] | None = None,
         targets: list[dict[str, torch.Tensor]] | None = None,
-    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        static_shapes: bool = False,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, dict[str, torch.Tensor]]:
         logits_per_level, deltas_per_level = self._forward_head(features)
         anchors_per_level = self.anchor_generator([tuple(f.shape[-2:]) for f in features])
         settings = self.train_settings if self.training else self.test_settings
         with torch.no_grad():
-            proposals = self._generate_proposals(
+            proposals, proposal_valid = self._generate_proposals(
                 anchors_per_level, [x.detach() for x in logits_per_level], [x.detach() for x in deltas_per_level],
-                image_sizes, settings,
+                image_sizes, settings, compact=not (static_shapes and self.training),
             )
         losses = {}
         if self.training:
@@ -90,7 +94,7 @@ class RPNHead(nn.Module):
                 torch.cat(anchors_per_level), valid, torch.cat(logits_per_level, 1), torch.cat(deltas_per_level, 1),
                 targets,
             )
-        return proposals, losses
+        return proposals, proposal_valid, losses
 
     def _forward_head(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per level: objectness logits [N, H*W*A] and deltas [N, H*W*A, 4], in (H, W, A) order like the anchors."""
@@ -109,7 +113,9 @@ class RPNHead(nn.Module):
         deltas_per_level: list[torch.Tensor],
         image_sizes: list[tuple[int, int]],
         settings: ProposalSettings,
-    ) -> list[torch.Tensor]:
+        compact: bool = True,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Proposals per image; compacted ([P_i, 4], validity None) or padded to max_per_img with validity."""
         scores, boxes, levels = [], [], []
         for level, (anchors, logits, deltas) in enumerate(zip(anchors_per_level, logits_per_level, deltas_per_level)):
             k = logits.shape[1] if settings.nms_pre <= 0 else min(settings.nms_pre, logits.shape[1])
@@ -119,19 +125,21 @@ class RPNHead(nn.Module):
             scores.append(top_scores)
             levels.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
         scores, boxes, levels = torch.cat(scores, 1), torch.cat(boxes, 1), torch.cat(levels)
-        proposals = []
+        proposals, proposal_valid = [], []
         for i, size in enumerate(image_sizes):
             boxes_i = clip_boxes(boxes[i], size)
             nonempty = nonempty_box_mask(boxes_i, settings.min_box_size)
             # Empty boxes are not removed before NMS but scored -inf: sorted after every other box, they suppress
             # none of them, and they are dropped with the NMS padding afterwards. The kept boxes are those of
-            # "filter, then NMS, then the top max_per_img", with one compaction per image as the only host
-            # synchronisation (instead of three boolean indexings and the NMS output length).
+            # "filter, then NMS, then the top max_per_img"; padded, they need no host synchronisation, compacted one
+            # per image (instead of three boolean indexings and the NMS output length).
             scores_i = torch.where(nonempty, scores[i], float("-inf"))
             keep, valid = resnest_cuda.batched_nms_fixed(boxes_i, scores_i, levels, settings.nms_iou,
                                                          max(settings.max_per_img, 0))
-            proposals.append(boxes_i[keep[valid & nonempty[keep]]])
-        return proposals
+            valid = valid & nonempty[keep]
+            proposals.append(boxes_i[keep[valid]] if compact else boxes_i[keep])
+            proposal_valid.append(valid)
+        return proposals, (None if compact else proposal_valid)
 
     def _valid_anchors(
         self,

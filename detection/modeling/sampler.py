@@ -52,3 +52,32 @@ class RandomSampler:
         num_neg_expected = self.num - pos_mask.sum()
         neg_mask = random_subset_mask(match_labels == NEGATIVE, num_neg_expected, generator, neg_keys)
         return pos_mask, neg_mask
+
+    @property
+    def pos_limit(self) -> int:
+        """The most positives one draw keeps (`num * pos_fraction`, rounded down)."""
+        return int(self.num * self.pos_fraction)
+
+    def sample_slots(
+        self,
+        match_labels: torch.Tensor,
+        generator: torch.Generator | None = None,
+        keys: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The draw of `__call__` as exactly `num` slots, with no data-dependent shape and no host sync:
+        (index int64 [num] into match_labels, is_pos bool [num], valid bool [num]).
+
+        The sampled positives come first, then the sampled negatives, each in index order; then padding slots
+        (valid False, pointing at index 0) up to `num`. The positives are at most `pos_limit`, so they always lie
+        in the first `pos_limit` slots. match_labels must not be empty."""
+        n = match_labels.shape[0]
+        if n == 0:
+            raise ValueError("match_labels: sample_slots needs at least one candidate")
+        pos, neg = self(match_labels, generator, keys)
+        rank = torch.where(pos, 0, torch.where(neg, 1, 2)).to(torch.uint8)
+        if n < self.num:
+            rank = torch.cat([rank, rank.new_full((self.num - n,), 2)])
+        order = torch.argsort(rank, stable=True)[: self.num]
+        slot_rank = rank[order]
+        valid = slot_rank < 2
+        return torch.where(valid, order, 0), slot_rank == 0, valid

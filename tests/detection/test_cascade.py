@@ -85,11 +85,12 @@ def test_stage_iou_thresholds():
         assert int(samples.is_gt.sum()) == 1 and bool(samples.pos[samples.is_gt].all())
 
 
-def make_samples(rois, labels, is_gt):
+def make_samples(rois, labels, is_gt, valid=None, slots_per_image=None):
     n = rois.shape[0]
     return SampledRoIs(
         rois=rois, labels=labels, box_targets=torch.zeros(n, 4), pos=labels < 3, matched_idxs=torch.zeros(n,
-        dtype=torch.int64), is_gt=is_gt,
+        dtype=torch.int64), is_gt=is_gt, valid=torch.ones(n, dtype=torch.bool) if valid is None else valid,
+        slots_per_image=slots_per_image,
     )
 
 
@@ -112,14 +113,26 @@ def test_refinement_drops_gt_and_uses_argmax_over_foreground():
     for c in range(3):
         deltas[:, c, 0] = 0.1 * (c + 1)  # class c shifts x by 0.1 (c + 1) box widths, before the stds
     sizes = [(100, 100), (100, 100)]
-    refined = heads._refine_sampled(0, make_samples(rois, labels, is_gt), cls_logits, deltas.view(4, 12), sizes)
-    assert [r.shape[0] for r in refined] == [2, 1]  # the GT RoI of image 0 is gone
+    refined, valid = heads._refine_sampled(
+        0, make_samples(rois, labels, is_gt), cls_logits, deltas.view(4, 12), sizes
+    )
+    assert valid is None and [r.shape[0] for r in refined] == [2, 1]  # the GT RoI of image 0 is gone
     coder = heads.coders[0]
     expected_cls = [2, 1, 0]  # label 2; argmax over foreground of row 1 -> 1; of row 2 -> 0
     kept_rows = [0, 1, 2]
     for out_box, row, c in zip(torch.cat(refined), kept_rows, expected_cls):
         want = coder.decode(rois[row, 1:][None], deltas[row, c][None], max_shape=(100, 100))[0]
         torch.testing.assert_close(out_box, want)
+
+    # Fixed-size samples (2 slots per image; image 1's second slot is padding): the same boxes, kept in place, and
+    # the GT RoI and the padding marked invalid instead of dropped.
+    order = [0, 3, 2, 2]  # image 0: positive, GT; image 1: negative, padding (a copy of a real row)
+    fixed = make_samples(rois[order], labels[order], is_gt[order], torch.tensor([True, True, True, False]), 2)
+    boxes, valid = heads._refine_sampled(0, fixed, cls_logits[order], deltas.view(4, 12)[order], sizes)
+    assert [b.shape[0] for b in boxes] == [2, 2]
+    assert [v.tolist() for v in valid] == [[True, False], [True, False]]
+    torch.testing.assert_close(boxes[0][0], torch.cat(refined)[0])
+    torch.testing.assert_close(boxes[1][0], torch.cat(refined)[2])
 
 
 def test_inference_averages_stage_logits_and_uses_last_stage_boxes():

@@ -27,7 +27,7 @@ def _fixed_proposals(targets, seed=5):
 def _losses(model, images, targets, proposals):
     batch, image_sizes, padded_sizes = model.transform(images)
     features = model.neck(model.backbone(batch))
-    _, rpn_losses = model.rpn_head(features, image_sizes, padded_sizes, targets)
+    _, _, rpn_losses = model.rpn_head(features, image_sizes, padded_sizes, targets)
     _, roi_losses = model.roi_head(features, proposals, image_sizes, targets)
     return {**rpn_losses, **roi_losses}
 

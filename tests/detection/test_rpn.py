@@ -25,15 +25,22 @@ def test_proposals_topk_per_level_nms_per_level_and_clip():
     logits = [torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[0.0, 0.5]])]
     deltas = [torch.zeros(1, 3, 4), torch.zeros(1, 2, 4)]
     settings = ProposalSettings(nms_pre=2, nms_iou=0.7, max_per_img=10)
-    (proposals,) = rpn._generate_proposals([level0, level1], logits, deltas, [(50, 60)], settings)
+    (proposals,), valid = rpn._generate_proposals([level0, level1], logits, deltas, [(50, 60)], settings)
+    assert valid is None
     # level 0: top-2 = boxes 0, 1 (box 2 cut by nms_pre); box 1 suppressed by box 0 (IoU 0.82).
     # level 1: its copy of box 0 is kept (levels never suppress each other); the big box is clipped to 60 x 50.
     expected = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 60.0, 50.0], [0.0, 0.0, 10.0, 10.0]])
     torch.testing.assert_close(proposals, expected)
-    (capped,) = rpn._generate_proposals(
+    (capped,), _ = rpn._generate_proposals(
         [level0, level1], logits, deltas, [(50, 60)], settings._replace(max_per_img=1)
     )
     torch.testing.assert_close(capped, expected[:1])
+    # Padded: exactly max_per_img rows, the same boxes first, padding marked invalid.
+    (padded,), (valid,) = rpn._generate_proposals(
+        [level0, level1], logits, deltas, [(50, 60)], settings, compact=False
+    )
+    assert padded.shape == (10, 4) and valid.tolist() == [True] * 3 + [False] * 7
+    torch.testing.assert_close(padded[valid], expected)
 
 
 def test_rpn_losses_hand_computed():

@@ -38,9 +38,7 @@ def box_hash_keys(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def _set_static(model, static: bool | None) -> None:
-    if static is not None:
-        model.roi_head.static_shapes = static
-        model.rpn_head.static_shapes = static
+    model.static_shapes = static
 
 
 def build_slim(model_key: str):
