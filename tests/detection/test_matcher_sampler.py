@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from detection.modeling.matcher import IGNORE, NEGATIVE, POSITIVE, Matcher
@@ -65,3 +66,23 @@ def test_sampler_fraction_and_fill():
     # only negatives (image without GT)
     pos, neg = sampler(torch.zeros(5, dtype=torch.int8))
     assert pos.sum() == 0 and neg.sum() == 5
+
+
+@pytest.mark.parametrize("n", [1, 5, 18, 40])
+def test_sample_slots_are_the_draw_in_a_fixed_size(n):
+    """`sample_slots` returns exactly `num` slots holding the draw of `__call__` (same keys): its positives, then
+    its negatives, each in index order, then padding (invalid, index 0); positives fit in the first pos_limit."""
+    sampler = RandomSampler(num=16, pos_fraction=0.25)
+    g = torch.Generator().manual_seed(n)
+    labels = torch.randint(-1, 2, (n,), generator=g, dtype=torch.int8)
+    keys = torch.rand(2, n, generator=g)
+    pos, neg = sampler(labels, keys=keys)
+    idx, is_pos, valid = sampler.sample_slots(labels, keys=keys)
+    assert idx.shape == is_pos.shape == valid.shape == (16,)
+    want = torch.cat([torch.nonzero(pos).squeeze(1), torch.nonzero(neg).squeeze(1)])
+    assert idx[valid].tolist() == want.tolist()
+    assert is_pos.tolist() == [True] * int(pos.sum()) + [False] * (16 - int(pos.sum()))
+    assert valid.tolist() == [True] * len(want) + [False] * (16 - len(want))
+    assert idx[~valid].eq(0).all() and not is_pos[sampler.pos_limit:].any()
+    with pytest.raises(ValueError, match="match_labels"):
+        sampler.sample_slots(labels[:0])

@@ -31,6 +31,11 @@ def test_crop_and_rasterize_by_hand():
     torch.testing.assert_close(out[2], expected0)  # [0, 8]^2 in [0, 16]^2; the triangle lies outside the box
     # a box thinner than one pixel counts as 1 x 1 px: [4, 5]^2 lies inside the square
     torch.testing.assert_close(out[3], torch.ones(4, 4))
+    # with `valid`, only the valid rows are rasterised (the others may hold any index, here out of range: zeros)
+    valid = torch.tensor([True, False, True, False])
+    partial = mask_targets(masks, boxes, torch.tensor([0, 7, 1, 9]), 4, valid)
+    torch.testing.assert_close(partial[valid], out[valid])
+    assert not partial[~valid].any()
 
 
 def test_empty_and_bad_polygons():
