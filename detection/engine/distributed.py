@@ -38,11 +38,25 @@ def init_distributed(device: str | None = None) -> DistInfo:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if world_size > 1:
+        host_group()  # created now, by every rank in the same order, as new_group requires
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+_HOST_GROUP = None
+
+
+def host_group():
+    """A gloo process group over all ranks, for small host-side agreements between ranks (a CPU tensor reduced
+    over it never touches a CUDA stream, so it does not wait for the GPU). WORLD itself when that is gloo."""
+    global _HOST_GROUP
+    if _HOST_GROUP is None:
+        _HOST_GROUP = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    return _HOST_GROUP
 
 
 def barrier() -> None:
@@ -61,12 +75,13 @@ def all_gather_objects(obj) -> list:
 
 def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """DDP when world_size > 1. Normalisation layers are left as the model built them (SyncBN is its choice).
-    find_unused_parameters: a head can receive no gradient in an iteration (e.g. no positive RoI for the mask
-    head), which DDP would otherwise report as an error."""
+    Every trainable parameter takes part in every step's loss (the GT boxes are always positive RoIs, and a mask
+    loss without positives is still a function of the mask logits), so DDP runs without find_unused_parameters
+    and its extra traversal of the autograd graph."""
     if info.world_size == 1:
         return model
     device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -95,14 +95,15 @@ def _to_device(images, targets, device):
     return images, targets
 
 
-def _any_rank_short(full_batch: bool, device: torch.device) -> bool:
+def _any_rank_short(full_batch: bool) -> bool:
     """Skip the step on every rank if any rank's batch lost images it could not replace (a batch of one image
-    cannot train batch-statistics BatchNorm; DDP needs all ranks in each step)."""
+    cannot train batch-statistics BatchNorm; DDP needs all ranks in each step). The ranks agree over the host
+    gloo group: a CPU flag, so the step never waits for the GPU here."""
     if not dist_utils.is_distributed():
         return not full_batch
-    flag = torch.tensor([0.0 if full_batch else 1.0], device=device)
-    torch.distributed.all_reduce(flag)
-    return flag.item() > 0
+    flag = torch.tensor([0 if full_batch else 1], dtype=torch.int32)
+    torch.distributed.all_reduce(flag, group=dist_utils.host_group())
+    return bool(flag.item())
 
 
 class Trainer:
@@ -276,7 +277,7 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Train epoch index `epoch` from its batch `start_step` (> 0 when resuming in the middle of it)."""
-        solver, device = self.cfg.solver, self.info.device
+        solver = self.cfg.solver
         set_loader_epoch(self.train_loader, epoch, start_step)
         self.ddp_model.train()
         skipped, start = 0, time.time()
@@ -288,7 +289,7 @@ class Trainer:
         try:
             for step, (images, targets, dropped) in enumerate(bar, start=start_step):
                 skipped += dropped
-                if _any_rank_short(len(images) >= self.min_batch, device):
+                if _any_rank_short(len(images) >= self.min_batch):
                     short, done = short + 1, step + 1
                     continue
                 lr = lr_at(self.base_lr, solver, self.iteration, epoch)
