@@ -16,7 +16,11 @@ its inputs live on a CUDA device, while a CPU step runs. Counted (`SYNC_OPS`, `i
   index (the kernel turns the mask into indices with `nonzero`); the backward of `x[mask]` is such an
   `index_put` too. Not counted: `x[mask] = python_scalar`, which ATen runs as `masked_fill_` (a 0-dim value and
   a single mask index are taken to be that case);
-- `resnest_cuda::nms` (its output length depends on the data; the CUDA kernel ends with a `nonzero`).
+- `resnest_cuda::nms` (its output length depends on the data; the CUDA kernel ends with a `nonzero`);
+- `aten.lift_fresh` of at least one dimension ("host_data"): a tensor made from a Python list (`torch.tensor`,
+  `new_tensor`, `as_tensor`). On CUDA that is a copy from pageable host memory: it does not drain the queue, but
+  it cannot be captured in a CUDA graph, so a capturable step needs none either. 0-dim ones are not counted:
+  `x[mask] = 1.0` makes one, which is passed by value, not copied (a blind spot for `new_tensor(1.0)`).
 
 Not seen by the CPU mode: copies between host and device (`.to("cpu")`, `torch.tensor(..., device="cuda")`,
 pageable `non_blocking` copies), `torch.cuda.synchronize`, and ops on tensors that are on the CPU anyway on a GPU
@@ -94,6 +98,8 @@ def is_sync_op(func, args, kwargs) -> str | None:
     """The kind of host synchronisation `func(*args, **kwargs)` forces on CUDA inputs, or None."""
     if func in SYNC_OPS:
         return SYNC_OPS[func]
+    if func is _aten.lift_fresh.default and args[0].dim() > 0:
+        return "host_data"
     if func in _INDEX_OPS and _has_mask_index(args[1] if len(args) > 1 else kwargs.get("indices")):
         if func is _aten.index.Tensor:
             return "bool_index"

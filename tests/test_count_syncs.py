@@ -30,7 +30,8 @@ def _count(fn):
         (lambda x: x[x > 0], "bool_index"),
         (lambda x: x.masked_select(x > 0), "masked_select"),
         (lambda x: torch.unique(x), "unique"),
-        (lambda x: torch.repeat_interleave(torch.tensor([1, 2])), "repeat_interleave"),
+        (lambda x: torch.repeat_interleave(x.long().abs()), "repeat_interleave"),
+        (lambda x: x.new_tensor([1.0, 2.0]), "host_data"),
         (lambda x: x.clone().index_put_((x > 0,), torch.ones(())[None].expand(int((x > 0).sum()))), None),
     ],
 )
@@ -46,12 +47,13 @@ def test_each_sync_op_is_counted_once(fn, kind):
 def test_sync_free_ops_are_not_counted():
     x = torch.randn(6, 4)
     mask = x[:, 0] > 0
+    repeats = torch.tensor([1, 2])
 
     def fn():
         y = x.masked_fill(mask[:, None], 0.0)
         y[mask] = 1.0  # masked_fill_ in ATen
         torch.nonzero_static(mask, size=6)
-        torch.repeat_interleave(torch.tensor([1, 2]), output_size=3)
+        torch.repeat_interleave(repeats, output_size=3)
         x.topk(2, dim=0), x.sort(dim=0), x.cumsum(0), torch.where(mask[:, None], x, 0.0)
 
     counts, _ = _count(fn)

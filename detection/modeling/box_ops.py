@@ -43,10 +43,9 @@ def encode_boxes(
     gh = gt_boxes[:, 3] - gt_boxes[:, 1]
     gx = gt_boxes[:, 0] + 0.5 * gw
     gy = gt_boxes[:, 1] + 0.5 * gh
-    deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=1)
-    means_t = deltas.new_tensor(means)
-    stds_t = deltas.new_tensor(stds)
-    return (deltas - means_t) / stds_t
+    raw = ((gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph))
+    # Python scalars, not tensors made from them: no copy of host data to the device (which a CUDA graph forbids).
+    return torch.stack([(d - m) / s for d, m, s in zip(raw, means, stds)], dim=1)
 
 
 def decode_boxes(
@@ -63,9 +62,8 @@ def decode_boxes(
     Returns fp32 boxes of the broadcast shape.
     """
     boxes = boxes.float()
-    deltas = deltas.float() * deltas.new_tensor(stds, dtype=torch.float32) + deltas.new_tensor(
-        means, dtype=torch.float32
-    )
+    deltas = deltas.float()
+    deltas = torch.stack([deltas[..., i] * stds[i] + means[i] for i in range(4)], dim=-1)
     pw = boxes[..., 2] - boxes[..., 0]
     ph = boxes[..., 3] - boxes[..., 1]
     px = boxes[..., 0] + 0.5 * pw

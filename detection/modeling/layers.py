@@ -56,7 +56,7 @@ def masked_batch_norm(bn: _BatchNorm, x: torch.Tensor, rows: torch.Tensor) -> to
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
             factor = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked.to(dtype)
-            factor = torch.where(count > 1, torch.as_tensor(factor, dtype=dtype, device=x.device), 0.0)
+            factor = (count > 1).to(dtype) * factor  # no update from one element or none
             unbiased = var * count / (count - 1).clamp(min=1)
             bn.running_mean.mul_(1 - factor).add_(factor * mean)
             bn.running_var.mul_(1 - factor).add_(factor * unbiased)

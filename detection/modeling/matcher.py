@@ -42,8 +42,8 @@ class Matcher:
                 iou = iou.masked_fill(~valid[None, :], -1.0)
             max_iou, matched_idxs = iou.max(dim=0)  # [N]
             labels = torch.full((num_boxes,), IGNORE, dtype=torch.int8, device=device)
-            labels[(max_iou >= 0) & (max_iou < self.neg_iou_thr)] = NEGATIVE
-            labels[max_iou >= self.pos_iou_thr] = POSITIVE
+            labels = labels.masked_fill((max_iou >= 0) & (max_iou < self.neg_iou_thr), NEGATIVE)
+            labels = labels.masked_fill(max_iou >= self.pos_iou_thr, POSITIVE)
             if self.match_low_quality:
                 matched_idxs, labels = self._add_low_quality(iou, matched_idxs, labels)
         if valid is not None:
