@@ -4,7 +4,7 @@ A fixed-size training step (`GeneralizedRCNN.static_shapes`) has no host synchro
 captured with `torch.cuda.graph` and replayed with one launch: no Python, no per-kernel launch cost. This script
 times the eager step and the replayed graph on the same synthetic batch (interleaved, CUDA events, median), checks
 that every replayed step's losses are finite and that the replays train (the losses on the fixed batch go down),
-and writes the figures as JSON.
+and writes the figures as JSON. The eager steps run first, then the replays (see `run_cuda`).
 
 Capture follows PyTorch's whole-network recipe: a few warm-up steps on a side stream, gradients set to None, then
 forward, backward and `optimizer.step()` inside `torch.cuda.graph`; new data would be copied into the captured
@@ -67,6 +67,8 @@ def _time(fn, iters: int) -> list[float]:
 
 
 def run_cuda(model, optimizer, images, targets, iters: int, warmup: int) -> dict:
+    """Eager steps first, then capture and replays: the captured gradients must stay where the graph wrote them,
+    so no eager step (which sets them to None) may run between replays."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -74,17 +76,19 @@ def run_cuda(model, optimizer, images, targets, iters: int, warmup: int) -> dict
             train_step(model, optimizer, images, targets)
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
-    eager_ms = []
     first = {k: float(v) for k, v in train_step(model, optimizer, images, targets).items()}
+    eager_ms = _time(lambda: train_step(model, optimizer, images, targets), iters)
     graph = torch.cuda.CUDAGraph()
     optimizer.zero_grad(set_to_none=True)
-    with torch.cuda.graph(graph):
-        static_losses = model(images, targets)
-        sum(static_losses.values()).backward()
-        optimizer.step()
+    try:
+        with torch.cuda.graph(graph):
+            static_losses = model(images, targets)
+            sum(static_losses.values()).backward()
+            optimizer.step()
+    except Exception as error:  # what blocks capture is the finding: report it instead of failing the run
+        return {"eager_ms": statistics.median(eager_ms), "capture_error": f"{type(error).__name__}: {error}"[:2000]}
     replay_ms, finite = [], True
-    for _ in range(iters):  # interleaved: one eager step, one replay
-        eager_ms += _time(lambda: train_step(model, optimizer, images, targets), 1)
+    for _ in range(iters):
         replay_ms += _time(graph.replay, 1)
         finite &= all(bool(torch.isfinite(v)) for v in static_losses.values())
     for _ in range(4 * iters):
@@ -119,12 +123,15 @@ def main(argv=None):
     images, targets = synthetic_batch(args.batch, size, num_classes, with_masks, args.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9)
-    result = {"args": vars(args), "environment": environment()}
+    result = {"args": vars(args), "environment": environment(args.device)}
     if args.device.startswith("cuda"):
         result.update(run_cuda(model, optimizer, images, targets, args.iters, args.warmup))
-        print(f"{args.config}: eager step {result['eager_ms']:.1f} ms, CUDA graph replay "
-              f"{result['graph_replay_ms']:.1f} ms ({result['speedup']:.2f}x); replays finite: "
-              f"{result['all_replays_finite']}, loss went down: {result['total_loss_went_down']}")
+        if "capture_error" in result:
+            print(f"{args.config}: eager step {result['eager_ms']:.1f} ms; capture failed: {result['capture_error']}")
+        else:
+            print(f"{args.config}: eager step {result['eager_ms']:.1f} ms, CUDA graph replay "
+                  f"{result['graph_replay_ms']:.1f} ms ({result['speedup']:.2f}x); replays finite: "
+                  f"{result['all_replays_finite']}, loss went down: {result['total_loss_went_down']}")
     else:
         losses = train_step(model, optimizer, images, targets)
         result["losses_first"] = {k: float(v) for k, v in losses.items()}
@@ -132,7 +139,6 @@ def main(argv=None):
               f"losses finite: {all(bool(torch.isfinite(v)) for v in losses.values())}")
     if args.out:
         save_json(args.out, result)
-        print(f"wrote {args.out}")
     return result
 
 

@@ -139,6 +139,7 @@ if ((dry)); then
     --warmup 0 --impls fused --layouts channels_last"
   profile_args="--config tiny_test --batch 2 --size 64x64 --iters 1 --warmup 0 --rows 5"
   syncs_args="--models faster --size 64x96 --engine"
+  graph_args="--backbone resnest14 --size 64x96"
 else
   dev="--device cuda"
   # The goals: the three largest detection shapes, both layouts, bf16 and fp32, vs a copy, eager and compile.
@@ -152,6 +153,8 @@ else
   profile_args="--precision bf16 --iters 3"
   # torch.cuda.set_sync_debug_mode over steady-state steps: what the CPU counter cannot see (copies, syncs in ATen)
   syncs_args="--models faster,mask --backbone resnest50 --size 800x1216 --engine"
+  # The stretch goal: a fixed-size Faster R-CNN S-50 training step captured as one CUDA graph and replayed.
+  graph_args="--size 800x1216 --iters 10"
 fi
 needs_build bench_split_attention && run_step bench_split_attention 70 'wrote|copy bandwidth' \
   "\$PY -m benchmarks.bench_split_attention $dev $split_args --out $logs/bench_split_attention.json"
@@ -163,8 +166,10 @@ needs_build bench_detector && run_step bench_detector 70 'wrote' \
   "\$PY -m benchmarks.bench_detector $dev $detector_args --out $logs/bench_detector.json"
 needs_build profile && run_step profile 35 'host synchronisations|wrote' \
   "\$PY -m benchmarks.profile_detector $dev $profile_args --out $logs/profile"
-needs_build syncs && run_step syncs 40 'host synchronisations' \
+needs_build syncs && run_step syncs 60 'host synchronisations' \
   "\$PY -m benchmarks.count_syncs $dev $syncs_args --out $logs/syncs.json"
+needs_build cuda_graph && run_step cuda_graph 40 'CUDA graph|capture failed|nothing captured' \
+  "\$PY -m benchmarks.cuda_graph_step $dev $graph_args --out $logs/cuda_graph.json"
 
 # ------------------------------------------------------------------------------------------------------------
 # Bundle and summarise.

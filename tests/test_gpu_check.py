@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["env", "build", "tests", "memcheck", "racecheck", "bench_split_attention", "bench_detection_ops",
-         "bench_backbone", "bench_detector", "profile", "syncs"]
+         "bench_backbone", "bench_detector", "profile", "syncs", "cuda_graph"]
 
 
 def run_check(out: Path, budget_s: int) -> subprocess.CompletedProcess:
@@ -35,7 +35,7 @@ def test_dry_run_runs_every_step_and_bundles_the_results(tmp_path):
         names = {Path(n).name for n in tar.getnames()}
     assert {f"{s}.log" for s in STEPS} <= names
     assert {"bench_split_attention.json", "bench_detection_ops.json", "bench_backbone.json", "bench_detector.json",
-            "profile.json", "summary.json"} <= names
+            "profile.json", "cuda_graph.json", "summary.json"} <= names
 
 
 def test_steps_beyond_the_budget_are_skipped_not_run(tmp_path):
