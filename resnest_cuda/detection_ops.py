@@ -169,28 +169,25 @@ def multi_level_roi_align(
     )
 
 
-def _check_nms_args(boxes, scores, iou_threshold, max_keep, fixed: bool, op: str, batched: bool) -> int:
+def _check_nms_args(boxes, scores, iou_threshold, max_keep, fixed: bool, op: str, idxs=None) -> int:
     """The arguments only Python sees (non-tensors, the scalar types). The op's own rules on the tensors and
-    max_keep (csrc/nms/nms.h) are applied by its kernels; the batched wrappers, which compute on the boxes before
-    the op runs, apply them first through `_nms_check` (the same errors as the kernels and the fake kernels)."""
+    max_keep (csrc/nms/nms.h) are applied by its kernels; the batched wrappers (``idxs``: their categories), which
+    compute on the boxes before the op runs, apply them first through `_nms_check` (the same errors as the kernels
+    and the fake kernels)."""
     _check_tensor(boxes, "boxes", op)
     _check_tensor(scores, "scores", op)
     if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool):
         raise TypeError(f"{op}: iou_threshold must be a number, got {iou_threshold!r}")
     if not _is_int(max_keep):
         raise TypeError(f"{op}: max_keep must be an int, got {max_keep!r}")
-    if batched:
-        torch.ops.resnest_cuda._nms_check(boxes, scores, int(max_keep), fixed, op)
+    if idxs is not None:
+        torch.ops.resnest_cuda._nms_check(boxes, scores, int(max_keep), fixed, op, idxs)
     return int(max_keep)
 
 
-def _check_idxs(idxs, boxes: torch.Tensor, op: str) -> None:
+def _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, fixed: bool, op: str) -> int:
     _check_tensor(idxs, "idxs", op)
-    if idxs.dim() != 1 or idxs.shape[0] != boxes.shape[0]:
-        raise ValueError(f"{op}: idxs must have shape [{boxes.shape[0]}] (one per box), got shape {tuple(idxs.shape)}")
-    if idxs.dtype.is_floating_point or idxs.dtype.is_complex or idxs.dtype == torch.bool:
-        raise TypeError(f"{op}: idxs must be an integer tensor, got {idxs.dtype}")
-    _check_same_device(idxs, "idxs", boxes, "boxes", op)
+    return _check_nms_args(boxes, scores, iou_threshold, max_keep, fixed, op, idxs)
 
 
 def _offset_by_category(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor:
@@ -202,6 +199,30 @@ def _offset_by_category(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor
     coords = torch.cat([b.reshape(-1), b.new_zeros(1)])
     span = coords.max() - coords.min() + 1
     return b + (idxs.to(b.dtype) * span)[:, None]
+
+
+# From this many boxes the CPU batched NMS sweeps each category on its own (`_batched_nms_per_class`) instead of
+# running one NMS over boxes offset by category: measured in benchmarks/RESULTS.md ("NMS: batched paths").
+PER_CLASS_MIN_BOXES = 2000
+
+
+def _per_class_path(boxes: torch.Tensor) -> bool:
+    """Whether batched NMS takes the per-category path: CPU, at least PER_CLASS_MIN_BOXES boxes, and not while
+    torch.compile / torch.export trace (they keep the single exportable nms op, with no guard on the box count).
+
+    On CUDA the offset path stays: it is one sort, one mask kernel and one sweep with no host synchronisation,
+    where a per-category CUDA path would need either the host to read the category sizes (to size the mask and
+    the launches) or the full n x ceil(n / 64) mask anyway."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return False
+    return boxes.device.type == "cpu" and boxes.shape[0] >= PER_CLASS_MIN_BOXES
+
+
+def _padded(keep: torch.Tensor, max_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most max_keep kept indices -> nms_fixed's (keep [max_keep] padded with 0, valid [max_keep])."""
+    count = keep.shape[0]
+    valid = torch.arange(max_keep, device=keep.device) < count
+    return torch.cat([keep, keep.new_zeros(max_keep - count)]), valid
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int = -1) -> torch.Tensor:
@@ -217,7 +238,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
         ``[M]`` int64 indices of the kept boxes, by descending score (ties: lower index first); ``M`` depends on
         the data (a host synchronisation on CUDA; :func:`nms_fixed` has a fixed size).
     """
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, "nms", batched=False)
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, "nms")
     return torch.ops.resnest_cuda.nms(boxes, scores, float(iou_threshold), max_keep)
 
 
@@ -233,7 +254,7 @@ def nms_fixed(
         ``keep`` ``[max_keep]`` int64: ``nms(boxes, scores, iou_threshold, max_keep)`` followed by padding 0;
         ``valid`` ``[max_keep]`` bool: True for the kept entries (a prefix).
     """
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, "nms_fixed", batched=False)
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, "nms_fixed")
     return torch.ops.resnest_cuda.nms_fixed(boxes, scores, float(iou_threshold), max_keep)
 
 
@@ -248,10 +269,19 @@ def batched_nms(
         idxs: ``[N]`` integer category of each box, same device.
     Returns:
         ``[M]`` int64 indices of the kept boxes of all categories, by descending score (ties: lower index first).
+
+    Two paths, one result: one NMS over boxes offset by category, or (CPU, from ``PER_CLASS_MIN_BOXES`` boxes,
+    outside torch.compile / torch.export) an NMS per category in one op, whose cost grows with the squared size of
+    each category instead of the squared total. They keep the same boxes in the same order when the offset
+    coordinates are exact (as for integer coordinates below 2**24 in fp32) and ``iou_threshold >= 0``; otherwise
+    the per-category path computes the IoUs on the boxes as given (as the reference does), while the offset one
+    rounds the offset coordinates, lets categories suppress each other at a negative threshold, and loses every
+    box to NaN once a coordinate is not finite.
     """
     op = "batched_nms"
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, op, batched=True)
-    _check_idxs(idxs, boxes, op)
+    max_keep = _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, False, op)
+    if _per_class_path(boxes):
+        return torch.ops.resnest_cuda._batched_nms_per_class(boxes, scores, idxs, float(iou_threshold), max_keep)
     return torch.ops.resnest_cuda.nms(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 
 
@@ -259,10 +289,12 @@ def batched_nms_fixed(
     boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float, max_keep: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`batched_nms` with the fixed-size result of :func:`nms_fixed`: ``(keep [max_keep] int64 padded with 0,
-    valid [max_keep] bool)``."""
+    valid [max_keep] bool)``; the same two paths."""
     op = "batched_nms_fixed"
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, op, batched=True)
-    _check_idxs(idxs, boxes, op)
+    max_keep = _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, True, op)
+    if _per_class_path(boxes):
+        keep = torch.ops.resnest_cuda._batched_nms_per_class(boxes, scores, idxs, float(iou_threshold), max_keep)
+        return _padded(keep, max_keep)
     return torch.ops.resnest_cuda.nms_fixed(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 
 
@@ -291,6 +323,13 @@ def _multi_level_roi_align_backward_fake(grad, rois, spatial_scales, pooled_heig
 def _nms_fake(boxes, scores, iou_threshold, max_keep=-1):
     torch.ops.resnest_cuda._nms_check(boxes, scores, max_keep, False, "nms")
     # How many boxes survive depends on their values: an unbacked size.
+    num_kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((num_kept,), dtype=torch.long)
+
+
+@torch.library.register_fake("resnest_cuda::_batched_nms_per_class")
+def _batched_nms_per_class_fake(boxes, scores, idxs, iou_threshold, max_keep=-1):
+    torch.ops.resnest_cuda._nms_check(boxes, scores, max_keep, False, "batched_nms", idxs)
     num_kept = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((num_kept,), dtype=torch.long)
 

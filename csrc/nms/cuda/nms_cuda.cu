@@ -4,10 +4,12 @@
 // 2. mask_kernel: block (row tile, column tile) of 64 threads; thread i sets bit j of mask[i][column tile] when box
 //    j (later in score order than i) has IoU > threshold with box i. Only tiles on or above the diagonal are
 //    computed (and read).
-// 3. keep_kernel: one block walks the boxes in score order, keeping a box unless a kept box already set its bit,
-//    and ORs the kept box's mask row into the running "removed" bits (held in shared memory, one word per tile).
-//    It stops once max_keep boxes are kept (max_keep < 0: no limit) and writes either a kept flag per sorted box
-//    (nms) or the kept input indices padded to max_keep with a validity mask (nms_fixed, no host round trip).
+// 3. keep_kernel: one block walks the tiles in score order with the running "removed" bits in shared memory (one
+//    word per tile). Per tile it stages the tile's diagonal mask words in shared memory, decides the tile's boxes
+//    from them (a box is kept unless a kept box already set its bit), then ORs the rows of the tile's kept boxes
+//    into the words of the later tiles with all its threads. It stops once max_keep boxes are kept (max_keep < 0:
+//    no limit) and writes either a kept flag per sorted box (nms) or the kept input indices padded to max_keep
+//    with a validity mask (nms_fixed, no host round trip).
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -22,8 +24,11 @@ namespace resnest_cuda {
 namespace {
 
 constexpr int kTile = 64;  // boxes per tile = threads per block = bits per mask word
-constexpr int kKeepThreads = 128;
-constexpr int64_t kMaxTiles = 48 * 1024 / 8;  // "removed" words fit the default 48 KiB of shared memory
+constexpr int kKeepThreads = 256;  // >= kTile: the first kTile threads stage a tile's diagonal words
+static_assert(kKeepThreads >= kTile, "keep_kernel stages a tile with one thread per box");
+// keep_kernel's shared memory: kMaxTiles "removed" words (dynamic) and the kTile diagonal words of one tile fit the
+// default 48 KiB.
+constexpr int64_t kMaxTiles = (48 * 1024 - kTile * 8) / 8;
 
 template <typename acc_t>
 __global__ void mask_kernel(const acc_t* __restrict__ boxes, int64_t n, int64_t tiles, acc_t threshold,
@@ -64,34 +69,67 @@ struct KeepOutput {
   bool* valid;
 };
 
+// One block sweeps the boxes in score order, one tile at a time. removed[t] (shared memory) holds the bits of the
+// boxes of tile t suppressed by the kept boxes of the tiles already swept.
+//
+// Invariant: when tile T is reached, removed[T] is final with respect to every kept box of the earlier tiles (each
+// earlier tile OR-ed the rows of its kept boxes into all later words before the __syncthreads that ends it). The
+// only other boxes that can suppress a box b of T are the kept boxes a < b of T itself, whose bits for T are in
+// the diagonal words mask[a][T]: staged in shared memory, they let every thread decide T's boxes with no global
+// load, and the same decisions in every thread (kept_bits and kept are uniform across the block). The rows of
+// T's kept boxes are then OR-ed into the words after T in parallel, thread threadIdx.x owning the words
+// t == threadIdx.x (mod blockDim.x), each OR-ing up to kTile independent, coalesced loads.
 __global__ void keep_kernel(const unsigned long long* __restrict__ mask, int64_t n, int64_t tiles, int64_t max_keep,
                             KeepOutput out) {
   extern __shared__ unsigned long long removed[];
+  __shared__ unsigned long long diagonal[kTile];
   for (int64_t t = threadIdx.x; t < tiles; t += blockDim.x) removed[t] = 0;
   __syncthreads();
   int64_t kept = 0;
   for (int64_t tile = 0; tile < tiles && kept != max_keep; ++tile) {
-    // Every thread follows the same sequence of decisions (rem and kept are the same everywhere), and each thread
-    // owns the words t == threadIdx.x (mod blockDim.x) of `removed`, so the only synchronisation needed is per
-    // tile (all threads leave the loop at the same point).
-    unsigned long long rem = removed[tile];
-    const int size = static_cast<int>(min(n - tile * kTile, static_cast<int64_t>(kTile)));
-    for (int b = 0; b < size && kept != max_keep; ++b) {
-      if ((rem >> b) & 1ULL) continue;
-      const int64_t i = tile * kTile + b;
-      if (threadIdx.x == 0) {
-        if (out.flags != nullptr) out.flags[i] = true;
-        if (out.indices != nullptr) {
-          out.indices[kept] = out.order[i];
-          out.valid[kept] = true;
-        }
-      }
-      ++kept;
-      const unsigned long long* row = mask + i * tiles;
-      rem |= row[tile];
-      for (int64_t t = tile + 1 + threadIdx.x; t < tiles; t += blockDim.x) removed[t] |= row[t];
-    }
+    const int64_t first = tile * kTile;
+    const int size = static_cast<int>(min(n - first, static_cast<int64_t>(kTile)));
+    // 1. Stage the tile's diagonal words: diagonal[b] = bits of the boxes of this tile after b that b suppresses.
+    if (threadIdx.x < size) diagonal[threadIdx.x] = mask[(first + threadIdx.x) * tiles + tile];
     __syncthreads();
+
+    // 2. Decide the tile's boxes in score order. The lowest candidate is kept: every box before it is decided and
+    //    none of the kept ones suppresses it. Its diagonal word removes the later boxes it suppresses.
+    unsigned long long candidates = ~removed[tile] & (size == kTile ? ~0ULL : (1ULL << size) - 1);
+    unsigned long long kept_bits = 0;
+    const int64_t kept_before = kept;
+    while (candidates != 0 && kept != max_keep) {
+      const int b = __ffsll(static_cast<long long>(candidates)) - 1;
+      kept_bits |= 1ULL << b;
+      ++kept;
+      candidates &= ~(diagonal[b] | (1ULL << b));
+    }
+
+    // 3. One thread per kept box writes it out (its place among the kept boxes: those kept before it).
+    const int b = threadIdx.x;
+    if (b < kTile && ((kept_bits >> b) & 1ULL)) {
+      const int64_t i = first + b;
+      if (out.flags != nullptr) out.flags[i] = true;
+      if (out.indices != nullptr) {
+        const int64_t k = kept_before + __popcll(kept_bits & ((1ULL << b) - 1));
+        out.indices[k] = out.order[i];
+        out.valid[k] = true;
+      }
+    }
+
+    // 4. OR the rows of the kept boxes into the words of the later tiles (not needed once max_keep are kept).
+    if (kept != max_keep) {
+      for (int64_t t = tile + 1 + threadIdx.x; t < tiles; t += blockDim.x) {
+        const unsigned long long* column = mask + first * tiles + t;  // mask[first + a][t] = column[a * tiles]
+        unsigned long long bits = 0;
+#pragma unroll 8
+        for (int a = 0; a < kTile; ++a) {
+          if ((kept_bits >> a) & 1ULL) bits |= column[a * tiles];
+        }
+        removed[t] |= bits;
+      }
+    }
+    __syncthreads();  // removed[tile + 1] is final; diagonal may be restaged
   }
   if (out.indices != nullptr) {
     for (int64_t k = kept + threadIdx.x; k < max_keep; k += blockDim.x) {
