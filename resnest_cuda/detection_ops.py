@@ -201,28 +201,15 @@ def _offset_by_category(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor
     return b + (idxs.to(b.dtype) * span)[:, None]
 
 
-# From this many boxes the CPU batched NMS sweeps each category on its own (`_batched_nms_per_class`) instead of
-# running one NMS over boxes offset by category: measured in benchmarks/RESULTS.md ("NMS: batched paths").
-PER_CLASS_MIN_BOXES = 2000
-
-
 def _per_class_path(boxes: torch.Tensor) -> bool:
-    """Whether batched NMS takes the per-category path: CPU, at least PER_CLASS_MIN_BOXES boxes, and not while
-    torch.compile / torch.export trace (they keep the single exportable nms op, with no guard on the box count).
+    """Whether batched NMS runs as `_batched_nms_per_class`: on the CPU (faster than the offset path at every size
+    measured, 100 to 80k boxes: benchmarks/RESULTS.md, "NMS: the two batched paths"), but not under torch.export,
+    whose graphs keep the single nms op (it has an ONNX translation and a kernel on every device).
 
     On CUDA the offset path stays: it is one sort, one mask kernel and one sweep with no host synchronisation,
     where a per-category CUDA path would need either the host to read the category sizes (to size the mask and
     the launches) or the full n x ceil(n / 64) mask anyway."""
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        return False
-    return boxes.device.type == "cpu" and boxes.shape[0] >= PER_CLASS_MIN_BOXES
-
-
-def _padded(keep: torch.Tensor, max_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """At most max_keep kept indices -> nms_fixed's (keep [max_keep] padded with 0, valid [max_keep])."""
-    count = keep.shape[0]
-    valid = torch.arange(max_keep, device=keep.device) < count
-    return torch.cat([keep, keep.new_zeros(max_keep - count)]), valid
+    return boxes.device.type == "cpu" and not torch.compiler.is_exporting()
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int = -1) -> torch.Tensor:
@@ -270,8 +257,8 @@ def batched_nms(
     Returns:
         ``[M]`` int64 indices of the kept boxes of all categories, by descending score (ties: lower index first).
 
-    Two paths, one result: one NMS over boxes offset by category, or (CPU, from ``PER_CLASS_MIN_BOXES`` boxes,
-    outside torch.compile / torch.export) an NMS per category in one op, whose cost grows with the squared size of
+    Two paths, one result: one NMS over boxes offset by category (CUDA, and graphs made by torch.export), or on
+    the CPU one op that compares each box only with its own category, whose cost grows with the squared size of
     each category instead of the squared total. They keep the same boxes in the same order when the offset
     coordinates are exact (as for integer coordinates below 2**24 in fp32) and ``iou_threshold >= 0``; otherwise
     the per-category path computes the IoUs on the boxes as given (as the reference does), while the offset one
@@ -293,8 +280,7 @@ def batched_nms_fixed(
     op = "batched_nms_fixed"
     max_keep = _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, True, op)
     if _per_class_path(boxes):
-        keep = torch.ops.resnest_cuda._batched_nms_per_class(boxes, scores, idxs, float(iou_threshold), max_keep)
-        return _padded(keep, max_keep)
+        return torch.ops.resnest_cuda._batched_nms_per_class_fixed(boxes, scores, idxs, float(iou_threshold), max_keep)
     return torch.ops.resnest_cuda.nms_fixed(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 
 
@@ -332,6 +318,12 @@ def _batched_nms_per_class_fake(boxes, scores, idxs, iou_threshold, max_keep=-1)
     torch.ops.resnest_cuda._nms_check(boxes, scores, max_keep, False, "batched_nms", idxs)
     num_kept = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((num_kept,), dtype=torch.long)
+
+
+@torch.library.register_fake("resnest_cuda::_batched_nms_per_class_fixed")
+def _batched_nms_per_class_fixed_fake(boxes, scores, idxs, iou_threshold, max_keep):
+    torch.ops.resnest_cuda._nms_check(boxes, scores, max_keep, True, "batched_nms_fixed", idxs)
+    return boxes.new_empty((max_keep,), dtype=torch.long), boxes.new_empty((max_keep,), dtype=torch.bool)
 
 
 @torch.library.register_fake("resnest_cuda::nms_fixed")

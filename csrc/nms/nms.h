@@ -13,8 +13,9 @@
 //   valid   [max_keep]  bool, true for the kept entries
 //
 // Batched NMS (boxes of different categories never suppress each other) takes idxs [N], any integer dtype.
-// _batched_nms_per_class (CPU) sweeps each category on its own; its result is the kept set and order of one NMS
-// over boxes moved apart by category (resnest_cuda/detection_ops.py, the other batched path).
+// _batched_nms_per_class and _batched_nms_per_class_fixed (CPU) compare each box only with its own category; their
+// result is that of nms / nms_fixed over boxes moved apart by category (resnest_cuda/detection_ops.py, the other
+// batched path).
 #include <ATen/ATen.h>
 
 #include <tuple>
@@ -139,5 +140,8 @@ std::tuple<at::Tensor, at::Tensor> nms_fixed_cpu(const at::Tensor& boxes, const 
                                                  double iou_threshold, int64_t max_keep);
 at::Tensor batched_nms_per_class_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                                      double iou_threshold, int64_t max_keep);
+std::tuple<at::Tensor, at::Tensor> batched_nms_fixed_per_class_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                                                   const at::Tensor& idxs, double iou_threshold,
+                                                                   int64_t max_keep);
 
 }  // namespace resnest_cuda

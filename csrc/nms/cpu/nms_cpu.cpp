@@ -1,7 +1,7 @@
 // CPU NMS: stable sort by descending score, then the greedy pass with a suppressed flag per box: each kept box
 // suppresses, in one branch-free vectorised sweep, the lower-scored boxes that overlap it above the threshold.
-// Batched NMS per category: the same pass over each category's boxes, sorted by (category, descending score) so
-// that every category is one contiguous segment; the kept boxes are then merged back into the score order.
+// Batched NMS per category: the boxes laid out by (category, descending score), so that every category is one
+// contiguous segment, and the same pass in score order, each kept box compared only with its own segment.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -32,23 +32,30 @@ struct BoxColumns {
   }
 };
 
-// The greedy pass over positions [begin, end) of `cols`, which hold boxes in descending score order: appends the
-// positions of the kept boxes to `keep`, at most max_keep of them (max_keep < 0: no limit). `sup` holds a
-// suppressed flag per position, 0 on entry for [begin, end). Its arithmetic is box_iou's, operation for operation,
-// so the kept set is the same as the CUDA kernel's.
+// The greedy pass: visits the boxes of `cols` in score order, rank r at position position_of_rank[r] (null: at
+// position r), and returns the ranks of the kept boxes, at most max_keep of them (max_keep < 0: no limit). A kept
+// box at position p suppresses the boxes at positions (p, segment_end[p]) (null: up to n) that overlap it above the
+// threshold: the later boxes in score order of its segment (with one segment, all the later boxes), which are the
+// only ones it may suppress. Its arithmetic is box_iou's, operation for operation, so the kept set is the same as
+// the CUDA kernel's.
 template <typename acc_t>
-void greedy_sweep(const BoxColumns<acc_t>& cols, int64_t begin, int64_t end, acc_t threshold, int64_t max_keep,
-                  uint8_t* sup, std::vector<int64_t>& keep) {
+std::vector<int64_t> greedy_nms(const BoxColumns<acc_t>& cols, const int64_t* position_of_rank,
+                                const int64_t* segment_end, acc_t threshold, int64_t max_keep) {
+  const int64_t n = static_cast<int64_t>(cols.x1.size());
   const acc_t* px1 = cols.x1.data();
   const acc_t* py1 = cols.y1.data();
   const acc_t* px2 = cols.x2.data();
   const acc_t* py2 = cols.y2.data();
   const acc_t* parea = cols.area.data();
-  int64_t kept = 0;
-  for (int64_t i = begin; i < end; ++i) {
+  std::vector<uint8_t> suppressed(n, 0);
+  uint8_t* sup = suppressed.data();
+  std::vector<int64_t> keep;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t i = position_of_rank == nullptr ? r : position_of_rank[r];
     if (sup[i]) continue;
-    keep.push_back(i);
-    if (++kept == max_keep) break;  // the remaining boxes need no suppression sweep
+    keep.push_back(r);
+    if (static_cast<int64_t>(keep.size()) == max_keep) break;  // the remaining boxes need no suppression sweep
+    const int64_t end = segment_end == nullptr ? n : segment_end[i];
     const acc_t ax1 = px1[i], ay1 = py1[i], ax2 = px2[i], ay2 = py2[i], area_a = parea[i];
     for (int64_t j = i + 1; j < end; ++j) {
       const acc_t left = ax1 > px1[j] ? ax1 : px1[j];
@@ -64,6 +71,7 @@ void greedy_sweep(const BoxColumns<acc_t>& cols, int64_t begin, int64_t end, acc
       sup[j] |= static_cast<uint8_t>(iou > threshold);
     }
   }
+  return keep;
 }
 
 // Rank of each box in descending score order (ties: the lower index first) -> box index.
@@ -71,23 +79,18 @@ at::Tensor score_order(const at::Tensor& scores) {
   return std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
 }
 
-// Positions of the kept boxes when the boxes are visited in `visit` order and each segment of equal `segment` keys
-// (sorted, one per position; null: a single segment) is swept on its own, at most max_keep per segment.
-std::vector<int64_t> kept_positions(const at::Tensor& boxes, const int64_t* visit, const int64_t* segment,
-                                    double iou_threshold, int64_t max_keep) {
-  const int64_t n = boxes.size(0);
+// greedy_nms over the boxes laid out by `position_to_box`, the kept ranks mapped to box indices by `order`.
+std::vector<int64_t> kept_boxes(const at::Tensor& boxes, const at::Tensor& order, const int64_t* position_to_box,
+                                const int64_t* position_of_rank, const int64_t* segment_end, double iou_threshold,
+                                int64_t max_keep) {
   const at::Tensor b = boxes_in_acc_dtype(boxes);
   std::vector<int64_t> keep;
   AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "nms_cpu", [&] {
-    const BoxColumns<scalar_t> cols(b.const_data_ptr<scalar_t>(), visit, n);
-    std::vector<uint8_t> suppressed(n, 0);
-    for (int64_t begin = 0, end; begin < n; begin = end) {
-      end = segment == nullptr ? n : begin + 1;
-      while (end < n && segment[end] == segment[begin]) ++end;
-      greedy_sweep<scalar_t>(cols, begin, end, static_cast<scalar_t>(iou_threshold), max_keep, suppressed.data(),
-                             keep);
-    }
+    const BoxColumns<scalar_t> cols(b.const_data_ptr<scalar_t>(), position_to_box, boxes.size(0));
+    keep = greedy_nms<scalar_t>(cols, position_of_rank, segment_end, static_cast<scalar_t>(iou_threshold), max_keep);
   });
+  const int64_t* rank_to_box = order.const_data_ptr<int64_t>();
+  for (int64_t& k : keep) k = rank_to_box[k];
   return keep;
 }
 
@@ -96,39 +99,49 @@ std::vector<int64_t> kept_indices(const at::Tensor& boxes, const at::Tensor& sco
                                   int64_t max_keep) {
   if (boxes.size(0) == 0 || max_keep == 0) return {};
   const at::Tensor order = score_order(scores);
-  const int64_t* rank_to_box = order.const_data_ptr<int64_t>();
-  std::vector<int64_t> keep = kept_positions(boxes, rank_to_box, nullptr, iou_threshold, max_keep);
-  for (int64_t& k : keep) k = rank_to_box[k];
-  return keep;
+  return kept_boxes(boxes, order, order.const_data_ptr<int64_t>(), nullptr, nullptr, iou_threshold, max_keep);
 }
 
-// kept_indices of batched NMS, one category at a time. The score order, stably sorted by category, visits each
-// category's boxes in score order (ties: lower index first) as one segment. A category cannot suppress another, so
-// its kept boxes are those of one NMS over all boxes moved apart by category; merged by score rank, they are in
-// that NMS's order, and the first max_keep of them hold at most max_keep of any one category.
+// kept_indices of batched NMS. The boxes are laid out by (category, descending score) -- the score order, stably
+// sorted by category -- so that each category is one contiguous segment, and visited in score order as by one NMS
+// over all boxes: a kept box is compared only with the later boxes of its own segment. Same kept boxes, in the
+// same order and with the same max_keep stop, as one NMS over boxes moved apart by category, at a cost that grows
+// with the squared size of each category instead of the squared total.
 std::vector<int64_t> per_class_kept_indices(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                                             double iou_threshold, int64_t max_keep) {
-  if (boxes.size(0) == 0 || max_keep == 0) return {};
+  const int64_t n = boxes.size(0);
+  if (n == 0 || max_keep == 0) return {};
   const at::Tensor order = score_order(scores);
-  const auto [category, by_category] =
+  const auto [sorted_category, by_category] =
       idxs.to(at::kLong).index_select(0, order).sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const at::Tensor position_to_rank = by_category.contiguous();
+  const at::Tensor category = sorted_category.contiguous();       // position -> category
+  const at::Tensor position_to_rank = by_category.contiguous();  // position -> rank
   const at::Tensor position_to_box = order.index_select(0, position_to_rank);
+  const int64_t* cat = category.const_data_ptr<int64_t>();
   const int64_t* rank = position_to_rank.const_data_ptr<int64_t>();
-  std::vector<int64_t> keep = kept_positions(boxes, position_to_box.const_data_ptr<int64_t>(),
-                                             category.contiguous().const_data_ptr<int64_t>(), iou_threshold, max_keep);
-  for (int64_t& k : keep) k = rank[k];
-  std::sort(keep.begin(), keep.end());
-  if (max_keep >= 0 && static_cast<int64_t>(keep.size()) > max_keep) keep.resize(max_keep);
-  const int64_t* rank_to_box = order.const_data_ptr<int64_t>();
-  for (int64_t& k : keep) k = rank_to_box[k];
-  return keep;
+  std::vector<int64_t> position_of_rank(n), segment_end(n);
+  for (int64_t p = 0; p < n; ++p) position_of_rank[rank[p]] = p;
+  for (int64_t p = n - 1; p >= 0; --p) {
+    segment_end[p] = p + 1 < n && cat[p + 1] == cat[p] ? segment_end[p + 1] : p + 1;
+  }
+  return kept_boxes(boxes, order, position_to_box.const_data_ptr<int64_t>(), position_of_rank.data(),
+                    segment_end.data(), iou_threshold, max_keep);
 }
 
 at::Tensor index_tensor(const std::vector<int64_t>& keep, const at::Tensor& like) {
   at::Tensor out = at::empty({static_cast<int64_t>(keep.size())}, like.options().dtype(at::kLong));
   std::copy(keep.begin(), keep.end(), out.mutable_data_ptr<int64_t>());
   return out;
+}
+
+// The fixed-size form of at most max_keep kept indices: (keep [max_keep] padded with 0, valid [max_keep]).
+std::tuple<at::Tensor, at::Tensor> fixed_tensors(const std::vector<int64_t>& keep, int64_t max_keep,
+                                                 const at::Tensor& like) {
+  at::Tensor out = at::zeros({max_keep}, like.options().dtype(at::kLong));
+  at::Tensor valid = at::zeros({max_keep}, like.options().dtype(at::kBool));
+  std::copy(keep.begin(), keep.end(), out.mutable_data_ptr<int64_t>());
+  std::fill_n(valid.mutable_data_ptr<bool>(), keep.size(), true);
+  return {out, valid};
 }
 
 }  // namespace
@@ -143,12 +156,7 @@ std::tuple<at::Tensor, at::Tensor> nms_fixed_cpu(const at::Tensor& boxes, const 
                                                  double iou_threshold, int64_t max_keep) {
   check_nms_input(boxes, scores, "nms_fixed");
   check_max_keep(max_keep, /*fixed=*/true, "nms_fixed");
-  const std::vector<int64_t> keep = kept_indices(boxes, scores, iou_threshold, max_keep);
-  at::Tensor out = at::zeros({max_keep}, boxes.options().dtype(at::kLong));
-  at::Tensor valid = at::zeros({max_keep}, boxes.options().dtype(at::kBool));
-  std::copy(keep.begin(), keep.end(), out.mutable_data_ptr<int64_t>());
-  std::fill_n(valid.mutable_data_ptr<bool>(), keep.size(), true);
-  return {out, valid};
+  return fixed_tensors(kept_indices(boxes, scores, iou_threshold, max_keep), max_keep, boxes);
 }
 
 at::Tensor batched_nms_per_class_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
@@ -159,10 +167,20 @@ at::Tensor batched_nms_per_class_cpu(const at::Tensor& boxes, const at::Tensor& 
   return index_tensor(per_class_kept_indices(boxes, scores, idxs, iou_threshold, max_keep), boxes);
 }
 
+std::tuple<at::Tensor, at::Tensor> batched_nms_fixed_per_class_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                                                   const at::Tensor& idxs, double iou_threshold,
+                                                                   int64_t max_keep) {
+  check_nms_input(boxes, scores, "batched_nms_fixed");
+  check_nms_idxs(boxes, idxs, "batched_nms_fixed");
+  check_max_keep(max_keep, /*fixed=*/true, "batched_nms_fixed");
+  return fixed_tensors(per_class_kept_indices(boxes, scores, idxs, iou_threshold, max_keep), max_keep, boxes);
+}
+
 TORCH_LIBRARY_IMPL(resnest_cuda, CPU, m) {
   m.impl("nms", &nms_cpu);
   m.impl("nms_fixed", &nms_fixed_cpu);
   m.impl("_batched_nms_per_class", &batched_nms_per_class_cpu);
+  m.impl("_batched_nms_per_class_fixed", &batched_nms_fixed_per_class_cpu);
 }
 
 }  // namespace resnest_cuda
