@@ -201,15 +201,12 @@ def _offset_by_category(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor
     return b + (idxs.to(b.dtype) * span)[:, None]
 
 
-def _per_class_path(boxes: torch.Tensor) -> bool:
-    """Whether batched NMS runs as `_batched_nms_per_class`: on the CPU (faster than the offset path at every size
-    measured, 100 to 80k boxes: benchmarks/RESULTS.md, "NMS: the two batched paths"), but not under torch.export,
-    whose graphs keep the single nms op (it has an ONNX translation and a kernel on every device).
-
-    On CUDA the offset path stays: it is one sort, one mask kernel and one sweep with no host synchronisation,
-    where a per-category CUDA path would need either the host to read the category sizes (to size the mask and
-    the launches) or the full n x ceil(n / 64) mask anyway."""
-    return boxes.device.type == "cpu" and not torch.compiler.is_exporting()
+def _per_class_path() -> bool:
+    """Whether batched NMS runs as `_batched_nms_per_class[_fixed]` (a box suppresses only boxes of its category;
+    on the CPU it is compared only with them: faster than the offset path at every size measured, 100 to 80k
+    boxes, benchmarks/RESULTS.md "NMS: the two batched paths"), rather than as nms over boxes offset by category.
+    torch.export keeps the offset path: its graphs hold only the nms op, which has an ONNX translation."""
+    return not torch.compiler.is_exporting()
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int = -1) -> torch.Tensor:
@@ -257,17 +254,18 @@ def batched_nms(
     Returns:
         ``[M]`` int64 indices of the kept boxes of all categories, by descending score (ties: lower index first).
 
-    Two paths, one result: one NMS over boxes offset by category (CUDA, and graphs made by torch.export), or on
-    the CPU one op that compares each box only with its own category, whose cost grows with the squared size of
-    each category instead of the squared total. They keep the same boxes in the same order when the offset
-    coordinates are exact (as for integer coordinates below 2**24 in fp32) and ``iou_threshold >= 0``; otherwise
-    the per-category path computes the IoUs on the boxes as given (as the reference does), while the offset one
-    rounds the offset coordinates, lets categories suppress each other at a negative threshold, and loses every
-    box to NaN once a coordinate is not finite.
+    Two paths, one result: one op in which a box suppresses only boxes of its own category (on the CPU it is
+    compared only with them: the cost grows with the squared size of each category instead of the squared
+    total; on CUDA one bitmask as for :func:`nms`, with no bit set across categories), and, in graphs made by
+    torch.export, one NMS over boxes offset by category. They keep the same boxes in the same order when the
+    offset coordinates are exact (as for integer coordinates below 2**24 in fp32) and ``iou_threshold >= 0``;
+    otherwise the first computes the IoUs on the boxes as given (as the reference does), while the offset one
+    rounds the offset coordinates, lets categories suppress each other at a negative threshold, and keeps
+    every box once a coordinate is not finite (the offsets turn every box into NaN).
     """
     op = "batched_nms"
     max_keep = _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, False, op)
-    if _per_class_path(boxes):
+    if _per_class_path():
         return torch.ops.resnest_cuda._batched_nms_per_class(boxes, scores, idxs, float(iou_threshold), max_keep)
     return torch.ops.resnest_cuda.nms(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 
@@ -279,7 +277,7 @@ def batched_nms_fixed(
     valid [max_keep] bool)``; the same two paths."""
     op = "batched_nms_fixed"
     max_keep = _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, True, op)
-    if _per_class_path(boxes):
+    if _per_class_path():
         return torch.ops.resnest_cuda._batched_nms_per_class_fixed(boxes, scores, idxs, float(iou_threshold), max_keep)
     return torch.ops.resnest_cuda.nms_fixed(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
 

@@ -31,8 +31,8 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold, int max_keep=-1) -> Tensor");
   // Exactly max_keep entries: (keep int64 [max_keep], padded with 0; valid bool [max_keep]).
   m.def("nms_fixed(Tensor boxes, Tensor scores, float iou_threshold, int max_keep) -> (Tensor, Tensor)");
-  // Batched NMS (idxs: the category of each box), each box compared only with its own category; CPU only. The
-  // results of nms / nms_fixed over boxes moved apart by category; batched_nms / batched_nms_fixed call them.
+  // Batched NMS (idxs: the category of each box): a box suppresses only boxes of its own category.
+  // batched_nms / batched_nms_fixed call them (outside torch.export).
   m.def("_batched_nms_per_class(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold, int max_keep=-1) "
         "-> Tensor");
   m.def("_batched_nms_per_class_fixed(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold, int max_keep) "

@@ -13,9 +13,10 @@
 //   valid   [max_keep]  bool, true for the kept entries
 //
 // Batched NMS (boxes of different categories never suppress each other) takes idxs [N], any integer dtype.
-// _batched_nms_per_class and _batched_nms_per_class_fixed (CPU) compare each box only with its own category; their
-// result is that of nms / nms_fixed over boxes moved apart by category (resnest_cuda/detection_ops.py, the other
-// batched path).
+// _batched_nms_per_class and _batched_nms_per_class_fixed let a box suppress only boxes of its own category (the
+// CPU compares it only with them; the CUDA mask sets no bit across categories). Their result is that of nms /
+// nms_fixed over boxes moved apart by category (resnest_cuda/detection_ops.py, the other batched path) whenever
+// those moved coordinates are exact and iou_threshold >= 0.
 #include <ATen/ATen.h>
 
 #include <tuple>
