@@ -203,9 +203,10 @@ def _offset_by_category(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor
 
 def _per_class_path() -> bool:
     """Whether batched NMS runs as `_batched_nms_per_class[_fixed]` (a box suppresses only boxes of its category;
-    on the CPU it is compared only with them: faster than the offset path at every size measured, 100 to 80k
-    boxes, benchmarks/RESULTS.md "NMS: the two batched paths"), rather than as nms over boxes offset by category.
-    torch.export keeps the offset path: its graphs hold only the nms op, which has an ONNX translation."""
+    on the CPU it is compared only with them: faster than the offset path at every size measured without
+    max_keep, 100 to 80k boxes, and on par with a small max_keep; benchmarks/RESULTS.md "NMS: the two batched
+    paths") rather than as nms over boxes offset by category. torch.export keeps the offset path: its graphs hold
+    only the nms op, which has an ONNX translation."""
     return not torch.compiler.is_exporting()
 
 
