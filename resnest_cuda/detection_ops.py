@@ -169,25 +169,23 @@ def multi_level_roi_align(
     )
 
 
-def _check_nms_args(boxes, scores, iou_threshold, max_keep, fixed: bool, op: str, idxs=None) -> int:
+def _check_nms_args(boxes, scores, iou_threshold, max_keep, op: str) -> int:
     """The arguments only Python sees (non-tensors, the scalar types). The op's own rules on the tensors and
-    max_keep (csrc/nms/nms.h) are applied by its kernels; the batched wrappers (``idxs``: their categories), which
-    compute on the boxes before the op runs, apply them first through `_nms_check` (the same errors as the kernels
-    and the fake kernels)."""
+    max_keep (csrc/nms/nms.h) are applied by its kernels; the batched wrappers' offset path, which computes on the
+    boxes before the op runs, applies them first through `_nms_check` (the same errors as the kernels and the fake
+    kernels)."""
     _check_tensor(boxes, "boxes", op)
     _check_tensor(scores, "scores", op)
     if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool):
         raise TypeError(f"{op}: iou_threshold must be a number, got {iou_threshold!r}")
     if not _is_int(max_keep):
         raise TypeError(f"{op}: max_keep must be an int, got {max_keep!r}")
-    if idxs is not None:
-        torch.ops.resnest_cuda._nms_check(boxes, scores, int(max_keep), fixed, op, idxs)
     return int(max_keep)
 
 
-def _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, fixed: bool, op: str) -> int:
+def _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, op: str) -> int:
     _check_tensor(idxs, "idxs", op)
-    return _check_nms_args(boxes, scores, iou_threshold, max_keep, fixed, op, idxs)
+    return _check_nms_args(boxes, scores, iou_threshold, max_keep, op)
 
 
 def _offset_by_category(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor:
@@ -199,6 +197,12 @@ def _offset_by_category(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor
     coords = torch.cat([b.reshape(-1), b.new_zeros(1)])
     span = coords.max() - coords.min() + 1
     return b + (idxs.to(b.dtype) * span)[:, None]
+
+
+def _checked_offset_boxes(boxes, scores, idxs, max_keep: int, fixed: bool, op: str) -> torch.Tensor:
+    """The offset path's boxes, after NMS's argument rules (with idxs) are applied through `_nms_check`."""
+    torch.ops.resnest_cuda._nms_check(boxes, scores, max_keep, fixed, op, idxs)
+    return _offset_by_category(boxes, idxs)
 
 
 def _per_class_path() -> bool:
@@ -223,7 +227,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
         ``[M]`` int64 indices of the kept boxes, by descending score (ties: lower index first); ``M`` depends on
         the data (a host synchronisation on CUDA; :func:`nms_fixed` has a fixed size).
     """
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, "nms")
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, "nms")
     return torch.ops.resnest_cuda.nms(boxes, scores, float(iou_threshold), max_keep)
 
 
@@ -239,7 +243,7 @@ def nms_fixed(
         ``keep`` ``[max_keep]`` int64: ``nms(boxes, scores, iou_threshold, max_keep)`` followed by padding 0;
         ``valid`` ``[max_keep]`` bool: True for the kept entries (a prefix).
     """
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, "nms_fixed")
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, "nms_fixed")
     return torch.ops.resnest_cuda.nms_fixed(boxes, scores, float(iou_threshold), max_keep)
 
 
@@ -265,10 +269,11 @@ def batched_nms(
     every box once a coordinate is not finite (the offsets turn every box into NaN).
     """
     op = "batched_nms"
-    max_keep = _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, False, op)
+    max_keep = _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, op)
     if _per_class_path():
         return torch.ops.resnest_cuda._batched_nms_per_class(boxes, scores, idxs, float(iou_threshold), max_keep)
-    return torch.ops.resnest_cuda.nms(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
+    moved = _checked_offset_boxes(boxes, scores, idxs, max_keep, False, op)
+    return torch.ops.resnest_cuda.nms(moved, scores, float(iou_threshold), max_keep)
 
 
 def batched_nms_fixed(
@@ -277,10 +282,11 @@ def batched_nms_fixed(
     """:func:`batched_nms` with the fixed-size result of :func:`nms_fixed`: ``(keep [max_keep] int64 padded with 0,
     valid [max_keep] bool)``; the same two paths."""
     op = "batched_nms_fixed"
-    max_keep = _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, True, op)
+    max_keep = _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, op)
     if _per_class_path():
         return torch.ops.resnest_cuda._batched_nms_per_class_fixed(boxes, scores, idxs, float(iou_threshold), max_keep)
-    return torch.ops.resnest_cuda.nms_fixed(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
+    moved = _checked_offset_boxes(boxes, scores, idxs, max_keep, True, op)
+    return torch.ops.resnest_cuda.nms_fixed(moved, scores, float(iou_threshold), max_keep)
 
 
 # --------------------------------------------------------------------------------------------------------------
