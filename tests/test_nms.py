@@ -291,3 +291,22 @@ def test_compile_runs_the_per_class_op_and_export_the_offset_path():
     targets = {str(node.target) for node in graph.nodes}
     assert "resnest_cuda.nms_fixed.default" in targets
     assert not any("per_class" in t for t in targets)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_per_class_strided_inputs(device):
+    boxes, scores = clustered_boxes(300, seed=27)
+    idxs = categories(300, seed=28, kind="many")
+    want = OPS._batched_nms_per_class(boxes.to(device), scores.to(device), idxs.to(device), 0.5)
+    # Every other column of wider tensors: boxes with strides (8, 2), scores and idxs with stride 2.
+    wide_boxes = torch.zeros(300, 8, device=device)
+    wide_boxes[:, ::2] = boxes.to(device)
+    wide = torch.zeros(300, 2, device=device)
+    wide[:, 0] = scores.to(device)
+    wide_idxs = torch.zeros(300, 2, dtype=torch.int64, device=device)
+    wide_idxs[:, 0] = idxs.to(device)
+    strided = (wide_boxes[:, ::2], wide[:, 0], wide_idxs[:, 0])
+    assert not any(t.is_contiguous() for t in strided)
+    assert torch.equal(OPS._batched_nms_per_class(*strided, 0.5), want)
+    keep, valid = OPS._batched_nms_per_class_fixed(*strided, 0.5, 40)
+    assert torch.equal(keep[valid], want[:40])
