@@ -6,6 +6,13 @@ does. NMS runs on proposal-like boxes (clustered, random scores) at IoU 0.7.
 
     python -m benchmarks.bench_detection_ops --out results.json            # every device available
     python -m benchmarks.bench_detection_ops --device cpu --iters 2 --out cpu.json
+
+--batched-paths times the two batched NMS paths against each other on the CPU instead (one NMS over boxes offset
+by category, and the per-category op) over the --batched-sizes box counts, --batched-classes categories (default
+80) and --batched-max-keep (default -1: no limit), IoU 0.5, their repetitions interleaved (A, B, A, B, ...), and
+checks that they keep the same boxes:
+
+    python -m benchmarks.bench_detection_ops --batched-paths --out batched.json
 """
 
 import argparse
@@ -135,6 +142,37 @@ def run_device(device: str, iters: int, dtype: torch.dtype, roi_sets, nms_sizes,
     return records
 
 
+def batched_nms_paths(sizes, classes: int, max_keep: int, iters: int) -> list[dict]:
+    """Median ms of the offset path and of the per-category path of batched NMS on the CPU, interleaved."""
+    from resnest_cuda.detection_ops import _offset_by_category
+
+    ops = torch.ops.resnest_cuda
+    records = []
+    for num in sizes:
+        boxes, scores = nms_inputs(num, "cpu")
+        boxes = boxes.round()  # integer coordinates: the offset is exact, so both paths must keep the same boxes
+        idxs = torch.randint(0, classes, (num,), generator=torch.Generator().manual_seed(num))
+        paths = {
+            "offset": lambda b=boxes, s=scores, i=idxs: ops.nms(_offset_by_category(b, i), s, 0.5, max_keep),
+            "per_class": lambda b=boxes, s=scores, i=idxs: ops._batched_nms_per_class(b, s, i, 0.5, max_keep),
+        }
+        if not torch.equal(paths["offset"](), paths["per_class"]()):
+            raise AssertionError(f"the batched NMS paths disagree on {num} boxes")
+        times = {name: [] for name in paths}
+        for _ in range(iters):
+            for name, fn in paths.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1e3)
+        med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+        rec = dict(op="batched_nms", case=f"{num} boxes {classes} classes iou 0.5 max_keep {max_keep}", device="cpu",
+                   offset_ms=med["offset"], per_class_ms=med["per_class"], offset_over_per_class=med["offset"] /
+                   med["per_class"])
+        records.append(rec)
+        print(f"  {rec}", flush=True)
+    return records
+
+
 def print_table(records: list[dict]) -> None:
     print(f"{'device':6} {'op':9} {'case':52} {'impl':11} {'fwd ms':>10} {'fwd+bwd ms':>11} {'ours x':>7}")
     for r in records:
@@ -153,8 +191,22 @@ def main(argv=None) -> None:
     parser.add_argument("--channels", type=int, default=CHANNELS, help="feature channels of the pyramid")
     parser.add_argument("--roi-sets", default="1000,2048", help="ROI counts to pool (comma list)")
     parser.add_argument("--nms-sizes", default="2000,10000", help="box counts for NMS (comma list)")
+    parser.add_argument("--batched-paths", action="store_true", help="time the two CPU batched NMS paths only")
+    parser.add_argument("--batched-sizes", default="1000,2000,3000,5000,10000,20000,40000,80000",
+                        help="box counts for --batched-paths (comma list)")
+    parser.add_argument("--batched-classes", type=int, default=80, help="categories for --batched-paths")
+    parser.add_argument("--batched-max-keep", type=int, default=-1, help="max_keep for --batched-paths")
     parser.add_argument("--out", required=True, help="path of the JSON results")
     args = parser.parse_args(argv)
+    if args.batched_paths:
+        sizes = tuple(int(v) for v in args.batched_sizes.split(","))
+        records = batched_nms_paths(sizes, args.batched_classes, args.batched_max_keep, iters=args.iters or 7)
+        with open(args.out, "w") as f:
+            json.dump(dict(meta=dict(torch=torch.__version__, cpu_threads=torch.get_num_threads(),
+                                     date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())), results=records), f,
+                      indent=2)
+        print(f"wrote {args.out}")
+        return
     roi_sets = tuple(int(v) for v in args.roi_sets.split(","))
     nms_sizes = tuple(int(v) for v in args.nms_sizes.split(","))
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]

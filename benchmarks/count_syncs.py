@@ -16,7 +16,8 @@ its inputs live on a CUDA device, while a CPU step runs. Counted (`SYNC_OPS`, `i
   index (the kernel turns the mask into indices with `nonzero`); the backward of `x[mask]` is such an
   `index_put` too. Not counted: `x[mask] = python_scalar`, which ATen runs as `masked_fill_` (a 0-dim value and
   a single mask index are taken to be that case);
-- `resnest_cuda::nms` (its output length depends on the data; the CUDA kernel ends with a `nonzero`);
+- `resnest_cuda::nms` and `resnest_cuda::_batched_nms_per_class` (their output length depends on the data; the CUDA
+  kernels end with a `nonzero`);
 - `aten.lift_fresh` of at least one dimension ("host_data"): a tensor made from a Python list (`torch.tensor`,
   `new_tensor`, `as_tensor`). On CUDA that is a copy from pageable host memory: it does not drain the queue, but
   it cannot be captured in a CUDA graph, so a capturable step needs none either. 0-dim ones are not counted:
@@ -94,6 +95,10 @@ def _is_masked_fill(func, args, kwargs) -> bool:
     return not accumulate and len(defined) == 1 and indices[0] is not None and value.dim() == 0
 
 
+# Ops whose output length depends on the data (batched_nms runs the second one outside torch.export).
+_NMS_OPS = ("resnest_cuda::nms", "resnest_cuda::_batched_nms_per_class")
+
+
 def is_sync_op(func, args, kwargs) -> str | None:
     """The kind of host synchronisation `func(*args, **kwargs)` forces on CUDA inputs, or None."""
     if func in SYNC_OPS:
@@ -109,7 +114,7 @@ def is_sync_op(func, args, kwargs) -> str | None:
     if func is _aten.repeat_interleave.self_Tensor:
         size = kwargs.get("output_size", args[3] if len(args) > 3 else None)
         return "repeat_interleave" if size is None else None
-    if getattr(func, "_schema", None) is not None and func._schema.name == "resnest_cuda::nms":
+    if getattr(func, "_schema", None) is not None and func._schema.name in _NMS_OPS:
         return "nms"
     return None
 

@@ -169,28 +169,23 @@ def multi_level_roi_align(
     )
 
 
-def _check_nms_args(boxes, scores, iou_threshold, max_keep, fixed: bool, op: str, batched: bool) -> int:
+def _check_nms_args(boxes, scores, iou_threshold, max_keep, op: str) -> int:
     """The arguments only Python sees (non-tensors, the scalar types). The op's own rules on the tensors and
-    max_keep (csrc/nms/nms.h) are applied by its kernels; the batched wrappers, which compute on the boxes before
-    the op runs, apply them first through `_nms_check` (the same errors as the kernels and the fake kernels)."""
+    max_keep (csrc/nms/nms.h) are applied by its kernels; the batched wrappers' offset path, which computes on the
+    boxes before the op runs, applies them first through `_nms_check` (the same errors as the kernels and the fake
+    kernels)."""
     _check_tensor(boxes, "boxes", op)
     _check_tensor(scores, "scores", op)
     if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, bool):
         raise TypeError(f"{op}: iou_threshold must be a number, got {iou_threshold!r}")
     if not _is_int(max_keep):
         raise TypeError(f"{op}: max_keep must be an int, got {max_keep!r}")
-    if batched:
-        torch.ops.resnest_cuda._nms_check(boxes, scores, int(max_keep), fixed, op)
     return int(max_keep)
 
 
-def _check_idxs(idxs, boxes: torch.Tensor, op: str) -> None:
+def _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, op: str) -> int:
     _check_tensor(idxs, "idxs", op)
-    if idxs.dim() != 1 or idxs.shape[0] != boxes.shape[0]:
-        raise ValueError(f"{op}: idxs must have shape [{boxes.shape[0]}] (one per box), got shape {tuple(idxs.shape)}")
-    if idxs.dtype.is_floating_point or idxs.dtype.is_complex or idxs.dtype == torch.bool:
-        raise TypeError(f"{op}: idxs must be an integer tensor, got {idxs.dtype}")
-    _check_same_device(idxs, "idxs", boxes, "boxes", op)
+    return _check_nms_args(boxes, scores, iou_threshold, max_keep, op)
 
 
 def _offset_by_category(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor:
@@ -202,6 +197,21 @@ def _offset_by_category(boxes: torch.Tensor, idxs: torch.Tensor) -> torch.Tensor
     coords = torch.cat([b.reshape(-1), b.new_zeros(1)])
     span = coords.max() - coords.min() + 1
     return b + (idxs.to(b.dtype) * span)[:, None]
+
+
+def _checked_offset_boxes(boxes, scores, idxs, max_keep: int, fixed: bool, op: str) -> torch.Tensor:
+    """The offset path's boxes, after NMS's argument rules (with idxs) are applied through `_nms_check`."""
+    torch.ops.resnest_cuda._nms_check(boxes, scores, max_keep, fixed, op, idxs)
+    return _offset_by_category(boxes, idxs)
+
+
+def _per_class_path() -> bool:
+    """Whether batched NMS runs as `_batched_nms_per_class[_fixed]` (a box suppresses only boxes of its category;
+    on the CPU it is compared only with them: faster than the offset path at every size measured without
+    max_keep, 100 to 80k boxes, and on par with a small max_keep; benchmarks/RESULTS.md "NMS: the two batched
+    paths") rather than as nms over boxes offset by category. torch.export keeps the offset path: its graphs hold
+    only the nms op, which has an ONNX translation."""
+    return not torch.compiler.is_exporting()
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_keep: int = -1) -> torch.Tensor:
@@ -217,7 +227,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kee
         ``[M]`` int64 indices of the kept boxes, by descending score (ties: lower index first); ``M`` depends on
         the data (a host synchronisation on CUDA; :func:`nms_fixed` has a fixed size).
     """
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, "nms", batched=False)
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, "nms")
     return torch.ops.resnest_cuda.nms(boxes, scores, float(iou_threshold), max_keep)
 
 
@@ -233,7 +243,7 @@ def nms_fixed(
         ``keep`` ``[max_keep]`` int64: ``nms(boxes, scores, iou_threshold, max_keep)`` followed by padding 0;
         ``valid`` ``[max_keep]`` bool: True for the kept entries (a prefix).
     """
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, "nms_fixed", batched=False)
+    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, "nms_fixed")
     return torch.ops.resnest_cuda.nms_fixed(boxes, scores, float(iou_threshold), max_keep)
 
 
@@ -248,22 +258,35 @@ def batched_nms(
         idxs: ``[N]`` integer category of each box, same device.
     Returns:
         ``[M]`` int64 indices of the kept boxes of all categories, by descending score (ties: lower index first).
+
+    Two paths, one result: one op in which a box suppresses only boxes of its own category (on the CPU it is
+    compared only with them: the cost grows with the squared size of each category instead of the squared
+    total; on CUDA one bitmask as for :func:`nms`, with no bit set across categories), and, in graphs made by
+    torch.export, one NMS over boxes offset by category. They keep the same boxes in the same order when the
+    offset coordinates are exact (as for integer coordinates below 2**24 in fp32) and ``iou_threshold >= 0``;
+    otherwise the first computes the IoUs on the boxes as given (as the reference does), while the offset one
+    rounds the offset coordinates, lets categories suppress each other at a negative threshold, and keeps
+    every box once a coordinate is not finite (the offsets turn every box into NaN).
     """
     op = "batched_nms"
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, False, op, batched=True)
-    _check_idxs(idxs, boxes, op)
-    return torch.ops.resnest_cuda.nms(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
+    max_keep = _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, op)
+    if _per_class_path():
+        return torch.ops.resnest_cuda._batched_nms_per_class(boxes, scores, idxs, float(iou_threshold), max_keep)
+    moved = _checked_offset_boxes(boxes, scores, idxs, max_keep, False, op)
+    return torch.ops.resnest_cuda.nms(moved, scores, float(iou_threshold), max_keep)
 
 
 def batched_nms_fixed(
     boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float, max_keep: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`batched_nms` with the fixed-size result of :func:`nms_fixed`: ``(keep [max_keep] int64 padded with 0,
-    valid [max_keep] bool)``."""
+    valid [max_keep] bool)``; the same two paths."""
     op = "batched_nms_fixed"
-    max_keep = _check_nms_args(boxes, scores, iou_threshold, max_keep, True, op, batched=True)
-    _check_idxs(idxs, boxes, op)
-    return torch.ops.resnest_cuda.nms_fixed(_offset_by_category(boxes, idxs), scores, float(iou_threshold), max_keep)
+    max_keep = _check_batched_nms_args(boxes, scores, idxs, iou_threshold, max_keep, op)
+    if _per_class_path():
+        return torch.ops.resnest_cuda._batched_nms_per_class_fixed(boxes, scores, idxs, float(iou_threshold), max_keep)
+    moved = _checked_offset_boxes(boxes, scores, idxs, max_keep, True, op)
+    return torch.ops.resnest_cuda.nms_fixed(moved, scores, float(iou_threshold), max_keep)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -293,6 +316,19 @@ def _nms_fake(boxes, scores, iou_threshold, max_keep=-1):
     # How many boxes survive depends on their values: an unbacked size.
     num_kept = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((num_kept,), dtype=torch.long)
+
+
+@torch.library.register_fake("resnest_cuda::_batched_nms_per_class")
+def _batched_nms_per_class_fake(boxes, scores, idxs, iou_threshold, max_keep=-1):
+    torch.ops.resnest_cuda._nms_check(boxes, scores, max_keep, False, "batched_nms", idxs)
+    num_kept = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((num_kept,), dtype=torch.long)
+
+
+@torch.library.register_fake("resnest_cuda::_batched_nms_per_class_fixed")
+def _batched_nms_per_class_fixed_fake(boxes, scores, idxs, iou_threshold, max_keep):
+    torch.ops.resnest_cuda._nms_check(boxes, scores, max_keep, True, "batched_nms_fixed", idxs)
+    return boxes.new_empty((max_keep,), dtype=torch.long), boxes.new_empty((max_keep,), dtype=torch.bool)
 
 
 @torch.library.register_fake("resnest_cuda::nms_fixed")

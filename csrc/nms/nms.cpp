@@ -3,6 +3,7 @@
 // through `_nms_check`; the CPU and CUDA kernels register themselves in cpu/ and cuda/.
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
 
 #include "nms.h"
@@ -11,11 +12,13 @@ namespace resnest_cuda {
 namespace {
 
 // NMS's argument rules (nms.h) for callers that are not a kernel: the Python wrappers of the batched variants
-// (before they offset the boxes by category), and the fake kernels. Registered for every backend, Meta included.
+// (before they offset the boxes by category; with their idxs), and the fake kernels. Registered for every
+// backend, Meta included.
 void nms_check(const at::Tensor& boxes, const at::Tensor& scores, int64_t max_keep, bool fixed,
-               c10::string_view op) {
+               c10::string_view op, const std::optional<at::Tensor>& idxs) {
   const std::string name(op);
   check_nms_input(boxes, scores, name.c_str());
+  if (idxs.has_value()) check_nms_idxs(boxes, *idxs, name.c_str());
   check_max_keep(max_keep, fixed, name.c_str());
 }
 
@@ -28,8 +31,14 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold, int max_keep=-1) -> Tensor");
   // Exactly max_keep entries: (keep int64 [max_keep], padded with 0; valid bool [max_keep]).
   m.def("nms_fixed(Tensor boxes, Tensor scores, float iou_threshold, int max_keep) -> (Tensor, Tensor)");
-  // Raises the error of a bad argument (as `op`), returns nothing otherwise.
-  m.def("_nms_check(Tensor boxes, Tensor scores, int max_keep, bool fixed, str op) -> ()");
+  // Batched NMS (idxs: the category of each box): a box suppresses only boxes of its own category.
+  // batched_nms / batched_nms_fixed call them (outside torch.export).
+  m.def("_batched_nms_per_class(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold, int max_keep=-1) "
+        "-> Tensor");
+  m.def("_batched_nms_per_class_fixed(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold, int max_keep) "
+        "-> (Tensor, Tensor)");
+  // Raises the error of a bad argument (as `op`; idxs: a batched variant's categories), returns nothing otherwise.
+  m.def("_nms_check(Tensor boxes, Tensor scores, int max_keep, bool fixed, str op, Tensor? idxs=None) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(resnest_cuda, CompositeExplicitAutograd, m) {

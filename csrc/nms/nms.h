@@ -11,6 +11,12 @@
 // nms_fixed returns exactly max_keep entries, with no data-dependent shape:
 //   keep    [max_keep]  int64, the kept indices first (as nms), then padding 0
 //   valid   [max_keep]  bool, true for the kept entries
+//
+// Batched NMS (boxes of different categories never suppress each other) takes idxs [N], any integer dtype.
+// _batched_nms_per_class and _batched_nms_per_class_fixed let a box suppress only boxes of its own category (the
+// CPU compares it only with them; the CUDA mask sets no bit across categories). Their result is that of nms /
+// nms_fixed over boxes moved apart by category (resnest_cuda/detection_ops.py, the other batched path) whenever
+// those moved coordinates are exact and iou_threshold >= 0.
 #include <ATen/ATen.h>
 
 #include <tuple>
@@ -111,6 +117,15 @@ inline void check_nms_input(const at::Tensor& boxes, const at::Tensor& scores, c
                     boxes.device(), "; both must be on one device");
 }
 
+inline void check_nms_idxs(const at::Tensor& boxes, const at::Tensor& idxs, const char* op) {
+  TORCH_CHECK_VALUE(idxs.dim() == 1 && idxs.sym_size(0) == boxes.sym_size(0), op, ": idxs must have shape [",
+                    boxes.sym_size(0), "] (one per box), got shape ", idxs.sym_sizes());
+  TORCH_CHECK_TYPE(at::isIntegralType(idxs.scalar_type(), /*includeBool=*/false), op,
+                   ": idxs must be an integer tensor, got ", idxs.scalar_type());
+  TORCH_CHECK_VALUE(idxs.device() == boxes.device(), op, ": idxs is on ", idxs.device(), " but boxes is on ",
+                    boxes.device(), "; both must be on one device");
+}
+
 inline void check_max_keep(int64_t max_keep, bool fixed, const char* op) {
   TORCH_CHECK_VALUE(fixed ? max_keep >= 0 : max_keep >= -1, op, ": max_keep must be >= 0",
                     fixed ? "" : " (or -1 for no limit)", ", got ", max_keep);
@@ -121,9 +136,13 @@ inline at::Tensor boxes_in_acc_dtype(const at::Tensor& boxes) {
   return boxes.to(boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
 }
 
-
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold, int64_t max_keep);
 std::tuple<at::Tensor, at::Tensor> nms_fixed_cpu(const at::Tensor& boxes, const at::Tensor& scores,
                                                  double iou_threshold, int64_t max_keep);
+at::Tensor batched_nms_per_class_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
+                                     double iou_threshold, int64_t max_keep);
+std::tuple<at::Tensor, at::Tensor> batched_nms_fixed_per_class_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                                                   const at::Tensor& idxs, double iou_threshold,
+                                                                   int64_t max_keep);
 
 }  // namespace resnest_cuda
