@@ -136,14 +136,15 @@ def roi_align_cases(check, device, tiny):
     # Above one grid of 65535 x 256 threads: 1400 ROIs x 256 channels x 7 x 7 = 17.6M outputs.
     num_rois, channels = (40, 16) if tiny else (1400, 256)
     x, rois = roi_inputs(num_rois, channels, 2, seed=1, max_size=8.0)
-    xd = x.to(device).requires_grad_()
-    out = resnest_cuda.roi_align(xd, rois.to(device), 7, 0.25, 1, True)
-    (gx,) = torch.autograd.grad(out, xd, torch.ones_like(out))
     want = resnest_cuda.roi_align(x, rois[-50:], 7, 0.25, 1, True)
-    check.close(f"roi_align {out.numel()} outputs forward (last 50 ROIs)", out[-50:], want, 1e-4)
     xc = x.clone().requires_grad_()
-    (want_gx,) = torch.autograd.grad(resnest_cuda.roi_align(xc, rois, 7, 0.25, 1, True), xc, torch.ones_like(out.cpu()))
-    check.close(f"roi_align {out.numel()} outputs backward", gx, want_gx, 1e-4)
+    (want_gx,) = torch.autograd.grad(resnest_cuda.roi_align(xc, rois, 7, 0.25, 1, True).sum(), xc)
+    for layout in ("nchw", "channels_last"):  # both thread mappings of the CUDA kernels
+        xd = place(x, device, layout).requires_grad_()
+        out = resnest_cuda.roi_align(xd, rois.to(device), 7, 0.25, 1, True)
+        (gx,) = torch.autograd.grad(out, xd, torch.ones_like(out))
+        check.close(f"roi_align {out.numel()} outputs {layout} forward (last 50 ROIs)", out[-50:], want, 1e-4)
+        check.close(f"roi_align {out.numel()} outputs {layout} backward", gx, want_gx, 1e-4)
     multi_level_cases(check, device, tiny)
 
 
