@@ -125,6 +125,25 @@ def test_large_fixed_sampling_ratio_keeps_the_contract(device):
 
 
 @pytest.mark.parametrize("device", devices())
+def test_more_bins_than_one_grid(device):
+    """11000 RoIs x 7 x 7 bins: above 65535 blocks x 8 bins, so the CUDA channel-fastest kernels loop over bins."""
+    x = feature_map(device, c=2)
+    g = torch.Generator().manual_seed(4)
+    xy = torch.rand(11000, 2, generator=g) * 50 - 2
+    rois = torch.cat([torch.randint(0, 2, (11000, 1), generator=g).float(), xy, xy + 1 + torch.rand(11000, 2,
+                      generator=g) * 20], 1).to(device)
+    grad = torch.randn(11000, 2, 7, 7, generator=g).to(device)
+    out_c, gx_c = pool_and_grad(x, rois, 7, 2, True, grad)
+    out_l, gx_l = pool_and_grad(x.contiguous(memory_format=CL), rois, 7, 2, True, grad)
+    assert_layout(out_l, True), assert_layout(gx_l, True)
+    torch.testing.assert_close(out_l, out_c, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gx_l, gx_c, rtol=1e-5, atol=1e-4)  # 11000 RoIs' atomic sums, in another order
+    tail = reference.roi_align(x.cpu(), rois[-40:].cpu(), 7, 0.25, 2, True)
+    assert tail.abs().max() > 0.5
+    torch.testing.assert_close(out_l[-40:].cpu(), tail)
+
+
+@pytest.mark.parametrize("device", devices())
 def test_empty_rois_channels_last(device):
     x = feature_map(device).contiguous(memory_format=CL).requires_grad_()
     out = resnest_cuda.roi_align(x, torch.empty(0, 5, device=device), (3, 4), 0.25)
