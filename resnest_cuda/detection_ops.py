@@ -155,12 +155,12 @@ def multi_level_roi_align(
         strides: L positive numbers, the stride of each level in image pixels (4, 8, 16, 32 for P2-P5).
         finest_scale, sampling_ratio, aligned: as above and as for :func:`roi_align`.
     Returns:
-        ``[K, C, ph, pw]`` tensor of the features' dtype, channels_last when every level is (see
-        :func:`_channels_last`), else contiguous; differentiable w.r.t. every level (gradients ``[N, C, H_l, W_l]``,
-        channels_last for a channels_last level, else contiguous; double backward is exact);
-        rois receive no gradient. RoIs with a non-finite coordinate or a batch index outside ``[0, N)`` pool to 0,
-        as in :func:`roi_align`. The CUDA backward accumulates with atomics: it raises under
-        ``torch.use_deterministic_algorithms(True)``.
+        ``[K, C, ph, pw]`` tensor of the features' dtype, channels_last when every level is channels_last (a level
+        that is also contiguous, C == 1 or a 1x1 map, does not decide), else contiguous; differentiable w.r.t.
+        every level (gradients ``[N, C, H_l, W_l]``, channels_last for a channels_last level, else contiguous;
+        double backward is exact); rois receive no gradient. RoIs with a non-finite coordinate or a batch index
+        outside ``[0, N)`` pool to 0, as in :func:`roi_align`. The CUDA backward accumulates with atomics: it
+        raises under ``torch.use_deterministic_algorithms(True)``.
     """
     ph, pw = _output_size(output_size)
     _check_multi_level(features, rois, strides, finest_scale, sampling_ratio, aligned)
