@@ -2,7 +2,10 @@
 
 RoIAlign pools ROIs from a 5-level FPN pyramid (batch 2 at an 800x1216 input, 256 channels, strides 4..64); each ROI
 is pooled from level floor(log2(sqrt(w*h) / 56)) clamped to 0..3 (strides 4..32), as the detector's RoI extractor
-does. NMS runs on proposal-like boxes (clustered, random scores) at IoU 0.7.
+does; ours is also timed as the detector runs it, one multi_level_roi_align call over all levels ("ours
+multi-level"). RoIAlign is timed with the pyramid in each of --layouts (NCHW and channels_last by default: on CUDA
+the two layouts run different thread mappings). NMS runs on proposal-like boxes (clustered, random scores) at
+IoU 0.7.
 
     python -m benchmarks.bench_detection_ops --out results.json            # every device available
     python -m benchmarks.bench_detection_ops --device cpu --iters 2 --out cpu.json
@@ -89,25 +92,32 @@ def multilevel_roi_align(impl: Callable, feats: list[torch.Tensor], rois: list[t
     return [impl(f, r, (size, size), 1.0 / s, 0, True) for f, r, s in zip(feats, rois, ROI_STRIDES) if len(r) > 0]
 
 
+def one_multi_level_op(feats: list[torch.Tensor], rois: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+    return [resnest_cuda.multi_level_roi_align(feats[: len(ROI_STRIDES)], torch.cat(rois), size, ROI_STRIDES)]
+
+
 def bench_roi_align(
     impl: Callable, feats, rois, size: int, device: str, iters: int, backward: bool = True
 ) -> tuple[float, float | None]:
+    """impl: a roi_align (called once per level), or one_multi_level_op."""
+    pool = impl if impl is one_multi_level_op else lambda f, r, s: multilevel_roi_align(impl, f, r, s)
     feats_g = [f.detach().requires_grad_() for f in feats]
-    grads = [torch.randn_like(o) for o in multilevel_roi_align(impl, feats, rois, size)]
+    grads = [torch.randn_like(o) for o in pool(feats, rois, size)]
 
     def forward():
         with torch.no_grad():
-            multilevel_roi_align(impl, feats, rois, size)
+            pool(feats, rois, size)
 
     def forward_backward():
-        outs = multilevel_roi_align(impl, feats_g, rois, size)
+        outs = pool(feats_g, rois, size)
         torch.autograd.backward(outs, grads)
 
     return timed_ms(forward, device, iters), timed_ms(forward_backward, device, iters) if backward else None
 
 
 def implementations(device: str) -> dict[str, dict[str, Callable]]:
-    impls = {"ours": {"roi_align": resnest_cuda.roi_align, "nms": resnest_cuda.nms}}
+    impls = {"ours": {"roi_align": resnest_cuda.roi_align, "nms": resnest_cuda.nms},
+             "ours multi-level": {"roi_align": one_multi_level_op}}
     if device == "cpu":
         impls["reference"] = {"roi_align": reference.roi_align, "nms": reference.nms}
     else:
@@ -120,20 +130,28 @@ def implementations(device: str) -> dict[str, dict[str, Callable]]:
     return impls
 
 
-def run_device(device: str, iters: int, dtype: torch.dtype, roi_sets, nms_sizes, channels=CHANNELS) -> list[dict]:
-    feats = feature_pyramid(device, dtype, channels)
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def run_device(device: str, iters: int, dtype: torch.dtype, roi_sets, nms_sizes, channels=CHANNELS,
+               layouts=tuple(LAYOUTS)) -> list[dict]:
+    pyramid = feature_pyramid(device, dtype, channels)
     records = []
     for name, ops in implementations(device).items():
-        for num in roi_sets:
-            rois = rois_per_level(num, device)
-            for size in (7, 14):
-                # The reference's autograd graph keeps [k, C, ph, W] matmul results per level (GBs at 14x14).
-                backward = not (name == "reference" and size > 7)
-                fwd, fwd_bwd = bench_roi_align(ops["roi_align"], feats, rois, size, device, iters, backward)
-                case = f"{num} rois {size}x{size} (per level {[len(r) for r in rois]})"
-                rec = dict(op="roi_align", case=case, device=device, impl=name, fwd_ms=fwd)
-                records.append(rec if fwd_bwd is None else dict(rec, fwd_bwd_ms=fwd_bwd))
-                print(f"  {records[-1]}", flush=True)
+        for layout in layouts:
+            feats = [f.contiguous(memory_format=LAYOUTS[layout]) for f in pyramid]
+            for num in roi_sets:
+                rois = rois_per_level(num, device)
+                for size in (7, 14):
+                    # The reference's autograd graph keeps [k, C, ph, W] matmul results per level (GBs at 14x14).
+                    backward = not (name == "reference" and size > 7)
+                    fwd, fwd_bwd = bench_roi_align(ops["roi_align"], feats, rois, size, device, iters, backward)
+                    case = f"{num} rois {size}x{size} {layout} (per level {[len(r) for r in rois]})"
+                    rec = dict(op="roi_align", case=case, layout=layout, device=device, impl=name, fwd_ms=fwd)
+                    records.append(rec if fwd_bwd is None else dict(rec, fwd_bwd_ms=fwd_bwd))
+                    print(f"  {records[-1]}", flush=True)
+        if "nms" not in ops:
+            continue
         for num in nms_sizes:
             boxes, scores = nms_inputs(num, device)
             ms = timed_ms(lambda ops=ops, b=boxes, s=scores: ops["nms"](b, s, 0.7), device, iters)
@@ -174,13 +192,25 @@ def batched_nms_paths(sizes, classes: int, max_keep: int, iters: int) -> list[di
 
 
 def print_table(records: list[dict]) -> None:
-    print(f"{'device':6} {'op':9} {'case':52} {'impl':11} {'fwd ms':>10} {'fwd+bwd ms':>11} {'ours x':>7}")
+    print(f"{'device':6} {'op':9} {'case':64} {'impl':17} {'fwd ms':>10} {'fwd+bwd ms':>11} {'ours x':>7}")
     for r in records:
         ours = next(o for o in records if o["impl"] == "ours" and o["case"] == r["case"] and o["device"] == r["device"])
         speedup = r["fwd_ms"] / ours["fwd_ms"]
         fb = f"{r['fwd_bwd_ms']:11.2f}" if "fwd_bwd_ms" in r else f"{'-':>11}"
-        print(f"{r['device']:6} {r['op']:9} {r['case']:52} {r['impl']:11} {r['fwd_ms']:10.2f} {fb} {speedup:7.2f}")
+        print(f"{r['device']:6} {r['op']:9} {r['case']:64} {r['impl']:17} {r['fwd_ms']:10.2f} {fb} {speedup:7.2f}")
     print("ours x = this row's forward time / ours (how many times faster ours is)")
+    print_layout_ratios(records)
+
+
+def print_layout_ratios(records: list[dict]) -> None:
+    """channels_last time / NCHW time of each RoIAlign case (the goal on CUDA: <= 1, no slower)."""
+    nchw = {(r["device"], r["impl"], r["case"].replace(" nchw ", " ")): r for r in records if r.get("layout") == "nchw"}
+    for r in records:
+        peer = nchw.get((r["device"], r["impl"], r["case"].replace(" channels_last ", " ")))
+        if r.get("layout") != "channels_last" or peer is None:
+            continue
+        ratios = [f"{key} {r[key] / peer[key]:.2f}" for key in ("fwd_ms", "fwd_bwd_ms") if key in r and key in peer]
+        print(f"channels_last / nchw  {r['device']:6} {r['impl']:17} {r['case']:60} {', '.join(ratios)}")
 
 
 def main(argv=None) -> None:
@@ -196,6 +226,7 @@ def main(argv=None) -> None:
                         help="box counts for --batched-paths (comma list)")
     parser.add_argument("--batched-classes", type=int, default=80, help="categories for --batched-paths")
     parser.add_argument("--batched-max-keep", type=int, default=-1, help="max_keep for --batched-paths")
+    parser.add_argument("--layouts", default="nchw,channels_last", help="pyramid layouts for RoIAlign (comma list)")
     parser.add_argument("--out", required=True, help="path of the JSON results")
     args = parser.parse_args(argv)
     if args.batched_paths:
@@ -215,7 +246,8 @@ def main(argv=None) -> None:
     records = []
     for device in devices:
         iters = args.iters or (20 if device == "cuda" else 3)
-        records += run_device(device, iters, dtype, roi_sets, nms_sizes, args.channels)
+        records += run_device(device, iters, dtype, roi_sets, nms_sizes, args.channels,
+                              tuple(args.layouts.split(",")))
     print_table(records)
     meta = dict(
         torch=torch.__version__,

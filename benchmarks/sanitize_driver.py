@@ -133,17 +133,19 @@ def roi_align_cases(check, device, tiny):
     if device != "cpu":
         bad = resnest_cuda.roi_align(x.to(device), rois[:1].to(device), 7, 0.25)
         check.close("roi_align out-of-range batch index pools to 0", bad, torch.zeros_like(bad), 0.0)
-    # Above one grid of 65535 x 256 threads: 1400 ROIs x 256 channels x 7 x 7 = 17.6M outputs.
-    num_rois, channels = (40, 16) if tiny else (1400, 256)
-    x, rois = roi_inputs(num_rois, channels, 2, seed=1, max_size=8.0)
-    xd = x.to(device).requires_grad_()
-    out = resnest_cuda.roi_align(xd, rois.to(device), 7, 0.25, 1, True)
-    (gx,) = torch.autograd.grad(out, xd, torch.ones_like(out))
-    want = resnest_cuda.roi_align(x, rois[-50:], 7, 0.25, 1, True)
-    check.close(f"roi_align {out.numel()} outputs forward (last 50 ROIs)", out[-50:], want, 1e-4)
-    xc = x.clone().requires_grad_()
-    (want_gx,) = torch.autograd.grad(resnest_cuda.roi_align(xc, rois, 7, 0.25, 1, True), xc, torch.ones_like(out.cpu()))
-    check.close(f"roi_align {out.numel()} outputs backward", gx, want_gx, 1e-4)
+    # Above one grid of 65535 x 256 threads (one thread per output): 1400 ROIs x 256 channels x 7 x 7 = 17.6M outputs.
+    # And, for channels_last maps (a warp per bin), above one grid of 65535 x 8 bins: 11000 ROIs x 7 x 7, 2 channels.
+    for layout, (num_rois, channels) in (("nchw", (40, 16) if tiny else (1400, 256)),
+                                         ("channels_last", (40, 2) if tiny else (11000, 2))):
+        x, rois = roi_inputs(num_rois, channels, 2, seed=1, max_size=8.0)
+        xd = place(x, device, layout).requires_grad_()
+        out = resnest_cuda.roi_align(xd, rois.to(device), 7, 0.25, 1, True)
+        (gx,) = torch.autograd.grad(out, xd, torch.ones_like(out))
+        want = resnest_cuda.roi_align(x, rois[-50:], 7, 0.25, 1, True)
+        check.close(f"roi_align {out.numel()} outputs {layout} forward (last 50 ROIs)", out[-50:], want, 1e-4)
+        xc = x.clone().requires_grad_()
+        (want_gx,) = torch.autograd.grad(resnest_cuda.roi_align(xc, rois, 7, 0.25, 1, True).sum(), xc)
+        check.close(f"roi_align {out.numel()} outputs {layout} backward", gx, want_gx, 1e-4)
     multi_level_cases(check, device, tiny)
 
 

@@ -84,9 +84,10 @@ def roi_align(
         aligned: True (mmcv/detectron2): pixel centres shifted by -0.5; False: legacy mode, ROI size clamped to
             >= 1 and no shift.
     Returns:
-        ``[K, C, ph, pw]`` contiguous tensor of input's dtype (accumulated in fp32, fp64 for fp64).
-        Differentiable w.r.t. input to any order (the backward is linear in the output gradient); rois receive no
-        gradient. The gradient of a channels_last input is channels_last. On CUDA the backward accumulates with
+        ``[K, C, ph, pw]`` tensor of input's dtype (accumulated in fp32, fp64 for fp64): channels_last for a
+        channels_last input, else contiguous. Differentiable w.r.t. input to any order (the backward is linear in
+        the output gradient); rois receive no gradient. The gradient of a channels_last input is channels_last
+        (accumulated in that layout), else contiguous. On CUDA the backward accumulates with
         atomics: it raises under ``torch.use_deterministic_algorithms(True)`` (warns with ``warn_only=True``).
     """
     ph, pw = _output_size(output_size)
@@ -154,11 +155,12 @@ def multi_level_roi_align(
         strides: L positive numbers, the stride of each level in image pixels (4, 8, 16, 32 for P2-P5).
         finest_scale, sampling_ratio, aligned: as above and as for :func:`roi_align`.
     Returns:
-        ``[K, C, ph, pw]`` contiguous tensor of the features' dtype; differentiable w.r.t. every level (gradients
-        ``[N, C, H_l, W_l]``, channels_last for a channels_last level, else contiguous; double backward is exact);
-        rois receive no gradient. RoIs with a non-finite coordinate or a batch index outside ``[0, N)`` pool to 0,
-        as in :func:`roi_align`. The CUDA backward accumulates with atomics: it raises under
-        ``torch.use_deterministic_algorithms(True)``.
+        ``[K, C, ph, pw]`` tensor of the features' dtype, channels_last when every level is channels_last (a level
+        that is also contiguous, C == 1 or a 1x1 map, does not decide), else contiguous; differentiable w.r.t.
+        every level (gradients ``[N, C, H_l, W_l]``, channels_last for a channels_last level, else contiguous;
+        double backward is exact); rois receive no gradient. RoIs with a non-finite coordinate or a batch index
+        outside ``[0, N)`` pool to 0, as in :func:`roi_align`. The CUDA backward accumulates with atomics: it
+        raises under ``torch.use_deterministic_algorithms(True)``.
     """
     ph, pw = _output_size(output_size)
     _check_multi_level(features, rois, strides, finest_scale, sampling_ratio, aligned)
@@ -295,19 +297,40 @@ def batched_nms_fixed(
 # (csrc/roi_align/roi_align.cpp), which share the argument checks of the CPU and CUDA kernels.
 
 
+def _channels_last(maps) -> bool:
+    """The layout rule of the RoIAlign results (pools_channels_last in csrc/roi_align/roi_align.h, which the kernels
+    apply): channels_last when every map is channels_last and one at least is not also plain contiguous (a map with
+    C == 1 or H == W == 1 is both and does not decide). The autograd formulas ask for each input's gradient in the
+    layout this gives for that input alone."""
+    cl = [m.dim() == 4 and m.is_contiguous(memory_format=torch.channels_last) for m in maps]
+    return len(maps) > 0 and all(cl) and any(c and not m.is_contiguous() for c, m in zip(cl, maps))
+
+
+def _memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 @torch.library.register_fake("resnest_cuda::multi_level_roi_align")
 def _multi_level_roi_align_fake(features, rois, spatial_scales, pooled_height, pooled_width, finest_scale,
                                 sampling_ratio, aligned):
     torch._check(len(features) >= 1, lambda: "multi_level_roi_align: features must not be empty")
     torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "multi_level_roi_align: rois must be [K, 5]")
     first = features[0]
-    return first.new_empty((rois.shape[0], first.shape[1], pooled_height, pooled_width))
+    shape = (rois.shape[0], first.shape[1], pooled_height, pooled_width)
+    return torch.empty(shape, dtype=first.dtype, device=first.device,
+                       memory_format=_memory_format(_channels_last(features)))
 
 
 @torch.library.register_fake("resnest_cuda::multi_level_roi_align_backward")
 def _multi_level_roi_align_backward_fake(grad, rois, spatial_scales, pooled_height, pooled_width, batch_size,
-                                         channels, heights, widths, finest_scale, sampling_ratio, aligned):
-    return [grad.new_empty((batch_size, channels, h, w)) for h, w in zip(heights, widths)]
+                                         channels, heights, widths, finest_scale, sampling_ratio, aligned,
+                                         channels_last=()):
+    torch._check(len(channels_last) in (0, len(heights)),
+                 lambda: f"multi_level_roi_align_backward: channels_last needs one flag per level ({len(heights)}) "
+                         f"or none, got {len(channels_last)}")
+    layouts = list(channels_last) or [False] * len(heights)
+    return [torch.empty((batch_size, channels, h, w), dtype=grad.dtype, device=grad.device,
+                        memory_format=_memory_format(cl)) for h, w, cl in zip(heights, widths, layouts)]
 
 
 @torch.library.register_fake("resnest_cuda::nms")
@@ -346,7 +369,7 @@ def _roi_align_setup_context(ctx, inputs, output):
     input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = inputs
     ctx.save_for_backward(rois)
     ctx.input_shape = input.shape  # the values of input are not needed
-    ctx.channels_last = input.is_contiguous(memory_format=torch.channels_last)
+    ctx.channels_last = _channels_last([input])
     ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
 
 
@@ -354,17 +377,16 @@ def _roi_align_backward(ctx, grad):
     (rois,) = ctx.saved_tensors
     spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned = ctx.params
     batch_size, channels, height, width = ctx.input_shape
+    # The kernels accumulate the gradient in the input's layout.
     grad_input = torch.ops.resnest_cuda.roi_align_backward(
         grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio,
-        aligned
+        aligned, ctx.channels_last
     )
-    if ctx.channels_last:  # the gradient has the layout of the input (a no-op for NCHW and 1x1 maps)
-        grad_input = grad_input.contiguous(memory_format=torch.channels_last)
     return grad_input, None, None, None, None, None, None
 
 
 def _roi_align_backward_setup_context(ctx, inputs, output):
-    grad, rois, spatial_scale, pooled_height, pooled_width, _, _, _, _, sampling_ratio, aligned = inputs
+    grad, rois, spatial_scale, pooled_height, pooled_width, _, _, _, _, sampling_ratio, aligned, _ = inputs
     ctx.save_for_backward(rois)
     ctx.params = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
 
@@ -376,7 +398,7 @@ def _roi_align_backward_backward(ctx, grad_grad_input):
     grad_grad = torch.ops.resnest_cuda.roi_align(
         grad_grad_input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned
     )
-    return (grad_grad, *([None] * 10))
+    return (grad_grad, *([None] * 11))
 
 
 torch.library.register_autograd("resnest_cuda::roi_align", _roi_align_backward, setup_context=_roi_align_setup_context)
@@ -392,24 +414,22 @@ def _multi_level_setup_context(ctx, inputs, output):
     ctx.heights = [f.shape[2] for f in features]
     ctx.widths = [f.shape[3] for f in features]
     ctx.params = (spatial_scales, pooled_height, pooled_width, finest_scale, sampling_ratio, aligned)
-    ctx.channels_last = [f.dim() == 4 and not f.is_contiguous() and f.is_contiguous(memory_format=torch.channels_last)
-                         for f in features]
+    ctx.channels_last = [_channels_last([f]) for f in features]
 
 
 def _multi_level_backward(ctx, grad):
     (rois,) = ctx.saved_tensors
     spatial_scales, pooled_height, pooled_width, finest_scale, sampling_ratio, aligned = ctx.params
+    # The kernels accumulate each level's gradient in that level's layout.
     grads = torch.ops.resnest_cuda.multi_level_roi_align_backward(
         grad, rois, spatial_scales, pooled_height, pooled_width, *ctx.batch_channels, ctx.heights, ctx.widths,
-        finest_scale, sampling_ratio, aligned,
+        finest_scale, sampling_ratio, aligned, ctx.channels_last,
     )
-    # Each level's gradient has the layout of that level (a no-op for NCHW).
-    grads = [g.contiguous(memory_format=torch.channels_last) if cl else g for g, cl in zip(grads, ctx.channels_last)]
     return grads, None, None, None, None, None, None, None
 
 
 def _multi_level_backward_setup_context(ctx, inputs, output):
-    grad, rois, spatial_scales, pooled_height, pooled_width, _, _, _, _, finest_scale, sampling_ratio, aligned = inputs
+    grad, rois, spatial_scales, pooled_height, pooled_width, *_, finest_scale, sampling_ratio, aligned, _ = inputs
     ctx.save_for_backward(rois)
     ctx.params = (spatial_scales, pooled_height, pooled_width, finest_scale, sampling_ratio, aligned)
 
@@ -422,7 +442,7 @@ def _multi_level_backward_backward(ctx, grad_grads):
         [g.contiguous() for g in grad_grads], rois, spatial_scales, pooled_height, pooled_width, finest_scale,
         sampling_ratio, aligned,
     )
-    return (grad_grad, *([None] * 11))
+    return (grad_grad, *([None] * 12))
 
 
 torch.library.register_autograd(

@@ -83,7 +83,8 @@ def test_matches_reference(device, dtype, channels_last):
     rois = random_rois(40, device=device).float()
     out = resnest_cuda.multi_level_roi_align(features, rois, (5, 6), STRIDES, sampling_ratio=2)
     want = reference.multi_level_roi_align(features, rois, (5, 6), STRIDES, sampling_ratio=2)
-    assert out.dtype == dtype and out.shape == (40, 3, 5, 6) and out.is_contiguous()
+    assert out.dtype == dtype and out.shape == (40, 3, 5, 6)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     torch.testing.assert_close(out.double(), want.double(), rtol=TOL[dtype], atol=TOL[dtype])
     assert want.abs().max() > 0.1  # the comparison is not between zeros
 

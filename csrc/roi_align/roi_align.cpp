@@ -15,17 +15,18 @@ at::Tensor roi_align_meta(const at::Tensor& input, const at::Tensor& rois, doubl
   const RoiAlignParams p{spatial_scale, pooled_height.guard_int(__FILE__, __LINE__),
                          pooled_width.guard_int(__FILE__, __LINE__), sampling_ratio, aligned};
   check_roi_align_input(input, rois, p, "roi_align");
-  return at::empty_symint({rois.sym_size(0), input.sym_size(1), pooled_height, pooled_width}, input.options());
+  return at::empty_symint({rois.sym_size(0), input.sym_size(1), pooled_height, pooled_width}, input.options(),
+                          memory_format_of(pools_channels_last({input})));
 }
 
 at::Tensor roi_align_backward_meta(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
                                    c10::SymInt pooled_height, c10::SymInt pooled_width, c10::SymInt batch_size,
                                    c10::SymInt channels, c10::SymInt height, c10::SymInt width,
-                                   int64_t sampling_ratio, bool aligned) {
+                                   int64_t sampling_ratio, bool aligned, bool channels_last) {
   const RoiAlignParams p{spatial_scale, pooled_height.guard_int(__FILE__, __LINE__),
                          pooled_width.guard_int(__FILE__, __LINE__), sampling_ratio, aligned};
   check_roi_align_backward_input(grad, rois, p, batch_size, channels, height, width);
-  return at::empty_symint({batch_size, channels, height, width}, grad.options());
+  return at::empty_symint({batch_size, channels, height, width}, grad.options(), memory_format_of(channels_last));
 }
 
 }  // namespace
@@ -36,11 +37,12 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
       "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width,"
       " int sampling_ratio, bool aligned) -> Tensor");
   // The gradient w.r.t. input only; batch_size/channels/height/width give the input's shape. The result is
-  // contiguous NCHW; the autograd formula returns it in the input's memory format.
+  // channels_last when channels_last is set (the autograd formula sets it for a channels_last input), else
+  // contiguous NCHW: the kernels accumulate it in that layout.
   m.def(
       "roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width,"
-      " SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, bool aligned)"
-      " -> Tensor");
+      " SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, bool aligned,"
+      " bool channels_last=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(resnest_cuda, Meta, m) {

@@ -4,7 +4,8 @@
 //
 //   input   [N, C, H, W]  any strides (NCHW, channels_last, or a strided view)
 //   rois    [K, 5]        (batch_index, x1, y1, x2, y2) in input-image coordinates, any floating dtype
-//   output  [K, C, ph, pw] contiguous, input's dtype
+//   output  [K, C, ph, pw] input's dtype; channels_last when the input is (pools_channels_last), else contiguous
+//   grad of input: [N, C, H, W], channels_last when the input is, else contiguous (on every device)
 //
 // A ROI is mapped onto the feature map with start = coord * spatial_scale - offset (offset 0.5 when aligned,
 // else 0 and the ROI size clamped to >= 1). Each of the ph x pw bins averages grid_h x grid_w bilinear samples
@@ -174,6 +175,44 @@ inline void check_roi_align_input(const at::Tensor& input, const at::Tensor& roi
   check_roi_align_params(p, op);
 }
 
+// Layout rule of the outputs, the one place it is stated: a channels_last result when every map is channels_last and
+// at least one of them is not also plain contiguous (a map with C == 1 or H == W == 1 is both, and does not decide);
+// otherwise contiguous NCHW. For roi_align the list is its one input; for the multi-level op, the pyramid levels.
+// The Python autograd formulas apply the same rule (detection_ops._channels_last) to choose the layout of each
+// input's gradient.
+inline bool pools_channels_last(at::TensorList maps) {
+  bool all_cl = !maps.empty(), any_strict = false;
+  for (const at::Tensor& m : maps) {
+    const bool cl = m.dim() == 4 && m.is_contiguous(at::MemoryFormat::ChannelsLast);
+    all_cl = all_cl && cl;
+    any_strict = any_strict || (cl && !m.is_contiguous());
+  }
+  return all_cl && any_strict;
+}
+
+inline at::MemoryFormat memory_format_of(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// Accumulation dtype of the gradient buffer: fp32, or fp64 for fp64.
+inline at::ScalarType grad_acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// A zero-filled gradient buffer [N, C, H, W] in the accumulation dtype of `dtype` and the given layout.
+inline at::Tensor zero_grad_buffer(at::IntArrayRef sizes, const at::TensorOptions& options, at::ScalarType dtype,
+                                   bool channels_last) {
+  return at::empty(sizes, options.dtype(grad_acc_dtype(dtype)), memory_format_of(channels_last)).zero_();
+}
+
+// The layout flags of multi_level_roi_align_backward: one per level, or none (every level contiguous).
+inline void check_level_layouts(const c10::List<bool>& channels_last, size_t num_levels, const char* op) {
+  TORCH_CHECK_VALUE(channels_last.empty() || channels_last.size() == num_levels, op,
+                    ": channels_last needs one flag per level (", num_levels, ") or none, got ", channels_last.size());
+}
+
+inline bool level_channels_last(const c10::List<bool>& channels_last, size_t level) {
+  return !channels_last.empty() && channels_last.get(level);
+}
+
 // rois in the accumulation dtype (fp32, or fp64 for fp64 input), contiguous.
 inline at::Tensor rois_in_acc_dtype(const at::Tensor& rois, at::ScalarType input_dtype) {
   const at::ScalarType acc = input_dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -184,7 +223,8 @@ at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double
                          int64_t pooled_width, int64_t sampling_ratio, bool aligned);
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
                                   int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
-                                  int64_t height, int64_t width, int64_t sampling_ratio, bool aligned);
+                                  int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
+                                  bool channels_last);
 
 // Checks shared by the CPU, CUDA and Meta backward entry points.
 inline void check_roi_align_backward_input(const at::Tensor& grad, const at::Tensor& rois, const RoiAlignParams& p,
@@ -204,8 +244,6 @@ inline void check_roi_align_backward_input(const at::Tensor& grad, const at::Ten
                     width, "]");
 }
 
-// Accumulation dtype of the gradient buffer: fp32, or fp64 for fp64.
-inline at::ScalarType grad_acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Multi-level RoIAlign: each ROI is pooled from the pyramid level its size maps to (mmdetection's rule),
@@ -216,7 +254,8 @@ inline at::ScalarType grad_acc_dtype(at::ScalarType t) { return t == at::kDouble
 //
 //   features  L tensors [N, C, H_l, W_l], one dtype and device, any strides each
 //   rois      [K, 5] as for roi_align; spatial_scales [L] = 1 / stride of each level
-//   output    [K, C, ph, pw] contiguous; backward: L tensors [N, C, H_l, W_l] contiguous
+//   output    [K, C, ph, pw], layout by pools_channels_last(features); backward: L tensors [N, C, H_l, W_l], level l
+//             channels_last when channels_last[l], else contiguous
 
 constexpr int kMaxPyramidLevels = 8;
 
@@ -287,5 +326,6 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cpu(const at::Tensor& gra
                                                            int64_t batch_size, int64_t channels,
                                                            c10::IntArrayRef heights,
                                                            c10::IntArrayRef widths, double finest_scale,
-                                                           int64_t sampling_ratio, bool aligned);
+                                                           int64_t sampling_ratio, bool aligned,
+                                                           const c10::List<bool>& channels_last);
 }  // namespace resnest_cuda

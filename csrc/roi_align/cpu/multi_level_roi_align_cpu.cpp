@@ -2,7 +2,8 @@
 // that level exactly as roi_align pools it (same geometry, taps and accumulation order), so the result equals
 // roi_align on the assigned level bit for bit. Forward runs in parallel over ROIs; backward in parallel over
 // (level, image, channel) triples, each owning its slice of one level's gradient, so no two tasks write the same
-// element.
+// element. The output and each level's gradient are written through their strides, in the layouts roi_align.h
+// states.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -59,14 +60,14 @@ void level_taps(const acc_t* roi, int64_t level, const LevelView& v, acc_t scale
   }
 }
 
-// Pools one ROI's channels from its level; `base` points at (batch, channel 0) of that level.
+// Pools one ROI's channels from its level; `base` points at (batch, channel 0) of that level, `out` at the ROI's
+// output, whose C, H, W strides are oc, oh, ow.
 template <typename scalar_t, typename acc_t>
 void pool_roi(const scalar_t* base, int64_t sc, int64_t channels, const LevelTaps<acc_t>& t, const RoiAlignParams& p,
-              scalar_t* out) {
-  const int64_t bins = p.pooled_height * p.pooled_width;
+              scalar_t* out, int64_t oc, int64_t oh, int64_t ow) {
   for (int64_t c = 0; c < channels; ++c) {
     const scalar_t* b = base + c * sc;
-    scalar_t* o = out + c * bins;
+    scalar_t* o = out + c * oc;
     for (int64_t ph = 0; ph < p.pooled_height; ++ph) {
       for (int64_t pw = 0; pw < p.pooled_width; ++pw) {
         acc_t sum = 0;
@@ -81,13 +82,14 @@ void pool_roi(const scalar_t* base, int64_t sc, int64_t channels, const LevelTap
             sum += y.w_lo * top + y.w_hi * bottom;
           }
         }
-        o[ph * p.pooled_width + pw] = static_cast<scalar_t>(sum / t.count);
+        o[ph * oh + pw * ow] = static_cast<scalar_t>(sum / t.count);
       }
     }
   }
 }
 
-// grad_level (contiguous NCHW, acc_t) of one (image, channel) += the transpose of the forward interpolation.
+// grad_level (acc_t, any layout: the taps carry its strides) of one (image, channel) += the transpose of the
+// forward interpolation.
 template <typename scalar_t, typename acc_t>
 void scatter_roi(const scalar_t* g, int64_t gh, int64_t gw, const LevelTaps<acc_t>& t, const RoiAlignParams& p,
                  acc_t* gi) {
@@ -121,7 +123,8 @@ at::Tensor multi_level_roi_align_cpu(at::TensorList features, const at::Tensor& 
   const at::Tensor& first = features[0];
   const int64_t num_rois = rois.size(0), channels = first.size(1);
   const int64_t num_levels = static_cast<int64_t>(features.size());
-  at::Tensor out = at::empty({num_rois, channels, pooled_height, pooled_width}, first.options());
+  at::Tensor out = at::empty({num_rois, channels, pooled_height, pooled_width}, first.options(),
+                             memory_format_of(pools_channels_last(features)));
   if (out.numel() == 0) return out;
   out.zero_();  // ROIs whose level is an empty map pool to 0
   const at::Tensor r = rois_in_acc_dtype(rois, first.scalar_type());
@@ -144,8 +147,8 @@ at::Tensor multi_level_roi_align_cpu(at::TensorList features, const at::Tensor& 
         if (v.height == 0 || v.width == 0) continue;
         level_taps<acc_t>(roi, level, v, static_cast<acc_t>(scales[level]), p, first.size(0), t);
         if (t.batch < 0) continue;
-        pool_roi<scalar_t, acc_t>(data[level] + t.batch * v.sn, v.sc, channels, t, p,
-                                  o + k * channels * pooled_height * pooled_width);
+        pool_roi<scalar_t, acc_t>(data[level] + t.batch * v.sn, v.sc, channels, t, p, o + k * out.stride(0),
+                                  out.stride(1), out.stride(2), out.stride(3));
       }
     });
   });
@@ -158,13 +161,15 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cpu(const at::Tensor& gra
                                                            int64_t batch_size, int64_t channels,
                                                            c10::IntArrayRef heights,
                                                            c10::IntArrayRef widths, double finest_scale,
-                                                           int64_t sampling_ratio, bool aligned) {
+                                                           int64_t sampling_ratio, bool aligned,
+                                                           const c10::List<bool>& channels_last) {
   const char* op = "multi_level_roi_align_backward";
   const int64_t num_levels = heights.size();
   check_multi_level_params(num_levels, finest_scale, op);
   TORCH_CHECK(widths.size() == heights.size() && spatial_scales.size() == heights.size(), op,
               ": heights, widths and spatial_scales need one entry per level, got ", heights.size(), ", ",
               widths.size(), ", ", spatial_scales.size());
+  check_level_layouts(channels_last, heights.size(), op);
   const RoiAlignParams p{1.0, pooled_height, pooled_width, sampling_ratio, aligned};
   check_roi_align_backward_input(grad, rois, p, batch_size, channels, 0, 0);
   std::vector<at::Tensor> grads;
@@ -172,8 +177,8 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cpu(const at::Tensor& gra
     TORCH_CHECK(heights[l] >= 0 && widths[l] >= 0 && spatial_scales[l] > 0, op, ": level ", l,
                 " needs a non-negative size and a positive spatial scale, got ", heights[l], "x", widths[l],
                 ", scale ", spatial_scales[l]);
-    grads.push_back(at::zeros({batch_size, channels, heights[l], widths[l]},
-                              grad.options().dtype(grad_acc_dtype(grad.scalar_type()))));
+    grads.push_back(zero_grad_buffer({batch_size, channels, heights[l], widths[l]}, grad.options(),
+                                     grad.scalar_type(), level_channels_last(channels_last, l)));
   }
   const int64_t num_rois = rois.size(0);
   if (grad.numel() > 0 && batch_size > 0 && channels > 0) {
@@ -186,7 +191,8 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cpu(const at::Tensor& gra
         for (int64_t k = begin; k < end; ++k) {
           const acc_t* roi = roi_ptr + k * 5;
           const int64_t level = pyramid_level<acc_t>(roi, static_cast<acc_t>(finest_scale), num_levels);
-          const LevelView v{heights[level], widths[level], 0, 0, widths[level], 1};
+          const at::Tensor& gl = grads[level];
+          const LevelView v{heights[level], widths[level], gl.stride(0), gl.stride(1), gl.stride(2), gl.stride(3)};
           level_taps<acc_t>(roi, level, v, static_cast<acc_t>(spatial_scales[level]), p, batch_size, taps[k]);
         }
       });
@@ -203,7 +209,7 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cpu(const at::Tensor& gra
         for (int64_t lnc = begin; lnc < end; ++lnc) {
           const int64_t l = lnc / (batch_size * channels), nc = lnc % (batch_size * channels);
           const int64_t n = nc / channels, c = nc % channels;
-          acc_t* gi = grad_ptrs[l] + nc * heights[l] * widths[l];
+          acc_t* gi = grad_ptrs[l] + n * grads[l].stride(0) + c * grads[l].stride(1);
           for (const int64_t k : rois_of[l * batch_size + n]) {
             scatter_roi<scalar_t, acc_t>(g + k * grad.stride(0) + c * grad.stride(1), grad.stride(2),
                                          grad.stride(3), taps[k], p, gi);

@@ -4,7 +4,8 @@
 // interpolation taps of every sample row and sample column of a ROI are computed once and shared by all channels.
 // Forward runs in parallel over ROIs. Backward runs in parallel over (image, channel) pairs: each pair owns its
 // own slice of grad_input, so no two tasks ever write the same element. Any input strides are read directly
-// (NCHW, channels_last or strided views), without a layout copy.
+// (NCHW, channels_last or strided views), without a layout copy; the output and the gradient are written in the
+// layout roi_align.h states (channels_last for a channels_last input), through their strides.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -65,15 +66,15 @@ void compute_taps(const acc_t* roi, const RoiAlignParams& p, int64_t batch_size,
 
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const scalar_t* input, Strides4 s, int64_t batch_size, int64_t channels, int64_t height,
-                    int64_t width, const acc_t* rois, int64_t num_rois, const RoiAlignParams& p, scalar_t* out) {
-  const int64_t bins = p.pooled_height * p.pooled_width;
+                    int64_t width, const acc_t* rois, int64_t num_rois, const RoiAlignParams& p, scalar_t* out,
+                    Strides4 os) {
   at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
     RoiTaps<acc_t> t;
     for (int64_t k = begin; k < end; ++k) {
       compute_taps<acc_t>(rois + k * 5, p, batch_size, height, width, s.h, s.w, t);
       for (int64_t c = 0; c < channels; ++c) {
         const scalar_t* base = input + std::max<int64_t>(t.batch, 0) * s.n + c * s.c;  // not read when batch < 0
-        scalar_t* o = out + (k * channels + c) * bins;
+        scalar_t* o = out + k * os.n + c * os.c;
         for (int64_t ph = 0; ph < p.pooled_height; ++ph) {
           for (int64_t pw = 0; pw < p.pooled_width; ++pw) {
             acc_t sum = 0;
@@ -89,7 +90,7 @@ void forward_kernel(const scalar_t* input, Strides4 s, int64_t batch_size, int64
                 sum += y.w_lo * top + y.w_hi * bottom;
               }
             }
-            o[ph * p.pooled_width + pw] = static_cast<scalar_t>(sum / t.count);
+            o[ph * os.h + pw * os.w] = static_cast<scalar_t>(sum / t.count);
           }
         }
       }
@@ -97,14 +98,15 @@ void forward_kernel(const scalar_t* input, Strides4 s, int64_t batch_size, int64
   });
 }
 
-// grad_input (contiguous NCHW, acc_t) += the transpose of the forward interpolation applied to grad.
+// grad_input (acc_t, strides `is`) += the transpose of the forward interpolation applied to grad.
 template <typename scalar_t, typename acc_t>
 void backward_kernel(const scalar_t* grad, Strides4 gs, const acc_t* rois, int64_t num_rois, int64_t batch_size,
-                     int64_t channels, int64_t height, int64_t width, const RoiAlignParams& p, acc_t* grad_input) {
+                     int64_t channels, int64_t height, int64_t width, const RoiAlignParams& p, acc_t* grad_input,
+                     Strides4 is) {
   std::vector<RoiTaps<acc_t>> taps(num_rois);
   at::parallel_for(0, num_rois, 16, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
-      compute_taps<acc_t>(rois + k * 5, p, batch_size, height, width, width, 1, taps[k]);
+      compute_taps<acc_t>(rois + k * 5, p, batch_size, height, width, is.h, is.w, taps[k]);
     }
   });
   std::vector<std::vector<int64_t>> rois_of_image(batch_size);
@@ -115,7 +117,7 @@ void backward_kernel(const scalar_t* grad, Strides4 gs, const acc_t* rois, int64
   at::parallel_for(0, batch_size * channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t nc = begin; nc < end; ++nc) {
       const int64_t n = nc / channels, c = nc % channels;
-      acc_t* gi = grad_input + nc * height * width;
+      acc_t* gi = grad_input + n * is.n + c * is.c;
       for (const int64_t k : rois_of_image[n]) {
         const RoiTaps<acc_t>& t = taps[k];
         const scalar_t* g = grad + k * gs.n + c * gs.c;
@@ -149,7 +151,8 @@ at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double
   check_roi_align_input(input, rois, p, "roi_align");
   const int64_t num_rois = rois.size(0), channels = input.size(1);
   const int64_t height = input.size(2), width = input.size(3);
-  at::Tensor out = at::empty({num_rois, channels, pooled_height, pooled_width}, input.options());
+  at::Tensor out = at::empty({num_rois, channels, pooled_height, pooled_width}, input.options(),
+                             memory_format_of(pools_channels_last({input})));
   if (out.numel() == 0) return out;
   if (height == 0 || width == 0) return out.zero_();  // nothing to sample from
   const at::Tensor r = rois_in_acc_dtype(rois, input.scalar_type());
@@ -157,25 +160,27 @@ at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double
     using acc_t = at::opmath_type<scalar_t>;
     forward_kernel<scalar_t, acc_t>(input.const_data_ptr<scalar_t>(), strides_of(input), input.size(0), channels,
                                     height, width,
-                                    r.const_data_ptr<acc_t>(), num_rois, p, out.mutable_data_ptr<scalar_t>());
+                                    r.const_data_ptr<acc_t>(), num_rois, p, out.mutable_data_ptr<scalar_t>(),
+                                    strides_of(out));
   });
   return out;
 }
 
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
                                   int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
-                                  int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
+                                  int64_t height, int64_t width, int64_t sampling_ratio, bool aligned,
+                                  bool channels_last) {
   const RoiAlignParams p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned};
   check_roi_align_backward_input(grad, rois, p, batch_size, channels, height, width);
   at::Tensor grad_input =
-      at::zeros({batch_size, channels, height, width}, grad.options().dtype(grad_acc_dtype(grad.scalar_type())));
+      zero_grad_buffer({batch_size, channels, height, width}, grad.options(), grad.scalar_type(), channels_last);
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
   const at::Tensor r = rois_in_acc_dtype(rois, grad.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     backward_kernel<scalar_t, acc_t>(grad.const_data_ptr<scalar_t>(), strides_of(grad), r.const_data_ptr<acc_t>(),
                                      rois.size(0), batch_size, channels, height, width, p,
-                                     grad_input.mutable_data_ptr<acc_t>());
+                                     grad_input.mutable_data_ptr<acc_t>(), strides_of(grad_input));
   });
   return grad_input.to(grad.scalar_type());
 }
