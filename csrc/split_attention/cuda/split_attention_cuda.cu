@@ -396,6 +396,7 @@ __global__ void combine_nchw_kernel(const scalar_t* __restrict__ x, const at::op
         acc_t acc[W];
 #pragma unroll
         for (int v = 0; v < W; ++v) acc[v] = 0;
+#pragma unroll 2  // two x loads in flight (R = 2 in ResNeSt) without the registers of a deeper unroll
         for (int64_t r = 0; r < d.R; ++r) {
           const acc_t a = arow[r * d.C];
           const Pack<scalar_t, W> xv = load_pack<W>(xrow + r * d.C * d.HW + hw);
@@ -428,6 +429,7 @@ __global__ void input_backward_nchw_kernel(const scalar_t* __restrict__ dout,
       for_row<V>(grow, d.HW, [&](auto width, int64_t hw) {
         constexpr int W = decltype(width)::value;
         const Pack<scalar_t, W> gv = load_pack<W>(dout + grow + hw);
+#pragma unroll 1  // the loop body only stores (att comes from cache): unrolling buys no loads in flight
         for (int64_t r = 0; r < d.R; ++r) {
           const acc_t a = arow[r * d.C];
           Pack<scalar_t, W> o;
@@ -490,6 +492,7 @@ __global__ void input_backward_nhwc_kernel(const scalar_t* __restrict__ dout,
         const Pack<scalar_t, V> gv = load_pack<V>(dout + pix * d.C + j);
         const acc_t* a_r = att + b * d.R * d.C + j;  // att and dx of r = 0; those of r + 1 are C further
         scalar_t* dx_r = dx + pix * d.R * d.C + j;
+#pragma unroll 1  // as in the NCHW kernel
         for (int64_t r = 0; r < d.R; ++r, a_r += d.C, dx_r += d.C) {
           const Pack<acc_t, V> a = load_pack<V>(a_r);
           Pack<scalar_t, V> o;
