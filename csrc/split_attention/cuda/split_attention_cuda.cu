@@ -192,9 +192,27 @@ __global__ void attention_weights_kernel(const scalar_t* __restrict__ logits,
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Calls f(W, i) for the positions [begin, end) of a row whose element 0 is at flat element `offset`: W = V for
+// V-vectors from the first position whose flat offset is a multiple of V, W = 1 for the scalar head before and the
+// tail after them; `lane` of `lanes` threads takes every lanes-th item of each part.
+template <int V, typename F>
+__device__ __forceinline__ void for_range(int64_t offset, int64_t begin, int64_t end, int64_t lane, int64_t lanes,
+                                          const F& f) {
+  const int64_t n = ::max(end - begin, int64_t(0));
+  const int64_t head = V == 1 ? 0 : ::min(n, int64_t((V - ((offset + begin) & (V - 1))) & (V - 1)));
+  const int64_t first = begin + head, vectors = (n - head) / V;
+  for (int64_t i = lane; i < vectors; i += lanes) f(std::integral_constant<int, V>(), first + i * V);
+  if (V > 1) {
+    const int64_t tail = first + vectors * V;
+    for (int64_t i = lane; i < head; i += lanes) f(std::integral_constant<int, 1>(), begin + i);
+    for (int64_t i = lane; i < begin + n - tail; i += lanes) f(std::integral_constant<int, 1>(), tail + i);
+  }
+}
+
 // Reductions over H*W, NCHW: block (kThreads, 1); z over images, y over groups of kThreads / GROUP channels, x
-// over the splits of a row; each channel's split is summed by GROUP threads. All the threads of a block run the
-// same iterations (group_sum synchronises the block).
+// over the splits of a row; each channel's split is summed by GROUP threads, in V-vectors between a scalar head
+// and tail (for_range; the launcher checks that x, dout and dx rows share one phase modulo V). All the threads of
+// a block run the same iterations (group_sum synchronises the block).
 // MODE 0 (pool):     partial[b, s, j]    = sum_r sum_hw x[b, r*C + j, hw]
 // MODE 1 (backward): partial[b, s, r, j] = sum_hw dout[b, j, hw] * x[b, r*C + j, hw], and dx = att_r * dout.
 
@@ -216,30 +234,32 @@ __global__ void reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_
         const int64_t begin = s * chunk, end = active ? ::min(d.HW, begin + chunk) : begin;
         acc_t acc = 0;
         for (int64_t r = 0; r < d.R; ++r) {
-          const scalar_t* px = x + ((b * d.R + r) * d.C + j) * d.HW;
+          const int64_t xrow = ((b * d.R + r) * d.C + j) * d.HW;
           if (MODE == 0) {
-            for (int64_t i = begin + int64_t(lane) * V; i < end; i += int64_t(GROUP) * V) {
-              const Pack<scalar_t, V> xv = load_pack<V>(px + i);
+            for_range<V>(xrow, begin, end, lane, GROUP, [&](auto width, int64_t i) {
+              constexpr int W = decltype(width)::value;
+              const Pack<scalar_t, W> xv = load_pack<W>(x + xrow + i);
 #pragma unroll
-              for (int v = 0; v < V; ++v) acc += static_cast<acc_t>(xv.v[v]);
-            }
+              for (int v = 0; v < W; ++v) acc += static_cast<acc_t>(xv.v[v]);
+            });
           } else {
             const scalar_t* pg = dout + row * d.HW;
             // dx == nullptr: only the logits gradient is wanted (split_attention_logits_backward).
-            scalar_t* pdx = dx != nullptr ? dx + ((b * d.R + r) * d.C + j) * d.HW : nullptr;
+            scalar_t* pdx = dx != nullptr ? dx + xrow : nullptr;
             const acc_t a = active && pdx != nullptr ? att[(b * d.R + r) * d.C + j] : acc_t(0);
-            for (int64_t i = begin + int64_t(lane) * V; i < end; i += int64_t(GROUP) * V) {
-              const Pack<scalar_t, V> xv = load_pack<V>(px + i);
-              const Pack<scalar_t, V> gv = load_pack<V>(pg + i);
-              Pack<scalar_t, V> o;
+            for_range<V>(xrow, begin, end, lane, GROUP, [&](auto width, int64_t i) {
+              constexpr int W = decltype(width)::value;
+              const Pack<scalar_t, W> xv = load_pack<W>(x + xrow + i);
+              const Pack<scalar_t, W> gv = load_pack<W>(pg + i);
+              Pack<scalar_t, W> o;
 #pragma unroll
-              for (int v = 0; v < V; ++v) {
+              for (int v = 0; v < W; ++v) {
                 const acc_t g = static_cast<acc_t>(gv.v[v]);
                 acc += g * static_cast<acc_t>(xv.v[v]);
                 o.v[v] = static_cast<scalar_t>(a * g);
               }
-              if (pdx != nullptr) store_pack<V>(pdx + i, o);
-            }
+              if (pdx != nullptr) store_pack<W>(pdx + i, o);
+            });
             const acc_t total = group_sum<GROUP>(acc, shared);
             if (lane == 0 && active) partial[((b * splits + s) * d.R + r) * d.C + j] = total;
             acc = 0;
@@ -581,7 +601,9 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
   scalar_t* pdx = MODE == 1 && dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr;
   bool vec = aligned16(px) && (MODE == 0 || (aligned16(pg) && aligned16(pdx)));
   if (!channels_last) {
-    vec = vec && d.HW % V == 0;
+    // Rows of one phase modulo V: MODE 0 reads x rows alone (each finds its own phase); MODE 1 pairs x, dout and
+    // dx rows, whose offsets differ by multiples of C*H*W.
+    vec = vec && (MODE == 0 || (d.C * d.HW) % V == 0);
     // Short rows: a warp per row. Long rows: a block per (row, split).
     const bool small = d.HW <= 2048;
     const int group = small ? 32 : kThreads;
