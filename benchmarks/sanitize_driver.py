@@ -3,8 +3,9 @@ CPU kernel: the program that `compute-sanitizer` (memcheck, racecheck) runs over
 
 Paths covered: split attention pool / combine / combine backward (two autograd nodes) and the single-node tail
 (logits backward + input backward) in fp32, fp16, bf16 and fp64; NCHW and channels_last; aligned and
-storage-offset (scalar) inputs; channels_last with C not a multiple of the vector width; short rows (a warp per
-row) and long rows (reductions split over blocks); radix 1 (sigmoid), 2 and 4 with cardinality 2. RoIAlign forward
+storage-offset (scalar) inputs; NCHW rows with a scalar head and tail (odd H*W); channels_last with C not a
+multiple of the vector width; short rows (a warp per row) and long rows (reductions split over blocks); radix 1
+(sigmoid), 2 and 4 with cardinality 2. RoIAlign forward
 and backward in every dtype, both layouts, adaptive and fixed sampling, aligned and legacy, an out-of-range batch
 index, and one call above the 65535 x 256 outputs one grid covers (17.6M). NMS in every dtype from 1 box to 10k
 (more than 8192: the keep kernel's threads walk several mask words) and batched NMS.

@@ -1,9 +1,10 @@
 """The kernel paths a first GPU run must exercise, on every device (CUDA cases skip without a GPU).
 
-Each CUDA kernel picks a path from the input: 16-byte vector loads when the row length (NCHW: H*W,
-channels_last: C) is a multiple of the vector width (fp64 2, fp32 4, fp16/bf16 8) and the pointers are aligned,
-scalar loads otherwise; a warp per row for short NCHW rows, several blocks per row (split reductions finished by a
-second kernel) for long ones. The tests here pick inputs that force each path and compare with the fp64 reference
+Each CUDA kernel picks a path from the input: 16-byte vector loads when the pointers are aligned and, for
+channels_last, C is a multiple of the vector width (fp64 2, fp32 4, fp16/bf16 8), for NCHW C*H*W is (rows with a
+scalar head and tail around the vectors; the pool needs only aligned pointers); scalar loads otherwise; a warp
+per row for short NCHW rows, several blocks per row (split reductions finished by a second kernel) for long
+ones. The tests here pick inputs that force each path and compare with the fp64 reference
 (`resnest_cuda.reference`) on the CPU. Shapes are small on the CPU and the real detection shapes on CUDA.
 """
 
@@ -136,13 +137,31 @@ def test_channels_last_channels_not_multiple_of_vector_width(device, dtype, chan
 
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("hw", [(4, 6), (16, 16), (48, 64), (4, 5)])  # H*W % 8 == 0 (vector), last one scalar
+# H*W % 8 == 0 (vector rows), the last one not (rows with a scalar head and tail)
+@pytest.mark.parametrize("hw", [(4, 6), (16, 16), (48, 64), (4, 5)])
 def test_half_precision_nchw_vector_rows(device, dtype, hw):
     for radix, cardinality in [(2, 1), (4, 2)]:
         x = random_x(2, radix, 8, *hw, dtype, device, seed=hw[0])
         logits = random_logits(2, radix, 8, dtype, device)
         check_two_ops(x, logits, radix, cardinality)
         check_single_node(x, radix, cardinality)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+# H*W a multiple of 8, even but not a multiple of 8, odd, odd and long (rows over several blocks), 1x1
+@pytest.mark.parametrize("hw", [(4, 6), (3, 6), (5, 7), (61, 67), (1, 1)])
+def test_elementwise_rows_with_scalar_head_and_tail(device, dtype, layout, hw):
+    """NCHW rows are vectorised with a scalar head and tail when C*H*W is a multiple of the vector width (C = 16),
+    scalar otherwise (C = 12 with an odd H*W in half precision); channels_last is vectorised when C is a multiple
+    of the width. Softmax (R = 2, 4) and sigmoid (R = 1) weights, cardinality 1 and > 1."""
+    for channels in (16, 12):
+        for radix, cardinality in [(1, 1), (2, 1), (2, 2), (4, 2)]:
+            x = random_x(2, radix, channels, *hw, dtype, device, layout, seed=radix + channels)
+            logits = random_logits(2, radix, channels, dtype, device, seed=cardinality)
+            check_two_ops(x, logits, radix, cardinality)
+            check_single_node(x, radix, cardinality)
 
 
 @pytest.mark.parametrize("device", devices())
@@ -174,7 +193,8 @@ def test_misaligned_grad_out(device):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_split_reductions_on_long_rows(device, dtype, layout):
     """Few channels and long rows: the reductions are split over several blocks on CUDA."""
-    for b, r, c, h, w in [(1, 2, 4, 96, 100), (2, 1, 2, 64, 129)]:
+    # the last with an odd H*W: the split rows have a scalar head and tail
+    for b, r, c, h, w in [(1, 2, 4, 96, 100), (2, 1, 2, 64, 129), (1, 2, 4, 97, 101)]:
         x = random_x(b, r, c, h, w, dtype, device, layout)
         check_two_ops(x, random_logits(b, r, c, dtype, device), r, 1)
         check_single_node(x, r, 1)

@@ -1,10 +1,13 @@
 // CUDA kernels of the fused split-attention ops.
 //
-// Every kernel reads its inputs once and writes its outputs once: attention weights are recomputed from the
-// [B, R*C] logits where they are needed (R exps per output vector, from cache) instead of being materialised.
-// Loads and stores are 16-byte vectors when the row length (NCHW: H*W, channels_last: C) and the base pointers
-// allow it, scalar otherwise. Reductions over H*W are split across blocks when there are few rows (large maps,
-// few channels) and finished by a small deterministic kernel; accumulation is fp32 (fp64 for double).
+// Every kernel reads its inputs once and writes its outputs once. The attention weights are computed once per
+// (b, r, j) into a small [B, R, C] buffer in the accumulation type (attention_weights_kernel) and loaded by the
+// kernels that need them. Loads and stores are 16-byte vectors when the base pointers allow it and, for NCHW, the
+// rows of all operands share one alignment phase (C*H*W a multiple of the vector width: each row then has a
+// scalar head, vectors and a scalar tail), for channels_last when C is a multiple of the width; scalar
+// otherwise. Images, channels and pixels (or row positions) are separate grid dimensions walked by stride loops,
+// so no kernel divides a 64-bit index. Reductions over H*W are split across blocks when there are few rows (large
+// maps, few channels) and finished by a small deterministic kernel; accumulation is fp32 (fp64 for double).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -15,7 +18,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <initializer_list>
+#include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "../split_attention.h"
 
@@ -48,6 +54,7 @@ __device__ __forceinline__ double exp_acc(double v) { return exp(v); }
 
 // Softmax statistics over the R logits of channel j of image b: the max and 1 / sum(exp(l - max)).
 // logits are cardinal-major: element (k, r, c) of image b at b*R*C + k*R*(C/K) + r*(C/K) + c.
+// C fits in 32 bits (checked by the launchers), so the channel split is 32-bit.
 template <typename scalar_t, typename acc_t>
 struct Attention {
   const scalar_t* base;  // logits of (b, k, r = 0, c)
@@ -55,15 +62,10 @@ struct Attention {
   acc_t max, inv_sum;
   bool sigmoid;
 
-  Attention() = default;
-  __device__ __forceinline__ Attention(const scalar_t* logits, const Dims& d, int64_t b, int64_t j) {
-    init(logits, d, b, j);
-  }
-
-  __device__ __forceinline__ void init(const scalar_t* logits, const Dims& d, int64_t b, int64_t j) {
-    const int64_t ck = d.C / d.K;
-    const int64_t k = j / ck, c = j - k * ck;
-    base = logits + b * d.R * d.C + k * d.R * ck + c;
+  // ck = C / K
+  __device__ __forceinline__ Attention(const scalar_t* logits, const Dims& d, int ck, int64_t b, int j) {
+    const int k = j / ck, c = j - k * ck;
+    base = logits + b * d.R * d.C + int64_t(k) * d.R * ck + c;
     stride = ck;
     sigmoid = d.R == 1;
     max = 0;
@@ -130,12 +132,6 @@ constexpr int vec_size() {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-// Grid size for an elementwise kernel over `n` items with a grid-stride loop.
-unsigned elementwise_blocks(int64_t n) {
-  const int64_t want = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(want, int64_t(sm_count()) * 32)));
-}
-
 // How many blocks share one reduction row so that the grid fills the GPU (about 4 waves of blocks).
 int64_t reduction_splits(int64_t work_items, int64_t row_length, int64_t min_per_split) {
   const int64_t target = int64_t(sm_count()) * 4;
@@ -144,61 +140,136 @@ int64_t reduction_splits(int64_t work_items, int64_t row_length, int64_t min_per
   return splits;
 }
 
+// Launch sizing: blocks that keep every SM busy for kWaves waves at the kernel's occupancy.
+constexpr int kWaves = 4;
+
+template <typename Kernel>
+int64_t resident_blocks(Kernel kernel, int threads, size_t smem = 0) {
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  return int64_t(std::max(per_sm, 1)) * sm_count() * kWaves;
+}
+
+// Grid for a kernel whose grid dimensions are walked by stride loops: z over images, y and x over blocks of the
+// other two loops (want_y, want_x blocks would cover them in one pass), no more than `budget` blocks in all.
+dim3 stride_grid(int64_t budget, int64_t images, int64_t want_y, int64_t want_x) {
+  const int64_t z = std::min<int64_t>(std::max<int64_t>(images, 1), 65535);
+  const int64_t y = std::min<int64_t>({std::max<int64_t>(want_y, 1), std::max<int64_t>(budget / z, 1), 65535});
+  const int64_t x = std::min<int64_t>({std::max<int64_t>(want_x, 1), std::max<int64_t>(budget / (z * y), 1),
+                                       int64_t(std::numeric_limits<int>::max())});
+  return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z));
+}
+
+// Threads per block along a row of `n` items: a power of two, at most kThreads; the rest of the block (kThreads /
+// width rows) walks the other dimension.
+int row_threads(int64_t n, int cap = kThreads) {
+  int t = 1;
+  while (t < n && t < cap) t <<= 1;
+  return t;
+}
+
+// Stride loops over the grid: b over z (images), the y index over y (channels or pixels), the x index over x.
+#define RESNEST_FOR_B(b, d) for (int64_t b = blockIdx.z; b < (d).B; b += gridDim.z)
+#define RESNEST_FOR_Y(i, n) \
+  for (int64_t i = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; i < (n); i += int64_t(gridDim.y) * blockDim.y)
+#define RESNEST_FOR_X(i, n) \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
 // ---------------------------------------------------------------------------------------------------------
-// Reductions over H*W, NCHW: one work item is (row = b*C + j, split); a group of GROUP threads handles it.
+// Attention weights: att[b, r, j] (radix-major [B, R, C], acc_t) = softmax over r of the cardinal-major logits
+// (sigmoid when R == 1). Block (kThreads, 1): x over channels, z over images.
+template <typename scalar_t>
+__global__ void attention_weights_kernel(const scalar_t* __restrict__ logits,
+                                         at::opmath_type<scalar_t>* __restrict__ att, Dims d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int ck = static_cast<int>(d.C / d.K);
+  RESNEST_FOR_B(b, d) {
+    RESNEST_FOR_X(j, d.C) {
+      const Attention<scalar_t, acc_t> a(logits, d, ck, b, static_cast<int>(j));
+      for (int64_t r = 0; r < d.R; ++r) att[(b * d.R + r) * d.C + j] = a.weight(r);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Calls f(W, i) for the positions [begin, end) of a row whose element 0 is at flat element `offset`: W = V for
+// V-vectors from the first position whose flat offset is a multiple of V, W = 1 for the scalar head before and the
+// tail after them; `lane` of `lanes` threads takes every lanes-th item of each part.
+template <int V, typename F>
+__device__ __forceinline__ void for_range(int64_t offset, int64_t begin, int64_t end, int64_t lane, int64_t lanes,
+                                          const F& f) {
+  const int64_t n = ::max(end - begin, int64_t(0));
+  const int64_t head = V == 1 ? 0 : ::min(n, int64_t((V - ((offset + begin) & (V - 1))) & (V - 1)));
+  const int64_t first = begin + head, vectors = (n - head) / V;
+  for (int64_t i = lane; i < vectors; i += lanes) f(std::integral_constant<int, V>(), first + i * V);
+  if (V > 1) {
+    const int64_t tail = first + vectors * V;
+    for (int64_t i = lane; i < head; i += lanes) f(std::integral_constant<int, 1>(), begin + i);
+    for (int64_t i = lane; i < begin + n - tail; i += lanes) f(std::integral_constant<int, 1>(), tail + i);
+  }
+}
+
+// Reductions over H*W, NCHW: block (kThreads, 1); z over images, y over groups of kThreads / GROUP channels, x
+// over the splits of a row; each channel's split is summed by GROUP threads, in V-vectors between a scalar head
+// and tail (for_range; the launcher checks that x, dout and dx rows share one phase modulo V). All the threads of
+// a block run the same iterations (group_sum synchronises the block).
 // MODE 0 (pool):     partial[b, s, j]    = sum_r sum_hw x[b, r*C + j, hw]
 // MODE 1 (backward): partial[b, s, r, j] = sum_hw dout[b, j, hw] * x[b, r*C + j, hw], and dx = att_r * dout.
 
 template <int MODE, int GROUP, int V, typename scalar_t>
 __global__ void reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dout,
-                                   const scalar_t* __restrict__ logits, scalar_t* __restrict__ dx,
+                                   const at::opmath_type<scalar_t>* __restrict__ att, scalar_t* __restrict__ dx,
                                    at::opmath_type<scalar_t>* __restrict__ partial, Dims d, int64_t splits,
                                    int64_t chunk) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t shared[kThreads / 32];
   constexpr int kGroups = kThreads / GROUP;
   const int lane = threadIdx.x % GROUP;
-  const int64_t items = d.B * d.C * splits;
-  for (int64_t item = int64_t(blockIdx.x) * kGroups + threadIdx.x / GROUP; item - threadIdx.x / GROUP < items;
-       item += int64_t(gridDim.x) * kGroups) {
-    const bool active = item < items;
-    const int64_t row = active ? item / splits : 0, s = active ? item % splits : 0;
-    const int64_t b = row / d.C, j = row - b * d.C;
-    const int64_t begin = s * chunk, end = active ? ::min(d.HW, begin + chunk) : begin;
-    acc_t acc = 0;
-    for (int64_t r = 0; r < d.R; ++r) {
-      const scalar_t* px = x + ((b * d.R + r) * d.C + j) * d.HW;
-      if (MODE == 0) {
-        for (int64_t i = begin + int64_t(lane) * V; i < end; i += int64_t(GROUP) * V) {
-          const Pack<scalar_t, V> xv = load_pack<V>(px + i);
+  RESNEST_FOR_B(b, d) {
+    for (int64_t j0 = int64_t(blockIdx.y) * kGroups; j0 < d.C; j0 += int64_t(gridDim.y) * kGroups) {
+      for (int64_t s = blockIdx.x; s < splits; s += gridDim.x) {
+        const int64_t j = j0 + threadIdx.x / GROUP;
+        const bool active = j < d.C;
+        const int64_t row = b * d.C + j;
+        const int64_t begin = s * chunk, end = active ? ::min(d.HW, begin + chunk) : begin;
+        acc_t acc = 0;
+        for (int64_t r = 0; r < d.R; ++r) {
+          const int64_t xrow = ((b * d.R + r) * d.C + j) * d.HW;
+          if (MODE == 0) {
+            for_range<V>(xrow, begin, end, lane, GROUP, [&](auto width, int64_t i) {
+              constexpr int W = decltype(width)::value;
+              const Pack<scalar_t, W> xv = load_pack<W>(x + xrow + i);
 #pragma unroll
-          for (int v = 0; v < V; ++v) acc += static_cast<acc_t>(xv.v[v]);
-        }
-      } else {
-        const scalar_t* pg = dout + row * d.HW;
-        // dx == nullptr: only the logits gradient is wanted (split_attention_logits_backward).
-        scalar_t* pdx = dx != nullptr ? dx + ((b * d.R + r) * d.C + j) * d.HW : nullptr;
-        const acc_t a = active && pdx != nullptr ? Attention<scalar_t, acc_t>(logits, d, b, j).weight(r) : acc_t(0);
-        for (int64_t i = begin + int64_t(lane) * V; i < end; i += int64_t(GROUP) * V) {
-          const Pack<scalar_t, V> xv = load_pack<V>(px + i);
-          const Pack<scalar_t, V> gv = load_pack<V>(pg + i);
-          Pack<scalar_t, V> o;
+              for (int v = 0; v < W; ++v) acc += static_cast<acc_t>(xv.v[v]);
+            });
+          } else {
+            const scalar_t* pg = dout + row * d.HW;
+            // dx == nullptr: only the logits gradient is wanted (split_attention_logits_backward).
+            scalar_t* pdx = dx != nullptr ? dx + xrow : nullptr;
+            const acc_t a = active && pdx != nullptr ? att[(b * d.R + r) * d.C + j] : acc_t(0);
+            for_range<V>(xrow, begin, end, lane, GROUP, [&](auto width, int64_t i) {
+              constexpr int W = decltype(width)::value;
+              const Pack<scalar_t, W> xv = load_pack<W>(x + xrow + i);
+              const Pack<scalar_t, W> gv = load_pack<W>(pg + i);
+              Pack<scalar_t, W> o;
 #pragma unroll
-          for (int v = 0; v < V; ++v) {
-            const acc_t g = static_cast<acc_t>(gv.v[v]);
-            acc += g * static_cast<acc_t>(xv.v[v]);
-            o.v[v] = static_cast<scalar_t>(a * g);
+              for (int v = 0; v < W; ++v) {
+                const acc_t g = static_cast<acc_t>(gv.v[v]);
+                acc += g * static_cast<acc_t>(xv.v[v]);
+                o.v[v] = static_cast<scalar_t>(a * g);
+              }
+              if (pdx != nullptr) store_pack<W>(pdx + i, o);
+            });
+            const acc_t total = group_sum<GROUP>(acc, shared);
+            if (lane == 0 && active) partial[((b * splits + s) * d.R + r) * d.C + j] = total;
+            acc = 0;
           }
-          if (pdx != nullptr) store_pack<V>(pdx + i, o);
         }
-        const acc_t total = group_sum<GROUP>(acc, shared);
-        if (lane == 0 && active) partial[((b * splits + s) * d.R + r) * d.C + j] = total;
-        acc = 0;
+        if (MODE == 0) {
+          const acc_t total = group_sum<GROUP>(acc, shared);
+          if (lane == 0 && active) partial[(b * splits + s) * d.C + j] = total;
+        }
       }
-    }
-    if (MODE == 0) {
-      const acc_t total = group_sum<GROUP>(acc, shared);
-      if (lane == 0 && active) partial[(b * splits + s) * d.C + j] = total;
     }
   }
 }
@@ -207,7 +278,7 @@ __global__ void reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_
 // pixels; thread (tx, ty) walks pixels ty, ty + TY, ... of the split. Partial layouts as in the NCHW kernel.
 template <int MODE, int V, typename scalar_t>
 __global__ void reduce_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dout,
-                                   const scalar_t* __restrict__ logits, scalar_t* __restrict__ dx,
+                                   const at::opmath_type<scalar_t>* __restrict__ att, scalar_t* __restrict__ dx,
                                    at::opmath_type<scalar_t>* __restrict__ partial, Dims d, int64_t splits,
                                    int64_t chunk) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -237,9 +308,7 @@ __global__ void reduce_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_
       } else {
         acc_t a[V];
 #pragma unroll
-        for (int v = 0; v < V; ++v) {
-          a[v] = dx != nullptr ? Attention<scalar_t, acc_t>(logits, d, b, j0 + v).weight(ro) : acc_t(0);
-        }
+        for (int v = 0; v < V; ++v) a[v] = dx != nullptr ? att[(b * d.R + ro) * d.C + j0 + v] : acc_t(0);
         for (int64_t hw = begin + ty; hw < end; hw += TY) {
           const int64_t pix = b * d.HW + hw;
           const Pack<scalar_t, V> gv = load_pack<V>(dout + pix * d.C + j0);
@@ -269,123 +338,196 @@ __global__ void reduce_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_
   }
 }
 
-// gap[b, j] = sum_s partial[b, s, j] / HW
+// gap[b, j] = sum_s partial[b, s, j] / HW. Block (kThreads, 1): x over channels, z over images.
 template <typename scalar_t>
 __global__ void pool_finish_kernel(const at::opmath_type<scalar_t>* __restrict__ partial, scalar_t* __restrict__ gap,
                                    Dims d, int64_t splits) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < d.B * d.C;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t b = i / d.C, j = i - b * d.C;
-    acc_t total = 0;
-    for (int64_t s = 0; s < splits; ++s) total += partial[(b * splits + s) * d.C + j];
-    gap[i] = static_cast<scalar_t>(total * inv_hw);
+  RESNEST_FOR_B(b, d) {
+    RESNEST_FOR_X(j, d.C) {
+      acc_t total = 0;
+      for (int64_t s = 0; s < splits; ++s) total += partial[(b * splits + s) * d.C + j];
+      gap[b * d.C + j] = static_cast<scalar_t>(total * inv_hw);
+    }
   }
 }
 
 // grad_logits (cardinal-major) from ds[b, r, j] = sum_s partial[b, s, r, j] through the softmax Jacobian
-// da_r = s_r * (ds_r - sum_r' s_r' ds_r'), or the sigmoid's s * (1 - s) * ds when R == 1.
+// da_r = s_r * (ds_r - sum_r' s_r' ds_r'), or the sigmoid's s * (1 - s) * ds when R == 1; s = att.
+// Block (kThreads, 1): x over channels, z over images.
 template <typename scalar_t>
 __global__ void logits_grad_kernel(const at::opmath_type<scalar_t>* __restrict__ partial,
-                                   const scalar_t* __restrict__ logits, scalar_t* __restrict__ dlogits, Dims d,
-                                   int64_t splits) {
+                                   const at::opmath_type<scalar_t>* __restrict__ att,
+                                   scalar_t* __restrict__ dlogits, Dims d, int64_t splits) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t ck = d.C / d.K;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < d.B * d.C;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t b = i / d.C, j = i - b * d.C, k = j / ck, c = j - k * ck;
-    const Attention<scalar_t, acc_t> att(logits, d, b, j);
-    acc_t dot = 0;
-    for (int64_t r = 0; r < d.R; ++r) {
-      acc_t ds = 0;
-      for (int64_t s = 0; s < splits; ++s) ds += partial[((b * splits + s) * d.R + r) * d.C + j];
-      dot += att.weight(r) * ds;
-    }
-    for (int64_t r = 0; r < d.R; ++r) {
-      acc_t ds = 0;
-      for (int64_t s = 0; s < splits; ++s) ds += partial[((b * splits + s) * d.R + r) * d.C + j];
-      const acc_t w = att.weight(r);
-      const acc_t da = d.R == 1 ? ds * w * (acc_t(1) - w) : w * (ds - dot);
-      dlogits[b * d.R * d.C + k * d.R * ck + r * ck + c] = static_cast<scalar_t>(da);
+  const int ck = static_cast<int>(d.C / d.K);
+  RESNEST_FOR_B(b, d) {
+    RESNEST_FOR_X(j, d.C) {
+      const int k = static_cast<int>(j) / ck, c = static_cast<int>(j) - k * ck;
+      acc_t dot = 0;
+      for (int64_t r = 0; r < d.R; ++r) {
+        acc_t ds = 0;
+        for (int64_t s = 0; s < splits; ++s) ds += partial[((b * splits + s) * d.R + r) * d.C + j];
+        dot += att[(b * d.R + r) * d.C + j] * ds;
+      }
+      for (int64_t r = 0; r < d.R; ++r) {
+        acc_t ds = 0;
+        for (int64_t s = 0; s < splits; ++s) ds += partial[((b * splits + s) * d.R + r) * d.C + j];
+        const acc_t w = att[(b * d.R + r) * d.C + j];
+        const acc_t da = d.R == 1 ? ds * w * (acc_t(1) - w) : w * (ds - dot);
+        dlogits[b * d.R * d.C + int64_t(k) * d.R * ck + r * ck + c] = static_cast<scalar_t>(da);
+      }
     }
   }
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Elementwise kernels. Item e covers V consecutive elements of the output in memory order.
+// Elementwise kernels.
+//
+// NCHW: block (TX, TY); z over images, y over channels j, x over the positions of a row. A row starting at flat
+// element `offset` is split into a scalar head up to the next multiple of V, V-vectors and a scalar tail; every
+// operand's rows share offset's phase modulo V (the launcher checks C*H*W % V == 0). f(W, hw) handles W
+// elements from row position hw (W = V or 1).
+template <int V, typename F>
+__device__ __forceinline__ void for_row(int64_t offset, int64_t n, const F& f) {
+  const int64_t head = V == 1 ? 0 : ::min(n, int64_t((V - (offset & (V - 1))) & (V - 1)));
+  const int64_t vectors = (n - head) / V;
+  RESNEST_FOR_X(i, vectors) f(std::integral_constant<int, V>(), head + i * V);
+  if (V > 1) {
+    const int64_t tail = head + vectors * V;
+    RESNEST_FOR_X(i, head) f(std::integral_constant<int, 1>(), i);
+    RESNEST_FOR_X(i, n - tail) f(std::integral_constant<int, 1>(), tail + i);
+  }
+}
 
 // out[b, j, hw] = sum_r att[b, r, j] * x[b, r*C + j, hw]
-template <int V, bool CHANNELS_LAST, typename scalar_t>
-__global__ void combine_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ logits,
-                               scalar_t* __restrict__ out, Dims d) {
+template <int V, typename scalar_t>
+__global__ void combine_nchw_kernel(const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ att,
+                                    scalar_t* __restrict__ out, Dims d) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n = d.B * d.C * d.HW / V;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t first = e * V;
-    acc_t acc[V];
+  RESNEST_FOR_B(b, d) {
+    RESNEST_FOR_Y(j, d.C) {
+      const int64_t orow = (b * d.C + j) * d.HW;
+      const scalar_t* xrow = x + (b * d.R * d.C + j) * d.HW;  // r = 0; row r is r*C*HW further
+      const acc_t* arow = att + b * d.R * d.C + j;             // att of r at arow[r * C]
+      for_row<V>(orow, d.HW, [&](auto width, int64_t hw) {
+        constexpr int W = decltype(width)::value;
+        acc_t acc[W];
 #pragma unroll
-    for (int v = 0; v < V; ++v) acc[v] = 0;
-    if (!CHANNELS_LAST) {  // V divides HW: the V elements share one (b, j)
-      const int64_t row = first / d.HW, hw = first - row * d.HW;
-      const int64_t b = row / d.C, j = row - b * d.C;
-      const Attention<scalar_t, acc_t> att(logits, d, b, j);
-      for (int64_t r = 0; r < d.R; ++r) {
-        const acc_t a = att.weight(r);
-        const Pack<scalar_t, V> xv = load_pack<V>(x + ((b * d.R + r) * d.C + j) * d.HW + hw);
+        for (int v = 0; v < W; ++v) acc[v] = 0;
+#pragma unroll 2  // two x loads in flight (R = 2 in ResNeSt) without the registers of a deeper unroll
+        for (int64_t r = 0; r < d.R; ++r) {
+          const acc_t a = arow[r * d.C];
+          const Pack<scalar_t, W> xv = load_pack<W>(xrow + r * d.C * d.HW + hw);
 #pragma unroll
-        for (int v = 0; v < V; ++v) acc[v] += a * static_cast<acc_t>(xv.v[v]);
-      }
-    } else {  // V divides C: the V elements are channels j .. j+V-1 of one pixel
-      const int64_t pix = first / d.C, j = first - pix * d.C, b = pix / d.HW;
-      Attention<scalar_t, acc_t> att[V];
+          for (int v = 0; v < W; ++v) acc[v] += a * static_cast<acc_t>(xv.v[v]);
+        }
+        Pack<scalar_t, W> o;
 #pragma unroll
-      for (int v = 0; v < V; ++v) att[v].init(logits, d, b, j + v);
-      for (int64_t r = 0; r < d.R; ++r) {
-        const Pack<scalar_t, V> xv = load_pack<V>(x + (pix * d.R + r) * d.C + j);
-#pragma unroll
-        for (int v = 0; v < V; ++v) acc[v] += att[v].weight(r) * static_cast<acc_t>(xv.v[v]);
-      }
+        for (int v = 0; v < W; ++v) o.v[v] = static_cast<scalar_t>(acc[v]);
+        store_pack<W>(out + orow + hw, o);
+      });
     }
-    Pack<scalar_t, V> o;
-#pragma unroll
-    for (int v = 0; v < V; ++v) o.v[v] = static_cast<scalar_t>(acc[v]);
-    store_pack<V>(out + first, o);
   }
 }
 
-// dx[b, r*C + j, hw] = att[b, r, j] * dout[b, j, hw] + dgap[b, j] / HW
-template <int V, bool CHANNELS_LAST, typename scalar_t>
-__global__ void input_backward_kernel(const scalar_t* __restrict__ dout, const scalar_t* __restrict__ logits,
-                                      const at::opmath_type<scalar_t>* __restrict__ dgap, scalar_t* __restrict__ dx,
-                                      Dims d) {
+// dx[b, r*C + j, hw] = att[b, r, j] * dout[b, j, hw] + dgap[b, j] / HW; dout is read once for the R outputs.
+template <int V, typename scalar_t>
+__global__ void input_backward_nchw_kernel(const scalar_t* __restrict__ dout,
+                                           const at::opmath_type<scalar_t>* __restrict__ att,
+                                           const at::opmath_type<scalar_t>* __restrict__ dgap,
+                                           scalar_t* __restrict__ dx, Dims d) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
-  const int64_t n = d.B * d.R * d.C * d.HW / V;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t first = e * V;
-    Pack<scalar_t, V> o;
-    if (!CHANNELS_LAST) {  // V divides HW: one (b, r, j) row
-      const int64_t xrow = first / d.HW, hw = first - xrow * d.HW;
-      const int64_t b = xrow / (d.R * d.C), rj = xrow - b * d.R * d.C, r = rj / d.C, j = rj - r * d.C;
-      const acc_t a = Attention<scalar_t, acc_t>(logits, d, b, j).weight(r);
+  RESNEST_FOR_B(b, d) {
+    RESNEST_FOR_Y(j, d.C) {
+      const int64_t grow = (b * d.C + j) * d.HW;
+      scalar_t* dxrow = dx + (b * d.R * d.C + j) * d.HW;  // r = 0; row r is r*C*HW further
+      const acc_t* arow = att + b * d.R * d.C + j;
       const acc_t g = dgap[b * d.C + j] * inv_hw;
-      const Pack<scalar_t, V> gv = load_pack<V>(dout + (b * d.C + j) * d.HW + hw);
+      for_row<V>(grow, d.HW, [&](auto width, int64_t hw) {
+        constexpr int W = decltype(width)::value;
+        const Pack<scalar_t, W> gv = load_pack<W>(dout + grow + hw);
+#pragma unroll 1  // the loop body only stores (att comes from cache): unrolling buys no loads in flight
+        for (int64_t r = 0; r < d.R; ++r) {
+          const acc_t a = arow[r * d.C];
+          Pack<scalar_t, W> o;
 #pragma unroll
-      for (int v = 0; v < V; ++v) o.v[v] = static_cast<scalar_t>(a * static_cast<acc_t>(gv.v[v]) + g);
-    } else {  // V divides C: channels r*C + j .. j+V-1 of one pixel
-      const int64_t pix = first / (d.R * d.C), rj = first - pix * d.R * d.C, r = rj / d.C, j = rj - r * d.C;
-      const int64_t b = pix / d.HW;
-      const Pack<scalar_t, V> gv = load_pack<V>(dout + pix * d.C + j);
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        const acc_t a = Attention<scalar_t, acc_t>(logits, d, b, j + v).weight(r);
-        o.v[v] = static_cast<scalar_t>(a * static_cast<acc_t>(gv.v[v]) + dgap[b * d.C + j + v] * inv_hw);
-      }
+          for (int v = 0; v < W; ++v) o.v[v] = static_cast<scalar_t>(a * static_cast<acc_t>(gv.v[v]) + g);
+          store_pack<W>(dxrow + r * d.C * d.HW + hw, o);
+        }
+      });
     }
-    store_pack<V>(dx + first, o);
   }
 }
+
+// channels_last: block (TX, TY); z over images, y over pixels, x over groups of V channels (V divides C).
+// out[b, hw, j] = sum_r att[b, r, j] * x[b, hw, r*C + j]
+template <int V, typename scalar_t>
+__global__ void combine_nhwc_kernel(const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ att,
+                                    scalar_t* __restrict__ out, Dims d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t groups = d.C / V;
+  RESNEST_FOR_B(b, d) {
+    RESNEST_FOR_Y(hw, d.HW) {
+      const int64_t pix = b * d.HW + hw;
+      RESNEST_FOR_X(q, groups) {
+        const int64_t j = q * V;
+        acc_t acc[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[v] = 0;
+        for (int64_t r = 0; r < d.R; ++r) {
+          const Pack<acc_t, V> a = load_pack<V>(att + (b * d.R + r) * d.C + j);
+          const Pack<scalar_t, V> xv = load_pack<V>(x + (pix * d.R + r) * d.C + j);
+#pragma unroll
+          for (int v = 0; v < V; ++v) acc[v] += a.v[v] * static_cast<acc_t>(xv.v[v]);
+        }
+        Pack<scalar_t, V> o;
+#pragma unroll
+        for (int v = 0; v < V; ++v) o.v[v] = static_cast<scalar_t>(acc[v]);
+        store_pack<V>(out + pix * d.C + j, o);
+      }
+    }
+  }
+}
+
+// dx[b, hw, r*C + j] = att[b, r, j] * dout[b, hw, j] + dgap[b, j] / HW; dout is read once for the R outputs.
+template <int V, typename scalar_t>
+__global__ void input_backward_nhwc_kernel(const scalar_t* __restrict__ dout,
+                                           const at::opmath_type<scalar_t>* __restrict__ att,
+                                           const at::opmath_type<scalar_t>* __restrict__ dgap,
+                                           scalar_t* __restrict__ dx, Dims d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
+  const int64_t groups = d.C / V;
+  RESNEST_FOR_B(b, d) {
+    RESNEST_FOR_Y(hw, d.HW) {
+      const int64_t pix = b * d.HW + hw;
+      RESNEST_FOR_X(q, groups) {
+        const int64_t j = q * V;
+        acc_t g[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) g[v] = dgap[b * d.C + j + v] * inv_hw;  // dgap may be unaligned: scalar loads
+        const Pack<scalar_t, V> gv = load_pack<V>(dout + pix * d.C + j);
+        const acc_t* a_r = att + b * d.R * d.C + j;  // att and dx of r = 0; those of r + 1 are C further
+        scalar_t* dx_r = dx + pix * d.R * d.C + j;
+#pragma unroll 1  // as in the NCHW kernel
+        for (int64_t r = 0; r < d.R; ++r, a_r += d.C, dx_r += d.C) {
+          const Pack<acc_t, V> a = load_pack<V>(a_r);
+          Pack<scalar_t, V> o;
+#pragma unroll
+          for (int v = 0; v < V; ++v) o.v[v] = static_cast<scalar_t>(a.v[v] * static_cast<acc_t>(gv.v[v]) + g[v]);
+          store_pack<V>(dx_r, o);
+        }
+      }
+    }
+  }
+}
+
+#undef RESNEST_FOR_B
+#undef RESNEST_FOR_Y
+#undef RESNEST_FOR_X
 
 // ---------------------------------------------------------------------------------------------------------
 // Launchers
@@ -396,9 +538,57 @@ Dims dims_of(const at::Tensor& x, int64_t radix, int64_t cardinality) {
 
 bool is_channels_last(const at::Tensor& t) { return activation_format(t) == at::MemoryFormat::ChannelsLast; }
 
+// Launches a kernel whose block is (kThreads, 1) with x over channels and z over images: the weights and finish
+// kernels.
+template <typename Kernel, typename... Args>
+void launch_per_channel(Kernel kernel, const Dims& d, Args... args) {
+  const dim3 grid = stride_grid(resident_blocks(kernel, kThreads), d.B, 1, (d.C + kThreads - 1) / kThreads);
+  kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// att [B, R, C] in the accumulation type (fp32, fp64 for double) from the logits.
+template <typename scalar_t>
+at::Tensor attention_weights(const at::Tensor& logits, const Dims& d) {
+  TORCH_CHECK(d.C <= std::numeric_limits<int>::max(), "split attention: C must fit in 32 bits, got ", d.C);
+  const auto acc_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor att = at::empty({d.B, d.R, d.C}, logits.options().dtype(acc_dtype));
+  launch_per_channel(attention_weights_kernel<scalar_t>, d, logits.const_data_ptr<scalar_t>(),
+                     att.mutable_data_ptr<at::opmath_type<scalar_t>>(), d);
+  return att;
+}
+
+// Block and grid of an elementwise kernel: NCHW rows of H*W positions (in vectors of v) over x, channels over y;
+// channels_last groups of v channels over x, pixels over y; images over z.
+template <typename Kernel>
+std::tuple<dim3, dim3> elementwise_launch(Kernel kernel, const Dims& d, bool channels_last, int v) {
+  const int64_t along_x = channels_last ? d.C / v : (d.HW + v - 1) / v;
+  const int64_t along_y = channels_last ? d.HW : d.C;
+  const int tx = row_threads(along_x), ty = kThreads / tx;
+  const dim3 grid = stride_grid(resident_blocks(kernel, kThreads), d.B, (along_y + ty - 1) / ty,
+                                (along_x + tx - 1) / tx);
+  return {grid, dim3(tx, ty)};
+}
+
+template <typename Kernel, typename... Args>
+void launch_elementwise(Kernel kernel, const Dims& d, bool channels_last, int v, Args... args) {
+  const auto [grid, block] = elementwise_launch(kernel, d, channels_last, v);
+  kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Whether the elementwise kernels may use V-vectors: 16-byte aligned bases and, channels_last, V dividing C;
+// NCHW, C*H*W a multiple of V, so that the rows of every operand share one phase modulo V.
+bool vectorisable(const Dims& d, bool channels_last, int v, std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs) {
+    if (!aligned16(p)) return false;
+  }
+  return channels_last ? d.C % v == 0 : (d.C * d.HW) % v == 0;
+}
+
 // Runs the MODE reduction; returns the fp32 partial sums and the number of splits.
 template <int MODE, typename scalar_t>
-std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::Tensor& dout, const at::Tensor& logits,
+std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::Tensor& dout, const at::Tensor& att,
                                                  const at::Tensor& dx, const Dims& d, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = vec_size<scalar_t>();
@@ -407,23 +597,27 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
   const int64_t outputs = MODE == 0 ? 1 : d.R;
   const scalar_t* px = x.const_data_ptr<scalar_t>();
   const scalar_t* pg = MODE == 1 ? dout.const_data_ptr<scalar_t>() : nullptr;
-  const scalar_t* pl = MODE == 1 ? logits.const_data_ptr<scalar_t>() : nullptr;
+  const acc_t* pa = MODE == 1 ? att.const_data_ptr<acc_t>() : nullptr;
   scalar_t* pdx = MODE == 1 && dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr;
   bool vec = aligned16(px) && (MODE == 0 || (aligned16(pg) && aligned16(pdx)));
   if (!channels_last) {
-    vec = vec && d.HW % V == 0;
+    // Rows of one phase modulo V: MODE 0 reads x rows alone (each finds its own phase); MODE 1 pairs x, dout and
+    // dx rows, whose offsets differ by multiples of C*H*W.
+    vec = vec && (MODE == 0 || (d.C * d.HW) % V == 0);
     // Short rows: a warp per row. Long rows: a block per (row, split).
     const bool small = d.HW <= 2048;
     const int group = small ? 32 : kThreads;
     const int64_t splits = small ? 1 : reduction_splits(d.B * d.C, d.HW, 4 * kThreads * V);
     const int64_t chunk = ((d.HW + splits - 1) / splits + V - 1) / V * V;
     at::Tensor partial = at::empty({d.B, splits, outputs, d.C}, x.options().dtype(acc_dtype));
-    const int64_t items = d.B * d.C * splits;
-    const unsigned blocks = static_cast<unsigned>(
-        std::min<int64_t>((items + kThreads / group - 1) / (kThreads / group), int64_t(sm_count()) * 32));
+    const int64_t groups = kThreads / group;
     acc_t* pp = partial.mutable_data_ptr<acc_t>();
-#define RESNEST_LAUNCH_NCHW(GROUP, VEC) \
-  reduce_nchw_kernel<MODE, GROUP, VEC, scalar_t><<<blocks, kThreads, 0, stream>>>(px, pg, pl, pdx, pp, d, splits, chunk)
+#define RESNEST_LAUNCH_NCHW(GROUP, VEC)                                                                         \
+  do {                                                                                                           \
+    auto* kernel = reduce_nchw_kernel<MODE, GROUP, VEC, scalar_t>;                                               \
+    const dim3 grid = stride_grid(resident_blocks(kernel, kThreads), d.B, (d.C + groups - 1) / groups, splits); \
+    kernel<<<grid, kThreads, 0, stream>>>(px, pg, pa, pdx, pp, d, splits, chunk);                                \
+  } while (0)
     if (small && vec) RESNEST_LAUNCH_NCHW(32, V);
     else if (small) RESNEST_LAUNCH_NCHW(32, 1);
     else if (vec) RESNEST_LAUNCH_NCHW(kThreads, V);
@@ -435,8 +629,7 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
   vec = vec && d.C % V == 0;
   const int v = vec ? V : 1;
   const int64_t cols = (d.C + v - 1) / v;
-  int tx = 1;
-  while (tx < cols && tx < 32) tx <<= 1;
+  const int tx = row_threads(cols, 32);
   const int ty = kThreads / tx;
   const int64_t col_blocks = (cols + tx - 1) / tx;
   const int64_t splits = reduction_splits(col_blocks * d.B, d.HW, 4 * ty);
@@ -447,12 +640,24 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
   const size_t smem = sizeof(acc_t) * kThreads * v;
   acc_t* pp = partial.mutable_data_ptr<acc_t>();
   if (vec) {
-    reduce_nhwc_kernel<MODE, V, scalar_t><<<grid, block, smem, stream>>>(px, pg, pl, pdx, pp, d, splits, chunk);
+    reduce_nhwc_kernel<MODE, V, scalar_t><<<grid, block, smem, stream>>>(px, pg, pa, pdx, pp, d, splits, chunk);
   } else {
-    reduce_nhwc_kernel<MODE, 1, scalar_t><<<grid, block, smem, stream>>>(px, pg, pl, pdx, pp, d, splits, chunk);
+    reduce_nhwc_kernel<MODE, 1, scalar_t><<<grid, block, smem, stream>>>(px, pg, pa, pdx, pp, d, splits, chunk);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {partial, splits};
+}
+
+// The combine backward's reduction (dx written when defined) and the logits gradient.
+template <typename scalar_t>
+void combine_backward(const at::Tensor& xc, const at::Tensor& gc, const at::Tensor& lc, const at::Tensor& dx,
+                      const at::Tensor& dlogits, const Dims& d, bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const at::Tensor att = attention_weights<scalar_t>(lc, d);
+  const auto [partial, splits] = launch_reduction<1, scalar_t>(xc, gc, att, dx, d, channels_last);
+  launch_per_channel(logits_grad_kernel<scalar_t>, d, partial.template const_data_ptr<acc_t>(),
+                     att.const_data_ptr<acc_t>(),
+                     dlogits.mutable_data_ptr<scalar_t>(), d, splits);
 }
 
 }  // namespace
@@ -468,9 +673,8 @@ at::Tensor split_attention_pool_cuda(const at::Tensor& x, int64_t radix) {
   if (gap.numel() == 0) return gap;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_pool_cuda", [&] {
     auto [partial, splits] = launch_reduction<0, scalar_t>(xc, at::Tensor(), at::Tensor(), at::Tensor(), d, cl);
-    pool_finish_kernel<scalar_t><<<elementwise_blocks(d.B * d.C), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        partial.const_data_ptr<at::opmath_type<scalar_t>>(), gap.mutable_data_ptr<scalar_t>(), d, splits);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_per_channel(pool_finish_kernel<scalar_t>, d, partial.const_data_ptr<at::opmath_type<scalar_t>>(),
+                       gap.mutable_data_ptr<scalar_t>(), d, splits);
   });
   return gap;
 }
@@ -487,18 +691,17 @@ at::Tensor split_attention_combine_cuda(const at::Tensor& x, const at::Tensor& l
   at::Tensor out = at::empty({d.B, d.C, x.size(2), x.size(3)}, x.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_combine_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     constexpr int V = vec_size<scalar_t>();
-    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const at::Tensor att = attention_weights<scalar_t>(lc, d);
     const scalar_t* px = xc.const_data_ptr<scalar_t>();
-    const scalar_t* pl = lc.const_data_ptr<scalar_t>();
+    const acc_t* pa = att.const_data_ptr<acc_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
-    const bool vec = aligned16(px) && aligned16(po) && (cl ? d.C % V == 0 : d.HW % V == 0);
-    const unsigned blocks = elementwise_blocks(out.numel() / (vec ? V : 1));
-    if (cl && vec) combine_kernel<V, true, scalar_t><<<blocks, kThreads, 0, stream>>>(px, pl, po, d);
-    else if (cl) combine_kernel<1, true, scalar_t><<<blocks, kThreads, 0, stream>>>(px, pl, po, d);
-    else if (vec) combine_kernel<V, false, scalar_t><<<blocks, kThreads, 0, stream>>>(px, pl, po, d);
-    else combine_kernel<1, false, scalar_t><<<blocks, kThreads, 0, stream>>>(px, pl, po, d);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const bool vec = vectorisable(d, cl, V, {px, po});
+    if (cl && vec) launch_elementwise(combine_nhwc_kernel<V, scalar_t>, d, cl, V, px, pa, po, d);
+    else if (cl) launch_elementwise(combine_nhwc_kernel<1, scalar_t>, d, cl, 1, px, pa, po, d);
+    else if (vec) launch_elementwise(combine_nchw_kernel<V, scalar_t>, d, cl, V, px, pa, po, d);
+    else launch_elementwise(combine_nchw_kernel<1, scalar_t>, d, cl, 1, px, pa, po, d);
   });
   return out;
 }
@@ -521,11 +724,7 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cuda(const a
   at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
   if (x.numel() == 0) return {dx, dlogits};  // B == 0 or C == 0: no kernel launch
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_combine_bwd_cuda", [&] {
-    auto [partial, splits] = launch_reduction<1, scalar_t>(xc, gc, lc, dx, d, cl);
-    logits_grad_kernel<scalar_t><<<elementwise_blocks(d.B * d.C), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        partial.const_data_ptr<at::opmath_type<scalar_t>>(), lc.const_data_ptr<scalar_t>(),
-        dlogits.mutable_data_ptr<scalar_t>(), d, splits);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    combine_backward<scalar_t>(xc, gc, lc, dx, dlogits, d, cl);
   });
   return {dx, dlogits};
 }
@@ -545,11 +744,7 @@ at::Tensor split_attention_logits_backward_cuda(const at::Tensor& grad_out, cons
   at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
   if (x.numel() == 0) return dlogits;  // B == 0 or C == 0: no kernel launch
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_logits_bwd_cuda", [&] {
-    auto [partial, splits] = launch_reduction<1, scalar_t>(xc, gc, lc, at::Tensor(), d, cl);
-    logits_grad_kernel<scalar_t><<<elementwise_blocks(d.B * d.C), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        partial.const_data_ptr<at::opmath_type<scalar_t>>(), lc.const_data_ptr<scalar_t>(),
-        dlogits.mutable_data_ptr<scalar_t>(), d, splits);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    combine_backward<scalar_t>(xc, gc, lc, at::Tensor(), dlogits, d, cl);
   });
   return dlogits;
 }
@@ -568,19 +763,18 @@ at::Tensor split_attention_input_backward_cuda(const at::Tensor& grad_out, const
   const at::Tensor dg = grad_gap.to(grad_out.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "split_attention_input_bwd_cuda",
                                   [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     constexpr int V = vec_size<scalar_t>();
-    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const at::Tensor att = attention_weights<scalar_t>(lc, d);
     const scalar_t* pg = gc.const_data_ptr<scalar_t>();
-    const scalar_t* pl = lc.const_data_ptr<scalar_t>();
-    const auto* pd = dg.const_data_ptr<at::opmath_type<scalar_t>>();
+    const acc_t* pa = att.const_data_ptr<acc_t>();
+    const acc_t* pd = dg.const_data_ptr<acc_t>();
     scalar_t* pdx = dx.mutable_data_ptr<scalar_t>();
-    const bool vec = aligned16(pg) && aligned16(pdx) && (cl ? d.C % V == 0 : d.HW % V == 0);
-    const unsigned blocks = elementwise_blocks(dx.numel() / (vec ? V : 1));
-    if (cl && vec) input_backward_kernel<V, true, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pl, pd, pdx, d);
-    else if (cl) input_backward_kernel<1, true, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pl, pd, pdx, d);
-    else if (vec) input_backward_kernel<V, false, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pl, pd, pdx, d);
-    else input_backward_kernel<1, false, scalar_t><<<blocks, kThreads, 0, stream>>>(pg, pl, pd, pdx, d);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const bool vec = vectorisable(d, cl, V, {pg, pdx});
+    if (cl && vec) launch_elementwise(input_backward_nhwc_kernel<V, scalar_t>, d, cl, V, pg, pa, pd, pdx, d);
+    else if (cl) launch_elementwise(input_backward_nhwc_kernel<1, scalar_t>, d, cl, 1, pg, pa, pd, pdx, d);
+    else if (vec) launch_elementwise(input_backward_nchw_kernel<V, scalar_t>, d, cl, V, pg, pa, pd, pdx, d);
+    else launch_elementwise(input_backward_nchw_kernel<1, scalar_t>, d, cl, 1, pg, pa, pd, pdx, d);
   });
   return dx;
 }
