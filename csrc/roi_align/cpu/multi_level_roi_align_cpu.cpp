@@ -73,8 +73,10 @@ void pool_roi(const scalar_t* base, int64_t sc, int64_t channels, const LevelTap
         acc_t sum = 0;
         for (int64_t iy = 0; iy < t.grid_h; ++iy) {
           const AxisTap<acc_t>& y = t.ys[ph * t.grid_h + iy];
+          if (y.w_lo == acc_t(0) && y.w_hi == acc_t(0)) continue;  // sample row outside the map, as roi_align
           for (int64_t ix = 0; ix < t.grid_w; ++ix) {
             const AxisTap<acc_t>& x = t.xs[pw * t.grid_w + ix];
+            if (x.w_lo == acc_t(0) && x.w_hi == acc_t(0)) continue;  // sample column outside the map
             const acc_t top =
                 x.w_lo * static_cast<acc_t>(b[y.lo + x.lo]) + x.w_hi * static_cast<acc_t>(b[y.lo + x.hi]);
             const acc_t bottom =
@@ -98,9 +100,11 @@ void scatter_roi(const scalar_t* g, int64_t gh, int64_t gw, const LevelTaps<acc_
       const acc_t gv = static_cast<acc_t>(g[ph * gh + pw * gw]) / t.count;
       for (int64_t iy = 0; iy < t.grid_h; ++iy) {
         const AxisTap<acc_t>& y = t.ys[ph * t.grid_h + iy];
-        const acc_t g_lo = gv * y.w_lo, g_hi = gv * y.w_hi;
+        if (y.w_lo == acc_t(0) && y.w_hi == acc_t(0)) continue;  // outside the map: no gradient (a non-finite
+        const acc_t g_lo = gv * y.w_lo, g_hi = gv * y.w_hi;         // gv times a zero weight would be NaN)
         for (int64_t ix = 0; ix < t.grid_w; ++ix) {
           const AxisTap<acc_t>& x = t.xs[pw * t.grid_w + ix];
+          if (x.w_lo == acc_t(0) && x.w_hi == acc_t(0)) continue;
           gi[y.lo + x.lo] += g_lo * x.w_lo;
           gi[y.lo + x.hi] += g_lo * x.w_hi;
           gi[y.hi + x.lo] += g_hi * x.w_lo;

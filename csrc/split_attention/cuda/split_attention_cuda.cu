@@ -697,7 +697,7 @@ at::Tensor split_attention_combine_cuda(const at::Tensor& x, const at::Tensor& l
     const scalar_t* px = xc.const_data_ptr<scalar_t>();
     const acc_t* pa = att.const_data_ptr<acc_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
-    const bool vec = vectorisable(d, cl, V, {px, po});
+    const bool vec = vectorisable(d, cl, V, {px, po, pa});  // the weights are loaded as vectors too
     if (cl && vec) launch_elementwise(combine_nhwc_kernel<V, scalar_t>, d, cl, V, px, pa, po, d);
     else if (cl) launch_elementwise(combine_nhwc_kernel<1, scalar_t>, d, cl, 1, px, pa, po, d);
     else if (vec) launch_elementwise(combine_nchw_kernel<V, scalar_t>, d, cl, V, px, pa, po, d);
@@ -770,7 +770,7 @@ at::Tensor split_attention_input_backward_cuda(const at::Tensor& grad_out, const
     const acc_t* pa = att.const_data_ptr<acc_t>();
     const acc_t* pd = dg.const_data_ptr<acc_t>();
     scalar_t* pdx = dx.mutable_data_ptr<scalar_t>();
-    const bool vec = vectorisable(d, cl, V, {pg, pdx});
+    const bool vec = vectorisable(d, cl, V, {pg, pdx, pa});
     if (cl && vec) launch_elementwise(input_backward_nhwc_kernel<V, scalar_t>, d, cl, V, pg, pa, pd, pdx, d);
     else if (cl) launch_elementwise(input_backward_nhwc_kernel<1, scalar_t>, d, cl, 1, pg, pa, pd, pdx, d);
     else if (vec) launch_elementwise(input_backward_nchw_kernel<V, scalar_t>, d, cl, V, pg, pa, pd, pdx, d);
