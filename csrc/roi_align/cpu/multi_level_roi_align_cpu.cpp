@@ -76,7 +76,6 @@ void pool_roi(const scalar_t* base, int64_t sc, int64_t channels, const LevelTap
           if (y.w_lo == acc_t(0) && y.w_hi == acc_t(0)) continue;  // sample row outside the map, as roi_align
           for (int64_t ix = 0; ix < t.grid_w; ++ix) {
             const AxisTap<acc_t>& x = t.xs[pw * t.grid_w + ix];
-            if (x.w_lo == acc_t(0) && x.w_hi == acc_t(0)) continue;  // sample column outside the map
             const acc_t top =
                 x.w_lo * static_cast<acc_t>(b[y.lo + x.lo]) + x.w_hi * static_cast<acc_t>(b[y.lo + x.hi]);
             const acc_t bottom =

@@ -83,7 +83,6 @@ void forward_kernel(const scalar_t* input, Strides4 s, int64_t batch_size, int64
               if (y.w_lo == acc_t(0) && y.w_hi == acc_t(0)) continue;  // sample row outside the map: adds 0
               for (int64_t ix = 0; ix < t.grid_w; ++ix) {
                 const AxisTap<acc_t>& x = t.xs[pw * t.grid_w + ix];
-                if (x.w_lo == acc_t(0) && x.w_hi == acc_t(0)) continue;  // sample column outside the map: adds 0
                 const acc_t top = x.w_lo * static_cast<acc_t>(base[y.lo + x.lo]) +
                                   x.w_hi * static_cast<acc_t>(base[y.lo + x.hi]);
                 const acc_t bottom = x.w_lo * static_cast<acc_t>(base[y.hi + x.lo]) +

@@ -69,7 +69,6 @@ __device__ inline acc_t pool(const scalar_t* __restrict__ base, const BinTaps<ac
     const scalar_t* row_hi = base + y.hi;
     for (int64_t ix = 0; ix < grid_w; ++ix) {
       const AxisTap<acc_t> x = t.xs[ix];
-      if (x.w_lo == acc_t(0) && x.w_hi == acc_t(0)) continue;  // sample column outside the map
       const acc_t top = x.w_lo * static_cast<acc_t>(row_lo[x.lo]) + x.w_hi * static_cast<acc_t>(row_lo[x.hi]);
       const acc_t bottom = x.w_lo * static_cast<acc_t>(row_hi[x.lo]) + x.w_hi * static_cast<acc_t>(row_hi[x.hi]);
       sum += y.w_lo * top + y.w_hi * bottom;

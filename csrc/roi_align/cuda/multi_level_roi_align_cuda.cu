@@ -96,7 +96,6 @@ __global__ void forward_kernel(LevelTable<const scalar_t*> t, int64_t batch_size
       const scalar_t* row_hi = base + y.hi * t.sh[l];
       for (int64_t ix = 0; ix < g.grid_w; ++ix) {
         const AxisTap<acc_t> x = axis_tap<acc_t>(sample_coord<acc_t>(g.start_x, g.bin_w, pw, ix, g.grid_w), width);
-        if (x.w_lo == acc_t(0) && x.w_hi == acc_t(0)) continue;  // sample column outside the map
         const int64_t lo = x.lo * t.sw[l], hi = x.hi * t.sw[l];
         const acc_t top = x.w_lo * static_cast<acc_t>(row_lo[lo]) + x.w_hi * static_cast<acc_t>(row_lo[hi]);
         const acc_t bottom = x.w_lo * static_cast<acc_t>(row_hi[lo]) + x.w_hi * static_cast<acc_t>(row_hi[hi]);

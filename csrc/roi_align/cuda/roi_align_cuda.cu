@@ -76,7 +76,6 @@ __global__ void forward_kernel(const scalar_t* __restrict__ input, Strides4 s, i
       const scalar_t* row_hi = base + y.hi * s.h;
       for (int64_t ix = 0; ix < g.grid_w; ++ix) {
         const AxisTap<acc_t> x = axis_tap<acc_t>(sample_coord<acc_t>(g.start_x, g.bin_w, bi.pw, ix, g.grid_w), width);
-        if (x.w_lo == acc_t(0) && x.w_hi == acc_t(0)) continue;  // sample column outside the map
         const acc_t top =
             x.w_lo * static_cast<acc_t>(row_lo[x.lo * s.w]) + x.w_hi * static_cast<acc_t>(row_lo[x.hi * s.w]);
         const acc_t bottom =
