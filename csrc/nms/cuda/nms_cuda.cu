@@ -11,13 +11,11 @@
 //    no limit) and writes either a kept flag per sorted box (nms) or the kept input indices padded to max_keep
 //    with a validity mask (nms_fixed, no host round trip).
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <tuple>
 
+#include "../../cuda_support.cuh"
 #include "../nms.h"
 
 namespace resnest_cuda {
@@ -40,9 +38,9 @@ __global__ void mask_kernel(const acc_t* __restrict__ boxes, const int64_t* __re
   const int row_size = static_cast<int>(min(n - row_tile * kTile, static_cast<int64_t>(kTile)));
   const int col_size = static_cast<int>(min(n - col_tile * kTile, static_cast<int64_t>(kTile)));
 
-  __shared__ acc_t col_boxes[kTile * 4];
-  __shared__ acc_t col_areas[kTile];
-  __shared__ int64_t col_categories[kTile];
+  RESNEST_SHARED(acc_t, col_boxes, kTile * 4);
+  RESNEST_SHARED(acc_t, col_areas, kTile);
+  RESNEST_SHARED(int64_t, col_categories, kTile);
   if (threadIdx.x < col_size) {
     const int64_t j = col_tile * kTile + threadIdx.x;
     const acc_t* b = boxes + j * 4;
@@ -89,8 +87,8 @@ struct KeepOutput {
 // t == threadIdx.x (mod blockDim.x), each OR-ing up to kTile independent, coalesced loads.
 __global__ void keep_kernel(const unsigned long long* __restrict__ mask, int64_t n, int64_t tiles, int64_t max_keep,
                             KeepOutput out) {
-  extern __shared__ unsigned long long removed[];
-  __shared__ unsigned long long diagonal[kTile];
+  RESNEST_DYNAMIC_SHARED(unsigned long long, removed);
+  RESNEST_SHARED(unsigned long long, diagonal, kTile);
   for (int64_t t = threadIdx.x; t < tiles; t += blockDim.x) removed[t] = 0;
   __syncthreads();
   int64_t kept = 0;
@@ -159,18 +157,16 @@ at::Tensor run_nms(const at::Tensor& boxes, const at::Tensor& scores, const at::
   const at::Tensor categories =
       idxs == nullptr ? at::Tensor() : idxs->to(at::kLong).index_select(0, order).contiguous();
   at::Tensor mask = at::empty({n * tiles}, boxes.options().dtype(at::kLong));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   auto* mask_ptr = reinterpret_cast<unsigned long long*>(mask.mutable_data_ptr<int64_t>());
   AT_DISPATCH_FLOATING_TYPES(sorted.scalar_type(), "nms_cuda", [&] {
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(tiles));
-    mask_kernel<scalar_t><<<grid, kTile, 0, stream>>>(
-        sorted.const_data_ptr<scalar_t>(), idxs == nullptr ? nullptr : categories.const_data_ptr<int64_t>(), n, tiles,
-        static_cast<scalar_t>(iou_threshold), mask_ptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(mask_kernel<scalar_t>, grid, kTile, 0, stream, sorted.const_data_ptr<scalar_t>(),
+           idxs == nullptr ? nullptr : categories.const_data_ptr<int64_t>(), n, tiles,
+           static_cast<scalar_t>(iou_threshold), mask_ptr);
   });
   out.order = order.const_data_ptr<int64_t>();
-  keep_kernel<<<1, kKeepThreads, tiles * sizeof(unsigned long long), stream>>>(mask_ptr, n, tiles, max_keep, out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(keep_kernel, 1, kKeepThreads, tiles * sizeof(unsigned long long), stream, mask_ptr, n, tiles, max_keep, out);
   return order;
 }
 
@@ -180,8 +176,8 @@ at::Tensor kept_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at
   check_nms_input(boxes, scores, op);
   if (idxs != nullptr) check_nms_idxs(boxes, *idxs, op);
   check_max_keep(max_keep, /*fixed=*/false, op);
-  TORCH_CHECK(boxes.is_cuda(), op, ": boxes must be a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(boxes.device());
+  check_kernel_device(boxes, op, "boxes");
+  const DeviceGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0 || max_keep == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   at::Tensor keep = at::zeros({n}, boxes.options().dtype(at::kBool));
@@ -198,8 +194,8 @@ std::tuple<at::Tensor, at::Tensor> kept_fixed_cuda(const at::Tensor& boxes, cons
   check_nms_input(boxes, scores, op);
   if (idxs != nullptr) check_nms_idxs(boxes, *idxs, op);
   check_max_keep(max_keep, /*fixed=*/true, op);
-  TORCH_CHECK(boxes.is_cuda(), op, ": boxes must be a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(boxes.device());
+  check_kernel_device(boxes, op, "boxes");
+  const DeviceGuard guard(boxes.device());
   at::Tensor indices = at::zeros({max_keep}, boxes.options().dtype(at::kLong));
   at::Tensor valid = at::zeros({max_keep}, boxes.options().dtype(at::kBool));
   if (boxes.size(0) == 0 || max_keep == 0) return {indices, valid};
@@ -230,7 +226,7 @@ std::tuple<at::Tensor, at::Tensor> batched_nms_fixed_per_class_cuda(const at::Te
   return kept_fixed_cuda(boxes, scores, &idxs, iou_threshold, max_keep, "batched_nms_fixed");
 }
 
-TORCH_LIBRARY_IMPL(resnest_cuda, CUDA, m) {
+RESNEST_CUDA_KERNELS(m) {
   m.impl("nms", &nms_cuda);
   m.impl("nms_fixed", &nms_fixed_cuda);
   m.impl("_batched_nms_per_class", &batched_nms_per_class_cuda);

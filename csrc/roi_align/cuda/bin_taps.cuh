@@ -14,6 +14,7 @@
 // The shared-memory slice holds kMaxAdaptiveGrid taps per axis: enough for every adaptive grid (capped at
 // kMaxAdaptiveGrid) and every sampling_ratio up to it; a larger sampling_ratio takes the one-thread-per-element
 // kernels (bin_taps_fit), which read and write any strides.
+#include "../../cuda_support.cuh"
 #include "../roi_align.h"
 
 namespace resnest_cuda {
@@ -27,7 +28,7 @@ constexpr int64_t kMaxBlocks = 65535;  // grid-stride loops over bins cover the 
 inline bool fits(int64_t sampling_ratio) { return sampling_ratio <= kMaxAdaptiveGrid; }
 
 inline int64_t num_blocks(int64_t bins) {
-  return std::min<int64_t>((bins + kBinsPerBlock - 1) / kBinsPerBlock, kMaxBlocks);
+  return std::min<int64_t>((bins + kBinsPerBlock - 1) / kBinsPerBlock, grid_cap(kMaxBlocks));
 }
 
 template <typename acc_t>

@@ -8,14 +8,12 @@
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "../../cuda_support.cuh"
 #include "../roi_align.h"
 #include "bin_taps.cuh"
 
@@ -25,7 +23,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65535;  // grid-stride loops cover the rest
 
-int64_t num_blocks(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks); }
+int64_t num_blocks(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, grid_cap(kMaxBlocks)); }
 
 // Per-level data: forward reads the features (ptr_t = const scalar_t*), backward writes the gradient buffers
 // (ptr_t = acc_t*), both through the strides.
@@ -113,7 +111,7 @@ __global__ void __launch_bounds__(bin_taps::kThreads)
     forward_bins_kernel(LevelTable<const scalar_t*> t, int64_t batch_size, int64_t channels,
                         const acc_t* __restrict__ rois, acc_t finest_scale, int64_t num_bins, RoiAlignParams p,
                         scalar_t* __restrict__ out, Strides4 os) {
-  __shared__ bin_taps::BinTaps<acc_t> taps[bin_taps::kBinsPerBlock];
+  RESNEST_SHARED(bin_taps::BinTaps<acc_t>, taps, bin_taps::kBinsPerBlock);
   const int warp = threadIdx.x / bin_taps::kWarp, lane = threadIdx.x % bin_taps::kWarp;
   bin_taps::BinTaps<acc_t>& bt = taps[warp];
   for (int64_t bin = blockIdx.x * static_cast<int64_t>(bin_taps::kBinsPerBlock) + warp; bin < num_bins;
@@ -183,7 +181,7 @@ __global__ void __launch_bounds__(bin_taps::kThreads)
     backward_bins_kernel(const scalar_t* __restrict__ grad, Strides4 gs, LevelTable<acc_t*> t, int64_t batch_size,
                          int64_t channels, const acc_t* __restrict__ rois, acc_t finest_scale, int64_t num_bins,
                          RoiAlignParams p) {
-  __shared__ bin_taps::BinTaps<acc_t> taps[bin_taps::kBinsPerBlock];
+  RESNEST_SHARED(bin_taps::BinTaps<acc_t>, taps, bin_taps::kBinsPerBlock);
   const int warp = threadIdx.x / bin_taps::kWarp, lane = threadIdx.x % bin_taps::kWarp;
   bin_taps::BinTaps<acc_t>& bt = taps[warp];
   for (int64_t bin = blockIdx.x * static_cast<int64_t>(bin_taps::kBinsPerBlock) + warp; bin < num_bins;
@@ -226,8 +224,8 @@ at::Tensor multi_level_roi_align_cuda(at::TensorList features, const at::Tensor&
   const std::vector<double> scales(spatial_scales.begin(), spatial_scales.end());
   check_multi_level_input(features, rois, scales, pooled_height, pooled_width, finest_scale, op);
   const at::Tensor& first = features[0];
-  TORCH_CHECK(first.is_cuda(), op, ": features must be CUDA tensors");
-  const c10::cuda::CUDAGuard guard(first.device());
+  for (const at::Tensor& f : features) check_kernel_device(f, op, "features");
+  const DeviceGuard guard(first.device());
   const RoiAlignParams p{0.0, pooled_height, pooled_width, sampling_ratio, aligned};
   const int64_t num_rois = rois.size(0), channels = first.size(1);
   const bool channels_last = pools_channels_last(features);
@@ -236,21 +234,20 @@ at::Tensor multi_level_roi_align_cuda(at::TensorList features, const at::Tensor&
   if (out.numel() == 0) return out;
   const at::Tensor r = rois_in_acc_dtype(rois, first.scalar_type());
   const std::vector<at::Tensor> maps(features.begin(), features.end());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, first.scalar_type(), "multi_level_roi_align_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const LevelTable<const scalar_t*> t = level_table<const scalar_t*>(maps, spatial_scales, &read_pointer<scalar_t>);
     if (channels_last && bin_taps::fits(sampling_ratio)) {
       const int64_t bins = num_rois * pooled_height * pooled_width;
-      forward_bins_kernel<scalar_t, acc_t><<<bin_taps::num_blocks(bins), bin_taps::kThreads, 0, stream>>>(
+      launch(forward_bins_kernel<scalar_t, acc_t>, bin_taps::num_blocks(bins), bin_taps::kThreads, 0, stream,
           t, first.size(0), channels, r.const_data_ptr<acc_t>(), static_cast<acc_t>(finest_scale), bins, p,
           out.mutable_data_ptr<scalar_t>(), strides_of(out));
     } else {
-      forward_kernel<scalar_t, acc_t><<<num_blocks(out.numel()), kThreads, 0, stream>>>(
+      launch(forward_kernel<scalar_t, acc_t>, num_blocks(out.numel()), kThreads, 0, stream,
           t, first.size(0), channels, r.const_data_ptr<acc_t>(), static_cast<acc_t>(finest_scale), out.numel(), p,
           out.mutable_data_ptr<scalar_t>(), strides_of(out));
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -271,9 +268,9 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cuda(const at::Tensor& gr
   check_level_layouts(channels_last, heights.size(), op);
   const RoiAlignParams p{1.0, pooled_height, pooled_width, sampling_ratio, aligned};
   check_roi_align_backward_input(grad, rois, p, batch_size, channels, 0, 0);
-  TORCH_CHECK(grad.is_cuda(), op, ": grad must be a CUDA tensor");
+  check_kernel_device(grad, op, "grad");
   at::globalContext().alertNotDeterministic("multi_level_roi_align_backward_cuda");  // atomic accumulation
-  const c10::cuda::CUDAGuard guard(grad.device());
+  const DeviceGuard guard(grad.device());
   // One buffer per level in its layout: the gradient itself for fp32/fp64, an fp32 scratch for half/bfloat16.
   std::vector<at::Tensor> grads;
   bool any_channels_last = false;
@@ -288,29 +285,28 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cuda(const at::Tensor& gr
   }
   if (grad.numel() > 0 && batch_size > 0 && channels > 0) {
     const at::Tensor r = rois_in_acc_dtype(rois, grad.scalar_type());
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const cudaStream_t stream = current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "multi_level_roi_align_bwd", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const LevelTable<acc_t*> t = level_table<acc_t*>(grads, spatial_scales, &write_pointer<acc_t>);
       // The channel-fastest mapping is right for any layout; it is chosen when a level's gradient is channels_last.
       if (any_channels_last && bin_taps::fits(sampling_ratio)) {
         const int64_t bins = grad.size(0) * pooled_height * pooled_width;
-        backward_bins_kernel<scalar_t, acc_t><<<bin_taps::num_blocks(bins), bin_taps::kThreads, 0, stream>>>(
+        launch(backward_bins_kernel<scalar_t, acc_t>, bin_taps::num_blocks(bins), bin_taps::kThreads, 0, stream,
             grad.const_data_ptr<scalar_t>(), strides_of(grad), t, batch_size, channels, r.const_data_ptr<acc_t>(),
             static_cast<acc_t>(finest_scale), bins, p);
       } else {
-        backward_kernel<scalar_t, acc_t><<<num_blocks(grad.numel()), kThreads, 0, stream>>>(
+        launch(backward_kernel<scalar_t, acc_t>, num_blocks(grad.numel()), kThreads, 0, stream,
             grad.const_data_ptr<scalar_t>(), strides_of(grad), t, batch_size, channels, r.const_data_ptr<acc_t>(),
             static_cast<acc_t>(finest_scale), grad.numel(), p);
       }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
   for (at::Tensor& g : grads) g = g.to(grad.scalar_type());  // a no-op for fp32/fp64; keeps the layout
   return grads;
 }
 
-TORCH_LIBRARY_IMPL(resnest_cuda, CUDA, m) {
+RESNEST_CUDA_KERNELS(m) {
   m.impl("multi_level_roi_align", &multi_level_roi_align_cuda);
   m.impl("multi_level_roi_align_backward", &multi_level_roi_align_backward_cuda);
 }

@@ -13,13 +13,11 @@
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
+#include "../../cuda_support.cuh"
 #include "../roi_align.h"
 #include "bin_taps.cuh"
 
@@ -29,7 +27,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65535;  // grid-stride loops cover the rest
 
-int64_t num_blocks(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxBlocks); }
+int64_t num_blocks(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, grid_cap(kMaxBlocks)); }
 
 struct Strides4 {
   int64_t n, c, h, w;
@@ -94,7 +92,7 @@ __global__ void __launch_bounds__(bin_taps::kThreads)
     forward_bins_kernel(const scalar_t* __restrict__ input, Strides4 s, int64_t batch_size, int64_t channels,
                         int64_t height, int64_t width, const acc_t* __restrict__ rois, int64_t num_bins,
                         RoiAlignParams p, scalar_t* __restrict__ out, Strides4 os) {
-  __shared__ bin_taps::BinTaps<acc_t> taps[bin_taps::kBinsPerBlock];
+  RESNEST_SHARED(bin_taps::BinTaps<acc_t>, taps, bin_taps::kBinsPerBlock);
   const int warp = threadIdx.x / bin_taps::kWarp, lane = threadIdx.x % bin_taps::kWarp;
   bin_taps::BinTaps<acc_t>& t = taps[warp];
   for (int64_t bin = blockIdx.x * static_cast<int64_t>(bin_taps::kBinsPerBlock) + warp; bin < num_bins;
@@ -158,7 +156,7 @@ __global__ void __launch_bounds__(bin_taps::kThreads)
     backward_bins_kernel(const scalar_t* __restrict__ grad, Strides4 gs, int64_t batch_size, int64_t channels,
                          int64_t height, int64_t width, const acc_t* __restrict__ rois, int64_t num_bins,
                          RoiAlignParams p, acc_t* __restrict__ grad_input, Strides4 is) {
-  __shared__ bin_taps::BinTaps<acc_t> taps[bin_taps::kBinsPerBlock];
+  RESNEST_SHARED(bin_taps::BinTaps<acc_t>, taps, bin_taps::kBinsPerBlock);
   const int warp = threadIdx.x / bin_taps::kWarp, lane = threadIdx.x % bin_taps::kWarp;
   bin_taps::BinTaps<acc_t>& t = taps[warp];
   for (int64_t bin = blockIdx.x * static_cast<int64_t>(bin_taps::kBinsPerBlock) + warp; bin < num_bins;
@@ -186,8 +184,8 @@ at::Tensor roi_align_cuda(const at::Tensor& input, const at::Tensor& rois, doubl
                           int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
   const RoiAlignParams p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned};
   check_roi_align_input(input, rois, p, "roi_align");
-  TORCH_CHECK(input.is_cuda(), "roi_align: input must be a CUDA tensor");
-  const c10::cuda::CUDAGuard guard(input.device());
+  check_kernel_device(input, "roi_align", "input");
+  const DeviceGuard guard(input.device());
   const int64_t num_rois = rois.size(0), channels = input.size(1);
   const int64_t height = input.size(2), width = input.size(3);
   const bool channels_last = pools_channels_last({input});
@@ -196,20 +194,19 @@ at::Tensor roi_align_cuda(const at::Tensor& input, const at::Tensor& rois, doubl
   if (out.numel() == 0) return out;
   if (height == 0 || width == 0) return out.zero_();
   const at::Tensor r = rois_in_acc_dtype(rois, input.scalar_type());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (channels_last && bin_taps::fits(sampling_ratio)) {
       const int64_t bins = num_rois * pooled_height * pooled_width;
-      forward_bins_kernel<scalar_t, acc_t><<<bin_taps::num_blocks(bins), bin_taps::kThreads, 0, stream>>>(
+      launch(forward_bins_kernel<scalar_t, acc_t>, bin_taps::num_blocks(bins), bin_taps::kThreads, 0, stream,
           input.const_data_ptr<scalar_t>(), strides_of(input), input.size(0), channels, height, width,
           r.const_data_ptr<acc_t>(), bins, p, out.mutable_data_ptr<scalar_t>(), strides_of(out));
     } else {
-      forward_kernel<scalar_t, acc_t><<<num_blocks(out.numel()), kThreads, 0, stream>>>(
+      launch(forward_kernel<scalar_t, acc_t>, num_blocks(out.numel()), kThreads, 0, stream,
           input.const_data_ptr<scalar_t>(), strides_of(input), input.size(0), channels, height, width,
           r.const_data_ptr<acc_t>(), out.numel(), p, out.mutable_data_ptr<scalar_t>(), strides_of(out));
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -220,34 +217,33 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    bool channels_last) {
   const RoiAlignParams p{spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned};
   check_roi_align_backward_input(grad, rois, p, batch_size, channels, height, width);
-  TORCH_CHECK(grad.is_cuda(), "roi_align_backward: grad must be a CUDA tensor");
+  check_kernel_device(grad, "roi_align_backward", "grad");
   // atomicAdd makes the summation order, and so the rounding of grad_input, vary from run to run.
   at::globalContext().alertNotDeterministic("roi_align_backward_cuda");
-  const c10::cuda::CUDAGuard guard(grad.device());
+  const DeviceGuard guard(grad.device());
   // fp32/fp64: the gradient itself; half/bfloat16: an fp32 scratch of the same layout, cast at the end.
   at::Tensor grad_input =
       zero_grad_buffer({batch_size, channels, height, width}, grad.options(), grad.scalar_type(), channels_last);
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
   const at::Tensor r = rois_in_acc_dtype(rois, grad.scalar_type());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (channels_last && bin_taps::fits(sampling_ratio)) {
       const int64_t bins = grad.size(0) * pooled_height * pooled_width;
-      backward_bins_kernel<scalar_t, acc_t><<<bin_taps::num_blocks(bins), bin_taps::kThreads, 0, stream>>>(
+      launch(backward_bins_kernel<scalar_t, acc_t>, bin_taps::num_blocks(bins), bin_taps::kThreads, 0, stream,
           grad.const_data_ptr<scalar_t>(), strides_of(grad), batch_size, channels, height, width,
           r.const_data_ptr<acc_t>(), bins, p, grad_input.mutable_data_ptr<acc_t>(), strides_of(grad_input));
     } else {
-      backward_kernel<scalar_t, acc_t><<<num_blocks(grad.numel()), kThreads, 0, stream>>>(
+      launch(backward_kernel<scalar_t, acc_t>, num_blocks(grad.numel()), kThreads, 0, stream,
           grad.const_data_ptr<scalar_t>(), strides_of(grad), batch_size, channels, height, width,
           r.const_data_ptr<acc_t>(), grad.numel(), p, grad_input.mutable_data_ptr<acc_t>(), strides_of(grad_input));
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_input.to(grad.scalar_type());
 }
 
-TORCH_LIBRARY_IMPL(resnest_cuda, CUDA, m) {
+RESNEST_CUDA_KERNELS(m) {
   m.impl("roi_align", &roi_align_cuda);
   m.impl("roi_align_backward", &roi_align_backward_cuda);
 }

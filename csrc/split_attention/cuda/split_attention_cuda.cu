@@ -11,10 +11,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -23,6 +19,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "../../cuda_support.cuh"
 #include "../split_attention.h"
 
 namespace resnest_cuda {
@@ -110,21 +107,6 @@ __device__ __forceinline__ acc_t group_sum(acc_t v, acc_t* shared) {
   return total;
 }
 
-// Streaming multiprocessors of the current device (cached per device; launch sizing only).
-int sm_count() {
-  constexpr int kMaxDevices = 64;
-  static int cache[kMaxDevices] = {0};
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  if (device >= kMaxDevices) device = kMaxDevices - 1;
-  if (cache[device] == 0) {
-    int count = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    cache[device] = count;
-  }
-  return cache[device];
-}
-
 template <typename scalar_t>
 constexpr int vec_size() {
   return 16 / static_cast<int>(sizeof(scalar_t));
@@ -140,20 +122,12 @@ int64_t reduction_splits(int64_t work_items, int64_t row_length, int64_t min_per
   return splits;
 }
 
-// Launch sizing: blocks that keep every SM busy for kWaves waves at the kernel's occupancy.
-constexpr int kWaves = 4;
-
-template <typename Kernel>
-int64_t resident_blocks(Kernel kernel, int threads, size_t smem = 0) {
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-  return int64_t(std::max(per_sm, 1)) * sm_count() * kWaves;
-}
-
 // Grid for a kernel whose grid dimensions are walked by stride loops: z over images, y and x over blocks of the
-// other two loops (want_y, want_x blocks would cover them in one pass), no more than `budget` blocks in all.
+// other two loops (want_y, want_x blocks would cover them in one pass), no more than `budget` blocks in all
+// (grid_cap: fewer when the emulated build is asked for fewer).
 dim3 stride_grid(int64_t budget, int64_t images, int64_t want_y, int64_t want_x) {
-  const int64_t z = std::min<int64_t>(std::max<int64_t>(images, 1), 65535);
+  budget = std::max<int64_t>(grid_cap(budget), 1);
+  const int64_t z = std::min<int64_t>({std::max<int64_t>(images, 1), 65535, budget});
   const int64_t y = std::min<int64_t>({std::max<int64_t>(want_y, 1), std::max<int64_t>(budget / z, 1), 65535});
   const int64_t x = std::min<int64_t>({std::max<int64_t>(want_x, 1), std::max<int64_t>(budget / (z * y), 1),
                                        int64_t(std::numeric_limits<int>::max())});
@@ -222,7 +196,7 @@ __global__ void reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_
                                    at::opmath_type<scalar_t>* __restrict__ partial, Dims d, int64_t splits,
                                    int64_t chunk) {
   using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t shared[kThreads / 32];
+  RESNEST_SHARED(acc_t, shared, kThreads / 32);
   constexpr int kGroups = kThreads / GROUP;
   const int lane = threadIdx.x % GROUP;
   RESNEST_FOR_B(b, d) {
@@ -282,8 +256,7 @@ __global__ void reduce_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_
                                    at::opmath_type<scalar_t>* __restrict__ partial, Dims d, int64_t splits,
                                    int64_t chunk) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);  // [TY][TX * V]
+  RESNEST_DYNAMIC_SHARED(acc_t, smem);  // [TY][TX * V]
   const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
   const int64_t j0 = (int64_t(blockIdx.x) * TX + tx) * V;
   const int64_t s = blockIdx.y, b = blockIdx.z;
@@ -543,8 +516,7 @@ bool is_channels_last(const at::Tensor& t) { return activation_format(t) == at::
 template <typename Kernel, typename... Args>
 void launch_per_channel(Kernel kernel, const Dims& d, Args... args) {
   const dim3 grid = stride_grid(resident_blocks(kernel, kThreads), d.B, 1, (d.C + kThreads - 1) / kThreads);
-  kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(args...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(kernel, grid, kThreads, 0, current_stream(), args...);
 }
 
 // att [B, R, C] in the accumulation type (fp32, fp64 for double) from the logits.
@@ -573,8 +545,7 @@ std::tuple<dim3, dim3> elementwise_launch(Kernel kernel, const Dims& d, bool cha
 template <typename Kernel, typename... Args>
 void launch_elementwise(Kernel kernel, const Dims& d, bool channels_last, int v, Args... args) {
   const auto [grid, block] = elementwise_launch(kernel, d, channels_last, v);
-  kernel<<<grid, block, 0, c10::cuda::getCurrentCUDAStream()>>>(args...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(kernel, grid, block, 0, current_stream(), args...);
 }
 
 // Whether the elementwise kernels may use V-vectors: 16-byte aligned bases and, channels_last, V dividing C;
@@ -592,7 +563,7 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
                                                  const at::Tensor& dx, const Dims& d, bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = vec_size<scalar_t>();
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t outputs = MODE == 0 ? 1 : d.R;
   const scalar_t* px = x.const_data_ptr<scalar_t>();
@@ -616,14 +587,13 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
   do {                                                                                                           \
     auto* kernel = reduce_nchw_kernel<MODE, GROUP, VEC, scalar_t>;                                               \
     const dim3 grid = stride_grid(resident_blocks(kernel, kThreads), d.B, (d.C + groups - 1) / groups, splits); \
-    kernel<<<grid, kThreads, 0, stream>>>(px, pg, pa, pdx, pp, d, splits, chunk);                                \
+    launch(kernel, grid, kThreads, 0, stream, px, pg, pa, pdx, pp, d, splits, chunk);                            \
   } while (0)
     if (small && vec) RESNEST_LAUNCH_NCHW(32, V);
     else if (small) RESNEST_LAUNCH_NCHW(32, 1);
     else if (vec) RESNEST_LAUNCH_NCHW(kThreads, V);
     else RESNEST_LAUNCH_NCHW(kThreads, 1);
 #undef RESNEST_LAUNCH_NCHW
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {partial, splits};
   }
   vec = vec && d.C % V == 0;
@@ -640,11 +610,10 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
   const size_t smem = sizeof(acc_t) * kThreads * v;
   acc_t* pp = partial.mutable_data_ptr<acc_t>();
   if (vec) {
-    reduce_nhwc_kernel<MODE, V, scalar_t><<<grid, block, smem, stream>>>(px, pg, pa, pdx, pp, d, splits, chunk);
+    launch(reduce_nhwc_kernel<MODE, V, scalar_t>, grid, block, smem, stream, px, pg, pa, pdx, pp, d, splits, chunk);
   } else {
-    reduce_nhwc_kernel<MODE, 1, scalar_t><<<grid, block, smem, stream>>>(px, pg, pa, pdx, pp, d, splits, chunk);
+    launch(reduce_nhwc_kernel<MODE, 1, scalar_t>, grid, block, smem, stream, px, pg, pa, pdx, pp, d, splits, chunk);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {partial, splits};
 }
 
@@ -665,7 +634,7 @@ void combine_backward(const at::Tensor& xc, const at::Tensor& gc, const at::Tens
 at::Tensor split_attention_pool_cuda(const at::Tensor& x, int64_t radix) {
   check_split_attention_input(x, radix, "split_attention_pool");
   TORCH_CHECK(x.size(0) <= 65535, "split_attention_pool: batch size must be <= 65535 on CUDA, got ", x.size(0));
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const bool cl = is_channels_last(x);
   const at::Tensor xc = x.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const Dims d = dims_of(x, radix, 1);
@@ -682,7 +651,7 @@ at::Tensor split_attention_pool_cuda(const at::Tensor& x, int64_t radix) {
 at::Tensor split_attention_combine_cuda(const at::Tensor& x, const at::Tensor& logits, int64_t radix,
                                         int64_t cardinality) {
   check_combine_logits(x, logits, radix, cardinality, "split_attention_combine");
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const bool cl = is_channels_last(x);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor xc = x.contiguous(fmt);
@@ -714,7 +683,7 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cuda(const a
   const Dims d = dims_of(x, radix, cardinality);
   check_grad_out(grad_out, x, radix, "split_attention_combine_backward");
   TORCH_CHECK(d.B <= 65535, "split_attention_combine_backward: batch size must be <= 65535 on CUDA, got ", d.B);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const bool cl = is_channels_last(x);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor xc = x.contiguous(fmt);
@@ -735,7 +704,7 @@ at::Tensor split_attention_logits_backward_cuda(const at::Tensor& grad_out, cons
   check_grad_out(grad_out, x, radix, "split_attention_logits_backward");
   const Dims d = dims_of(x, radix, cardinality);
   TORCH_CHECK(d.B <= 65535, "split_attention_logits_backward: batch size must be <= 65535 on CUDA, got ", d.B);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const bool cl = is_channels_last(x);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor xc = x.contiguous(fmt);
@@ -752,7 +721,7 @@ at::Tensor split_attention_logits_backward_cuda(const at::Tensor& grad_out, cons
 at::Tensor split_attention_input_backward_cuda(const at::Tensor& grad_out, const at::Tensor& logits,
                                                const at::Tensor& grad_gap, int64_t radix, int64_t cardinality) {
   check_input_backward_args(grad_out, logits, grad_gap, radix, cardinality);
-  const c10::cuda::CUDAGuard guard(grad_out.device());
+  const DeviceGuard guard(grad_out.device());
   const bool cl = is_channels_last(grad_out);
   const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor gc = grad_out.contiguous(fmt);
@@ -779,7 +748,7 @@ at::Tensor split_attention_input_backward_cuda(const at::Tensor& grad_out, const
   return dx;
 }
 
-TORCH_LIBRARY_IMPL(resnest_cuda, CUDA, m) {
+RESNEST_CUDA_KERNELS(m) {
   m.impl("split_attention_logits_backward", &split_attention_logits_backward_cuda);
   m.impl("split_attention_input_backward", &split_attention_input_backward_cuda);
   m.impl("split_attention_pool", &split_attention_pool_cuda);
