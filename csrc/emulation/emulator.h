@@ -74,9 +74,11 @@ struct Site {
   const char* file = "";
   int line = 0;
   bool operator==(const Site& o) const { return line == o.line && std::strcmp(file, o.file) == 0; }
+  // "what at csrc/dir/file.cu:line" (the path from the source tree's csrc/ on).
   std::string str() const {
+    const char* shown = std::strstr(file, "csrc/");
     std::ostringstream os;
-    os << what << " at " << file << ":" << line;
+    os << what << " at " << (shown != nullptr ? shown : file) << ":" << line;
     return os.str();
   }
 };
@@ -169,7 +171,7 @@ class Emulator {
     size_t used = dynamic_bytes_ + bytes;
     for (const Allocation& a : shared_) used += a.bytes;
     if (used > kMaxSharedPerBlock) {
-      fail(std::string(file) + ":" + std::to_string(line) + ": shared memory over the limit: " +
+      fail(Site{"shared memory", file, line}.str() + ": over the limit: " +
            std::to_string(used) + " bytes per block (static + dynamic) > " + std::to_string(kMaxSharedPerBlock));
     }
     shared_.push_back({file, line, bytes, poisoned(bytes)});
