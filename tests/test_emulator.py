@@ -83,7 +83,10 @@ def test_shared_memory_is_poisoned_for_every_block():
 @pytest.mark.parametrize(
     "case, expected",
     [
-        ("divergent_syncthreads", r"__syncthreads reached at different places(.|\n)*selftest.cu:5\d(.|\n)*selftest.cu:5\d"),
+        (
+            "divergent_syncthreads",
+            r"__syncthreads reached at different places(.|\n)*selftest.cu:5\d(.|\n)*selftest.cu:5\d",
+        ),
         ("exit_before_syncthreads", r"__syncthreads at csrc/emulation/selftest.cu:\d+ reached after some threads"),
         ("exited_lane", r"__shfl_down_sync at csrc/emulation/selftest.cu:\d+ .*names lane 3, which has exited"),
         ("deadlock", r"deadlock(.|\n)*threads 0-0: waiting at __syncwarp at csrc/emulation/selftest.cu:\d+"),
