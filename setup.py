@@ -5,6 +5,7 @@ and nvcc must still be installed).
 
 Set RESNEST_EMULATE_CUDA=1 to also build resnest_cuda._C_emu: every .cu source compiled by the host compiler
 against the CUDA emulator (csrc/emulation/), which runs the CUDA kernels on the CPU (resnest_cuda.emulation).
+RESNEST_EMULATE_CUDA=only builds only _C_emu (benchmarks/emulation_mutants.py rebuilds it from altered copies);
 RESNEST_EMULATE_CUDA=asan builds only _C_emu, with AddressSanitizer (run it with libasan preloaded; see README).
 """
 
@@ -27,8 +28,8 @@ def build_cuda():
 
 def emulation_mode():
     mode = os.environ.get("RESNEST_EMULATE_CUDA", "0")
-    if mode not in ("0", "1", "asan"):
-        raise SystemExit(f"RESNEST_EMULATE_CUDA must be 0, 1 or asan, got {mode!r}")
+    if mode not in ("0", "1", "only", "asan"):
+        raise SystemExit(f"RESNEST_EMULATE_CUDA must be 0, 1, only or asan, got {mode!r}")
     return mode
 
 
@@ -68,8 +69,8 @@ def emulated_extension(asan: bool):
 
 def get_extensions():
     mode = emulation_mode()
-    if mode == "asan":
-        return [emulated_extension(asan=True)]
+    if mode in ("only", "asan"):
+        return [emulated_extension(asan=mode == "asan")]
     cpp_sources = sorted(
         p
         for p in glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True)

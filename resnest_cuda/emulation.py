@@ -116,7 +116,8 @@ def _quiet_override() -> Iterator[None]:
     import warnings
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel.*")
+        # The message starts with "Warning only once for all operators," and names the override on a later line.
+        warnings.filterwarnings("ignore", message=r"(?s).*Overriding a previously registered kernel")
         yield
 
 

@@ -4,6 +4,8 @@ every block, and every fault and launch configuration a GPU refuses is refused, 
 
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -133,3 +135,21 @@ def test_settings_reach_the_launchers():
     finally:
         del os.environ["RESNEST_EMU_SCHEDULE"]
     assert not math.isnan(selftest("plain", 32)[0])
+
+
+ADDRESS_SANITIZER = "libasan" in os.environ.get("LD_PRELOAD", "") and "RESNEST_EMU_LIBRARY" in os.environ
+
+
+@pytest.mark.skipif(not ADDRESS_SANITIZER, reason="runs against the AddressSanitizer build (.ci/asan.sh)")
+@pytest.mark.parametrize("case", ["global_overflow", "shared_overflow"])
+def test_the_address_sanitizer_build_reports_out_of_bounds_accesses(case):
+    """The AddressSanitizer run can fail: a kernel that writes one element past a tensor or a shared array ends
+    the process with the sanitizer's report naming the kernel's source line."""
+    code = (
+        "import torch; from resnest_cuda import emulation; emulation.load(); "
+        f"torch.ops.resnest_emu._emu_selftest({case!r}, 32, 1)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    assert "ERROR: AddressSanitizer" in proc.stderr and "overflow" in proc.stderr, proc.stderr[-2000:]
+    assert "selftest.cu" in proc.stderr, proc.stderr[-2000:]

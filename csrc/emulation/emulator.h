@@ -23,10 +23,11 @@
 //   deadlock (no thread can run and no barrier can complete).
 // Under AddressSanitizer the fiber switches are announced to it, so it follows the stacks and checks every global
 // and shared-memory access.
-#include <ucontext.h>
 #include <sys/mman.h>
+#include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <functional>
 #include <mutex>
 #include <numeric>
@@ -269,6 +270,9 @@ class Emulator {
   int lane_of(const Fiber& f) const { return linear(f) % warpSize; }
 
   // Fibers with stacks for `threads` threads (stacks are kept for later launches; a guard page under each).
+#if defined(RESNEST_EMU_ASAN)
+  static constexpr size_t kCleanTopBytes = 16 << 10;
+#endif
   void ensure_fibers(unsigned int threads) {
 #if defined(RESNEST_EMU_ASAN)
     const size_t bytes = 1 << 20;
@@ -370,16 +374,25 @@ class Emulator {
     for (unsigned int t = 0; t < threads; ++t) {
       Fiber& f = fibers_[t];
       f.index = uint3{t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y)};
+#if defined(RESNEST_EMU_ASAN)
+      // Frames left poisoned by the previous block: only entry()'s (at the top of the stack) when the thread ran to
+      // its end, any depth when the block was abandoned (a launch error). Unpoisoning whole stacks for every block
+      // would cost more than the kernels.
+      const size_t dirty = f.state == State::exited ? std::min(stack_bytes_, kCleanTopBytes) : stack_bytes_;
+      ASAN_UNPOISON_MEMORY_REGION(f.stack + stack_bytes_ - dirty, dirty);
+#endif
       f.state = State::runnable;
       f.fake_stack = nullptr;
-#if defined(RESNEST_EMU_ASAN)
-      ASAN_UNPOISON_MEMORY_REGION(f.stack, stack_bytes_);  // frames abandoned by an earlier block
-#endif
       getcontext(&f.context);
       f.context.uc_stack.ss_sp = f.stack;
       f.context.uc_stack.ss_size = stack_bytes_;
       f.context.uc_link = nullptr;
       makecontext(&f.context, &Emulator::entry, 0);
+#if defined(RESNEST_EMU_ASAN)
+      // AddressSanitizer's swapcontext clears the shadow of the whole stack named here at every switch (an mmap per
+      // switch); the stack is only informational once the context is made, and its shadow was cleaned above.
+      f.context.uc_stack.ss_size = 0;
+#endif
     }
     blockDim = block_;
     gridDim = grid_;

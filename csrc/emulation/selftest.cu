@@ -94,6 +94,18 @@ __global__ void big_shared_kernel(double* out) {
 
 __global__ void plain_kernel(double* out) { out[threadIdx.x] = 1; }
 
+// Out-of-bounds accesses that only the AddressSanitizer build reports (never run them in another build).
+__global__ void global_overflow_kernel(double* out, int64_t size) {
+  if (threadIdx.x == 0) out[size] = 1;  // one past the end of `out`
+}
+
+__global__ void shared_overflow_kernel(double* out) {
+  RESNEST_SHARED(float, s, 32);
+  s[threadIdx.x + 1] = 1.0f;  // thread 31 writes one past the end
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
 at::Tensor selftest(c10::string_view name_view, int64_t threads, int64_t blocks) {
   const std::string name(name_view);
   const int t = static_cast<int>(threads), b = static_cast<int>(blocks);
@@ -123,6 +135,10 @@ at::Tensor selftest(c10::string_view name_view, int64_t threads, int64_t blocks)
     launch(big_shared_kernel, b, t, 10 * 1024, s, o);
   } else if (name == "plain") {
     launch(plain_kernel, b, t, 0, s, o);
+  } else if (name == "global_overflow") {
+    launch(global_overflow_kernel, 1, t, 0, s, o, out.numel());
+  } else if (name == "shared_overflow") {
+    launch(shared_overflow_kernel, 1, 32, 0, s, o);
   } else if (name == "grid_y") {
     launch(plain_kernel, dim3(1, static_cast<unsigned int>(blocks)), t, 0, s, o);
   } else if (name == "dynamic_shared") {
