@@ -7,6 +7,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SECTION = "## Training on your own dataset"
 
@@ -30,6 +32,7 @@ def test_the_section_is_three_pastable_commands():
     assert train[train.index("--config") + 1] == "small_mask_rcnn_s14"
 
 
+@pytest.mark.slow  # 35 s on an idle 2-core machine, over 2 min on a busy one
 def test_the_readme_own_data_commands_run(tmp_path):
     commands = readme_commands(open(os.path.join(REPO, "README.md")).read())
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="2")
