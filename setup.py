@@ -1,7 +1,8 @@
 """Build resnest_cuda._C: C++ kernels always, CUDA kernels when nvcc and a CUDA build of torch are present.
 
 Set FORCE_CUDA=1 to build the CUDA sources even when no GPU is visible at build time (the CUDA build of torch
-and nvcc must still be installed).
+and nvcc must still be installed). The kernels are compiled for TORCH_CUDA_ARCH_LIST; when it is unset and no GPU is
+visible, for build_tools/cuda_arch.py's DEFAULT_ARCH_LIST (printed during the build).
 
 Set RESNEST_EMULATE_CUDA=1 to also build resnest_cuda._C_emu: every .cu source compiled by the host compiler
 against the CUDA emulator (csrc/emulation/), which runs the CUDA kernels on the CPU (resnest_cuda.emulation).
@@ -11,6 +12,7 @@ RESNEST_EMULATE_CUDA=asan builds only _C_emu, with AddressSanitizer (run it with
 
 import glob
 import os
+import sys
 
 import torch
 from setuptools import find_packages, setup
@@ -18,6 +20,8 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 EMULATION = os.path.join("csrc", "emulation")
+sys.path.insert(0, os.path.join(ROOT, "build_tools"))
+from cuda_arch import choose_arch_list  # noqa: E402
 
 
 def build_cuda():
@@ -80,6 +84,10 @@ def get_extensions():
     cxx_flags = ["-O3"]
     extensions = []
     if build_cuda():
+        arch_list, message = choose_arch_list(os.environ, torch.cuda.device_count())
+        if arch_list is not None:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+        print(message, flush=True)
         nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         extensions.append(
             CUDAExtension(

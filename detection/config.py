@@ -58,6 +58,9 @@ class SolverConfig:
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
+    # > 0: the warmup lasts at most this many epochs (an epoch of a small dataset of one's own is a few
+    # iterations); 0: solver.warmup_iters whatever the epoch length. See detection/engine/schedule.py.
+    warmup_max_epochs: float = 0.0
     lr_steps: tuple[int, ...] = (8, 11)  # epochs after which lr is multiplied by gamma
     gamma: float = 0.1
     epochs: int = 12

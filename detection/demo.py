@@ -14,7 +14,8 @@ from .visualize import draw_detections, enlarge  # noqa: F401  (part of this mod
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m detection.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="config name in detection/configs or a .py path")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by detection.train")
     parser.add_argument("--image", required=True, help="input image")

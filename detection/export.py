@@ -20,7 +20,9 @@ For ONNX the split attention runs as its plain PyTorch reference (standard ops),
 """
 
 import argparse
+import contextlib
 import copy
+import logging
 import os
 import sys
 
@@ -134,13 +136,31 @@ def export_onnx(model: GeneralizedRCNN, path: str, example=None) -> None:
     prepared = prepare_for_export(model, "reference")
     example = example if example is not None else example_inputs(prepared)
     outputs = ["boxes", "scores", "labels"] + (["mask_probs"] if prepared.roi_head.mask_head is not None else [])
-    with torch.no_grad():
+    with torch.no_grad(), _without_torchvision_notices():
         program = torch.onnx.export(
             InferenceGraph(prepared).eval(), example, dynamo=True, opset_version=ONNX_OPSET,
             dynamic_shapes=dynamic_shapes(prepared), custom_translation_table=translation_table(),
             input_names=["image", "image_size"], output_names=outputs, verbose=False,
         )
     program.save(path)
+
+
+class _TorchvisionNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torchvision is not installed" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_torchvision_notices():
+    """torch.onnx warns once per torchvision op it cannot register when torchvision is absent; the exported graph
+    uses none of them (RoIAlign and NMS are this project's ops), so those warnings are dropped."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notice = _TorchvisionNotice()
+    log.addFilter(notice)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice)
 
 
 def compile_aoti(model: GeneralizedRCNN, path: str, example=None) -> str:
@@ -207,7 +227,8 @@ def _onnxruntime_runner(path: str, session_options=None):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m detection.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="config name in detection/configs or a .py path")
     parser.add_argument("--checkpoint", required=True, help="our checkpoint or an mmdetection one of a seed model")
     parser.add_argument("--format", required=True, choices=FORMATS)

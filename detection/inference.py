@@ -100,6 +100,29 @@ def class_names_from(checkpoint, num_classes: int, dataset: str) -> list[str]:
     return [str(n) for n in names]
 
 
+def checkpoint_num_classes(checkpoint) -> int | None:
+    """Foreground classes a checkpoint was trained for: its class names (ours), else the rows of a box
+    classifier (`...fc_cls.weight`, background included); None when neither is there."""
+    meta = checkpoint.get("meta", {}) if isinstance(checkpoint, dict) else {}
+    names = meta.get("class_names") if isinstance(meta, dict) else None
+    if names:
+        return len(names)
+    weights = checkpoint.get("state_dict", checkpoint.get("model", checkpoint)) if isinstance(checkpoint, dict) else {}
+    for key, value in (weights.items() if isinstance(weights, dict) else ()):
+        if key.endswith("fc_cls.weight") and hasattr(value, "shape"):
+            return int(value.shape[0]) - 1
+    return None
+
+
+def num_classes_hint(checkpoint, model_classes: int) -> str:
+    """'; the checkpoint has N classes, ...: add model.num_classes=N' when the class counts differ, else ''."""
+    count = checkpoint_num_classes(checkpoint)
+    if count is None or count == model_classes:
+        return ""
+    return (f"; the checkpoint has {count} classes and the config {model_classes}: add model.num_classes={count} "
+            "to the command")
+
+
 def _num_classes(model, cfg) -> int:
     """Foreground classes of a built model (stand-in models may carry the count in their config only)."""
     roi_head = getattr(model, "roi_head", None)
@@ -150,7 +173,8 @@ class Detector:
             try:
                 load_checkpoint(model, state)
             except (TypeError, ValueError) as err:
-                raise ValueError(f"checkpoint {checkpoint!r} does not fit config {cfg.name!r}: {err}") from None
+                hint = num_classes_hint(state, _num_classes(model, cfg))
+                raise ValueError(f"checkpoint {checkpoint!r} does not fit config {cfg.name!r}: {err}{hint}") from None
         names = kwargs.pop("class_names", None) or class_names_from(state, _num_classes(model, cfg), cfg.data.dataset)
         return cls(model.to(device), cfg, names, device=device, precision=precision, **kwargs)
 
@@ -207,9 +231,10 @@ class Detector:
     def _name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else f"class {label}"
 
-    def draw(self, image, detections: Detections, score_threshold: float = 0.0, min_canvas: int = 0) -> Image.Image:
+    def draw(self, image, detections: Detections, score_threshold: float = 0.0, min_canvas: int = 512) -> Image.Image:
         """`image` (any input `__call__` takes) with `detections` drawn: boxes, names, scores, translucent masks.
-        With min_canvas > 0 a small image is enlarged so that its long side has at least that many pixels."""
+        A small image is enlarged so that its long side has at least `min_canvas` pixels (labels stay legible);
+        0 draws it at its own size."""
         tensor = image_to_tensor(image)
         if tuple(tensor.shape[1:]) != tuple(detections.image_size):
             raise ValueError(f"image: size {tuple(tensor.shape[1:])} is not the detections' {detections.image_size}")

@@ -61,8 +61,8 @@ def load_rgb(path: str) -> torch.Tensor:
     """Decode an image with Pillow as RGB → uint8 [3, H, W] (contiguous). Raises OSError on missing, truncated or
     undecodable files (Pillow's default refuses truncated JPEGs)."""
     with Image.open(path) as img:
-        array = np.asarray(img.convert("RGB"))
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        array = np.asarray(img.convert("RGB"))  # read-only: Pillow's buffer
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())  # one copy, writable and contiguous
 
 
 class CocoDetection(torch.utils.data.Dataset):

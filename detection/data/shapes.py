@@ -87,13 +87,13 @@ def _contrasting_colour(rng: np.random.Generator, background_mean: np.ndarray) -
     return 255 - background_mean
 
 
-def _place_shapes(rng: np.random.Generator, size: int, max_objects: int) -> list[dict]:
-    """Choose shapes so that each earlier shape keeps >= 50% of its area visible. Returns dicts with
-    `label`, `polygon`, `full` and `visible` (bool masks)."""
+def _place_shapes(rng: np.random.Generator, size: int, max_objects: int, num_kinds: int) -> list[dict]:
+    """Choose shapes (of the first `num_kinds` of CLASSES) so that each earlier shape keeps >= 50% of its area
+    visible. Returns dicts with `label`, `polygon`, `full` and `visible` (bool masks)."""
     placed: list[dict] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(20):
-            label = int(rng.integers(len(CLASSES)))
+            label = int(rng.integers(num_kinds))
             radius = rng.uniform(0.09, 0.25) * size
             cx, cy = rng.uniform(radius, size - radius, size=2)
             # Rounded as stored in the JSON, so the stored polygon rasterises to exactly these pixels.
@@ -107,10 +107,12 @@ def _place_shapes(rng: np.random.Generator, size: int, max_objects: int) -> list
     return placed
 
 
-def render_image(rng: np.random.Generator, size: int, max_objects: int) -> tuple[np.ndarray, list[dict]]:
-    """One image uint8 [size, size, 3] and its instances (label, polygon, full and visible masks)."""
+def render_image(rng: np.random.Generator, size: int, max_objects: int,
+                 num_kinds: int = len(CLASSES)) -> tuple[np.ndarray, list[dict]]:
+    """One image uint8 [size, size, 3] and its instances (label, polygon, full and visible masks); the shapes are
+    of the first `num_kinds` kinds of CLASSES; `max_objects` 0 draws the background alone."""
     image = _background(rng, size)
-    shapes = _place_shapes(rng, size, max_objects)
+    shapes = _place_shapes(rng, size, max_objects, num_kinds) if max_objects > 0 else []
     for shape in shapes:
         colour = _contrasting_colour(rng, image.reshape(-1, 3).mean(0))
         image[shape["full"]] = _texture(rng, size, colour)[shape["full"]]

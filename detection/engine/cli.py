@@ -3,6 +3,8 @@
 """
 
 import argparse
+import os
+import sys
 
 OVERRIDES_HELP = ("config overrides key=value, anywhere on the line (e.g. solver.epochs=2 data.images_per_gpu=4 "
                   "model.num_classes=3); --print-config lists every key")
@@ -46,19 +48,30 @@ def config_text(cfg) -> str:
     """The resolved config as `key = value` lines (--print-config): every key a `key=value` override accepts."""
     from .overrides import config_lines
 
-    return "\n".join([f"name = {cfg.name!r}", *config_lines(cfg)])
+    return "\n".join(config_lines(cfg))
+
+
+def print_listing(text: str) -> None:
+    """Print to stdout; a reader that closes the pipe early (`| head`) ends the listing quietly."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would report the failed flush of stdout again at exit: point stdout at /dev/null instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def config_unless_listing(args: argparse.Namespace):
     """The config `args` ask for, or None after answering --list-configs / --print-config (the command then exits
-    with 0)."""
+    with 0). --print-config shows `--data-root` as data.root, the folder the run would read."""
     from .overrides import resolve_config
 
     if args.list_configs:
-        print(list_configs_text())
+        print_listing(list_configs_text())
         return None
     cfg = resolve_config(args.config, args.overrides)
     if args.print_config:
-        print(config_text(cfg))
+        if getattr(args, "data_root", None):
+            cfg.data.root = args.data_root
+        print_listing(config_text(cfg))
         return None
     return cfg

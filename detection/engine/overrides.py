@@ -32,7 +32,7 @@ def _convert(text: str, annotation, key: str):
                 errors.append(str(err))
         raise ValueError("; ".join(errors))
     if origin in (tuple, list):
-        items = [s.strip() for s in text.strip().strip("()[]").split(",") if s.strip()]
+        items = _sequence_items(text, key)
         item_type = args[0] if args else str
         return origin(_convert(s, item_type, key) for s in items)
     if annotation is bool:
@@ -51,6 +51,25 @@ def _convert(text: str, annotation, key: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def _sequence_items(text: str, key: str) -> list[str]:
+    """The items of `9,11`, `(9,11)`, `[9, 11]`, `(9,)` or `9,`; unclosed brackets and empty items (`(9,`,
+    `9,,11`) are refused: they are usually a command line cut short."""
+    body = text.strip()
+    pairs = {"(": ")", "[": "]"}
+    if body[:1] in pairs or body[-1:] in pairs.values():
+        if body[:1] not in pairs or body[-1:] != pairs[body[:1]]:
+            raise ValueError(f"{key}: unbalanced brackets in {text!r} (write e.g. (9,11) or 9,11)")
+        body = body[1:-1]
+    items = [s.strip() for s in body.split(",")]
+    if len(items) > 1 and items[-1] == "":
+        items.pop()  # a one-tuple: (9,) or 9,
+    if items == [""]:
+        return []
+    if any(item == "" for item in items):
+        raise ValueError(f"{key}: empty item in {text!r} (write e.g. (9,11) or 9,11)")
+    return items
 
 
 def apply_override(config, assignment: str) -> None:

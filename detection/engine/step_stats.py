@@ -88,3 +88,33 @@ class FiniteWatch:
         else:
             described = "non-finite on another rank"
         return iteration, epoch, step, described
+
+
+class DivergenceWatch:
+    """Finds losses that grew tenfold: a run that diverges (too high a learning rate for its data) says so before a
+    loss becomes non-finite or an empty batch of proposals ends it.
+
+    `update(averages)` takes each log line's averaged losses (host floats, already read) and returns
+    (name, value, reference) for every loss whose average exceeds `factor` times its reference: its lowest average
+    over the previous `window` log lines, at least `floor` (losses near zero may grow by ratios that mean
+    nothing). A loss is reported once per run; the first `min_history` log lines only build the history."""
+
+    def __init__(self, factor: float = 10.0, window: int = 5, floor: float = 0.05, min_history: int = 2):
+        self.factor, self.window, self.floor, self.min_history = factor, window, floor, min_history
+        self.history: dict[str, list[float]] = {}
+        self.reported: set[str] = set()
+
+    def update(self, averages: dict[str, float]) -> list[tuple[str, float, float]]:
+        grown = []
+        for name, value in averages.items():
+            if not name.startswith("loss") or value != value:  # grad_norm is no loss; NaN is FiniteWatch's
+                continue
+            history = self.history.setdefault(name, [])
+            if len(history) >= self.min_history and name not in self.reported:
+                reference = max(min(history), self.floor)
+                if value > self.factor * reference:
+                    grown.append((name, value, reference))
+                    self.reported.add(name)
+            history.append(value)
+            del history[: -self.window]
+        return grown

@@ -18,6 +18,7 @@ import random
 import signal
 import threading
 import time
+import traceback
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ from .errors import UserError
 from .evaluate import evaluate
 from .metrics import MetricsWriter, progress_bar, setup_logging
 from .resources import peak_memory_mb
-from .step_stats import FiniteWatch, LossWindow, stack_losses
+from .schedule import describe_schedule, effective_warmup_iters, lr_at
+from .step_stats import DivergenceWatch, FiniteWatch, LossWindow, stack_losses
 from .threads import choose_threads
 from .work_dir import check_work_dir, remove_stale_temporaries, truncate_metrics
 
@@ -53,7 +55,8 @@ def check_solver(solver: SolverConfig) -> None:
     for name in positive:
         if not getattr(solver, name) > 0:
             raise UserError(f"solver.{name}: expected a positive number, got {getattr(solver, name)!r}")
-    for name in ("momentum", "weight_decay", "warmup_iters", "warmup_ratio", "keep_checkpoints", "checkpoint_iters"):
+    for name in ("momentum", "weight_decay", "warmup_iters", "warmup_ratio", "warmup_max_epochs", "keep_checkpoints",
+                 "checkpoint_iters"):
         if getattr(solver, name) < 0:
             raise UserError(f"solver.{name}: expected a number >= 0, got {getattr(solver, name)!r}")
     if solver.grad_clip is not None and not solver.grad_clip > 0:
@@ -65,16 +68,6 @@ def check_solver(solver: SolverConfig) -> None:
 def scaled_lr(solver: SolverConfig, total_batch: int) -> float:
     """Linear scaling rule: solver.lr is for solver.base_batch_size images per iteration."""
     return solver.lr * total_batch / solver.base_batch_size
-
-
-def lr_at(base_lr: float, solver: SolverConfig, iteration: int, epoch: int) -> float:
-    """LR of optimizer step `iteration` (0-based, global) in `epoch` (0-based): ×gamma for each step epoch already
-    reached (lr_steps are counted in completed epochs), times a linear warmup factor from warmup_ratio to 1."""
-    lr = base_lr * solver.gamma ** sum(epoch >= step for step in solver.lr_steps)
-    if iteration < solver.warmup_iters:
-        alpha = iteration / solver.warmup_iters
-        lr *= solver.warmup_ratio * (1 - alpha) + alpha
-    return lr
 
 
 def build_optimizer(model: torch.nn.Module, solver: SolverConfig, lr: float) -> torch.optim.SGD:
@@ -140,6 +133,12 @@ class Trainer:
                       f"{world} process(es) × {data.images_per_gpu} images = total batch {total_batch}; "
                       f"lr {solver.lr} × {total_batch}/{solver.base_batch_size} = {self.base_lr:.6g} "
                       f"(linear scaling); device {self.info.device}")
+        iters_per_epoch = self.train_loader.batch_sampler.num_batches()
+        self.warmup_iters = effective_warmup_iters(solver, iters_per_epoch)
+        schedule, schedule_warning = describe_schedule(solver, self.base_lr, iters_per_epoch)
+        self.log.info(schedule)
+        if schedule_warning:
+            self.log.warning(f"schedule: {schedule_warning}")
         filled = self.train_loader.batch_sampler.filled_per_epoch()
         if filled:
             self.log.info(f"the last batch of each epoch is completed with {filled} image(s) repeated from the start "
@@ -153,6 +152,7 @@ class Trainer:
         self.metrics = MetricsWriter(work_dir, self.info.is_main, purge_step=self.iteration + 1 if resume else None)
         self.in_step = self.stop_requested = False
         self.watch = FiniteWatch(self.info.device)  # non-finite losses, read at log steps and before a save
+        self.divergence = DivergenceWatch()  # losses growing tenfold, checked on the logged averages
 
     def _build_data(self, data_root: str | None, workers: int) -> None:
         """Datasets (checked against the model's class count) and loaders: full training batches, evaluation at
@@ -292,15 +292,17 @@ class Trainer:
                 if _any_rank_short(len(images) >= self.min_batch):
                     short, done = short + 1, step + 1
                     continue
-                lr = lr_at(self.base_lr, solver, self.iteration, epoch)
+                lr = lr_at(self.base_lr, solver, self.iteration, epoch, self.warmup_iters)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self.in_step = True  # a first Ctrl-C from here on lets the step finish
                 try:
                     losses = self._step(images, targets, epoch, step)
-                except Exception:
+                except Exception as err:
                     if not dist_utils.is_distributed():  # an error caused by an earlier non-finite step names it
                         self._check_finite()
+                    _add_note(err, f"in training iteration {self.iteration + 1} (epoch {epoch + 1}, batch {step + 1}), "
+                                   f"image ids {[t.get('image_id') for t in targets]}")
                     raise
                 self.iteration, done = self.iteration + 1, step + 1
                 self.in_step = False
@@ -349,6 +351,12 @@ class Trainer:
         self.log.info(f"epoch {epoch + 1} iter {self.iteration} lr {lr:.3e} "
                       + " ".join(f"{k} {v:.4f}" for k, v in averages.items())
                       + (f" memory {memory} MB" if extra else "") + f" eta {eta / 60:.1f} min")
+        for name, value, reference in self.divergence.update(averages):
+            self.log.warning(
+                f"{name} {value:.4g} at iteration {self.iteration} (epoch {epoch + 1}) is {value / reference:.0f}× "
+                f"its recent level {reference:.4g}, at lr {lr:.3g}: the run may be diverging. Try a lower "
+                f"learning rate (solver.lr={self.cfg.solver.lr / 4:g}, a quarter of {self.cfg.solver.lr:g}), a "
+                f"longer warmup (solver.warmup_iters) or gradient clipping (solver.grad_clip=10)")
         return averages
 
     def _step(self, images, targets, epoch: int, step: int) -> tuple[tuple[str, ...], torch.Tensor]:
@@ -389,8 +397,43 @@ def train(cfg: Config, work_dir: str, *, model_builder=None, data_root: str | No
         trainer = Trainer(cfg, work_dir, model_builder=model_builder, data_root=data_root, resume=resume,
                           overwrite=overwrite, device=device, progress=progress, threads=threads)
         return trainer.run()
+    except (UserError, TrainingInterrupted):
+        raise
+    except Exception as err:
+        log_failure(work_dir, err)
+        raise
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _add_note(err: BaseException, note: str) -> None:
+    if hasattr(err, "add_note"):  # Python 3.11+
+        err.add_note(note)
+
+
+def log_failure(work_dir: str, err: BaseException) -> None:
+    """Append an error that ends a run to <work_dir>/train.log: the message of a non-finite loss, the traceback of
+    anything else (the console shows it as well). Only where this process logs to that file (rank 0, once the log
+    is set up)."""
+    import logging
+
+    path = os.path.abspath(os.path.join(work_dir, "train.log"))
+    handlers = [h for h in logging.getLogger("detection").handlers
+                if isinstance(h, logging.FileHandler) and os.path.abspath(h.baseFilename) == path]
+    if not handlers:
+        return
+    if isinstance(err, NonFiniteLossError):
+        text = f"error: {err}"
+    else:
+        text = "training failed:\n" + "".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip()
+    stamp = time.strftime("%H:%M:%S")
+    for handler in handlers:
+        handler.acquire()
+        try:
+            handler.stream.write(f"{stamp} {text}\n")
+            handler.flush()
+        finally:
+            handler.release()
 
 
 def build_checked(model_builder, model_cfg) -> torch.nn.Module:

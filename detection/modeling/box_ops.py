@@ -6,6 +6,8 @@ import torch
 
 # Largest |dw|, |dh| accepted when decoding: a box may grow or shrink at most 1000/16 times per step.
 MAX_LOG_SCALE = math.log(1000.0 / 16)
+# Smallest width and height `encode_boxes` divides by or takes the log of (pixels).
+MIN_ENCODE_SIZE = 1e-2
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -32,7 +34,10 @@ def encode_boxes(
     stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0),
 ) -> torch.Tensor:
     """Regression targets (dx, dy, dw, dh) taking `boxes` [N, 4] to `gt_boxes` [N, 4], normalised as
-    (delta - means) / stds. Computed in fp32; returns fp32 [N, 4]."""
+    (delta - means) / stds. Computed in fp32; returns fp32 [N, 4].
+
+    Widths and heights below MIN_ENCODE_SIZE (zero, negative or tiny boxes, which a dataset of one's own may hold)
+    count as MIN_ENCODE_SIZE, so every target is finite; boxes of a pixel and more are encoded exactly."""
     boxes = boxes.float()
     gt_boxes = gt_boxes.float()
     pw = boxes[:, 2] - boxes[:, 0]
@@ -43,6 +48,7 @@ def encode_boxes(
     gh = gt_boxes[:, 3] - gt_boxes[:, 1]
     gx = gt_boxes[:, 0] + 0.5 * gw
     gy = gt_boxes[:, 1] + 0.5 * gh
+    pw, ph, gw, gh = (side.clamp(min=MIN_ENCODE_SIZE) for side in (pw, ph, gw, gh))
     raw = ((gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph))
     # Python scalars, not tensors made from them: no copy of host data to the device (which a CUDA graph forbids).
     return torch.stack([(d - m) / s for d, m, s in zip(raw, means, stds)], dim=1)

@@ -30,11 +30,12 @@ class Matcher:
         """iou: [G, N] float (GT x boxes); valid: optional bool [N].
 
         Returns matched_idxs int64 [N] (index of the matched GT; 0 where not POSITIVE) and match_labels int8 [N]
-        (POSITIVE / NEGATIVE / IGNORE). With G == 0 every valid box is NEGATIVE.
+        (POSITIVE / NEGATIVE / IGNORE). With G == 0 every valid box is NEGATIVE; with N == 0 (an image without
+        proposals) both are empty.
         """
         num_gt, num_boxes = iou.shape
         device = iou.device
-        if num_gt == 0:
+        if num_gt == 0 or num_boxes == 0:
             matched_idxs = torch.zeros(num_boxes, dtype=torch.int64, device=device)
             labels = torch.full((num_boxes,), NEGATIVE, dtype=torch.int8, device=device)
         else:

@@ -62,3 +62,23 @@ def test_grayscale_and_rgba_images_are_converted(tmp_path, checkpoint, capsys, m
     assert "drawn to" in capsys.readouterr().out
     with Image.open(out) as drawn:
         assert drawn.size == (120, 90) and drawn.mode == "RGB"
+
+
+def test_a_checkpoint_of_another_class_count_suggests_the_override(tmp_path, checkpoint, capsys):
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(image)
+    assert demo.main(_args(checkpoint, image, tmp_path / "o.png", "model.num_classes=5")) == 2
+    err = capsys.readouterr().err
+    assert "does not fit config 'tiny_test'" in err
+    assert err.rstrip().endswith("the checkpoint has 3 classes and the config 5: add model.num_classes=3 to the "
+                                 "command"), err
+
+
+def test_small_images_are_drawn_enlarged(tmp_path, checkpoint):
+    from detection import Detector
+
+    detector = Detector.from_config("tiny_test", checkpoint)
+    image = np.zeros((96, 64, 3), np.uint8)
+    result = detector(image)
+    assert detector.draw(image, result).size == (341, 512)  # long side 512 by default, aspect kept
+    assert detector.draw(image, result, min_canvas=0).size == (64, 96)

@@ -105,11 +105,13 @@ def test_draw_returns_the_image_with_detections(detector):
     image = _image()
     result = detector(image)
     assert len(result) > 0
-    drawn = detector.draw(image, result)
+    drawn = detector.draw(image, result, min_canvas=0)
     assert drawn.size == (150, 100) and drawn.mode == "RGB"
     assert (np.asarray(drawn) != image).any()
-    assert (np.asarray(detector.draw(image, detector(image, score_threshold=2.0))) == image).all()  # nothing kept
+    nothing_kept = detector(image, score_threshold=2.0)
+    assert (np.asarray(detector.draw(image, nothing_kept, min_canvas=0)) == image).all()
     assert detector.draw(image, result, min_canvas=300).size == (300, 200)
+    assert detector.draw(image, result).size == (512, 341)  # small images are drawn enlarged by default
     with pytest.raises(ValueError, match="size"):
         detector.draw(_image(50, 50), result)
 

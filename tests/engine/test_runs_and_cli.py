@@ -39,6 +39,33 @@ def _train(work_dir, data_root, *extra):
     return train.main(argv, model_builder=build_standin)
 
 
+@pytest.fixture()
+def sigint_handler():
+    """Install a SIGINT handler for the test (the process may have been started with SIGINT ignored, as by
+    `cmd &` from a script) and put the inherited one back afterwards."""
+    inherited = signal.getsignal(signal.SIGINT)
+
+    def install(handler):
+        signal.signal(signal.SIGINT, handler)
+        return handler
+
+    yield install
+    signal.signal(signal.SIGINT, inherited)
+
+
+def _interrupt_at(monkeypatch, iteration):
+    """Send this process a SIGINT at the start of training step `iteration` + 1."""
+    step = Trainer._step
+
+    def interrupted(self, *args):
+        if self.iteration == iteration:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_step", interrupted)
+    return step
+
+
 def _records(work_dir):
     return [json.loads(line) for line in open(os.path.join(work_dir, "metrics.jsonl"))]
 
@@ -64,19 +91,14 @@ def test_resume_without_a_checkpoint_is_refused(tmp_path, data_root, capsys):
     assert not os.path.exists(tmp_path / "typo" / "train.log")
 
 
-def test_ctrl_c_saves_where_the_run_stands_and_resume_matches(tmp_path, data_root, monkeypatch, capsys):
+def test_ctrl_c_saves_where_the_run_stands_and_resume_matches(tmp_path, data_root, monkeypatch, capsys,
+                                                              sigint_handler):
     # 2 epochs of 8 steps. Ctrl-C arrives during iteration 11 (epoch 2, batch 3): the step finishes, latest.pth is
     # written after it, the exit status is 130; the resumed run ends with the uninterrupted run's weights.
+    sigint_handler(signal.default_int_handler)  # Python's own, whatever this process inherited
     full, part = tmp_path / "full", tmp_path / "part"
     assert _train(full, data_root) == 0
-    step = Trainer._step
-
-    def interrupted_at_11(self, *args):
-        if self.iteration == 10:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, *args)
-
-    monkeypatch.setattr(Trainer, "_step", interrupted_at_11)
+    step = _interrupt_at(monkeypatch, 10)
     capsys.readouterr()
     assert _train(part, data_root) == 130
     err = capsys.readouterr().err
@@ -99,6 +121,18 @@ def test_ctrl_c_saves_where_the_run_stands_and_resume_matches(tmp_path, data_roo
         torch.testing.assert_close(part_state["model"][name], value, atol=1e-6, rtol=0)
     steps = [r["step"] for r in _records(part) if r["type"] == "train"]
     assert steps == [r["step"] for r in _records(full) if r["type"] == "train"] == [4, 8, 12, 16]
+
+
+def test_ctrl_c_saves_when_the_run_was_started_with_sigint_ignored(tmp_path, data_root, monkeypatch, capsys,
+                                                                   sigint_handler):
+    """`cmd &` from a script starts a process with SIGINT ignored; the training loop installs its own handler all
+    the same (a SIGINT sent to the run saves it) and puts the ignoring one back afterwards."""
+    sigint_handler(signal.SIG_IGN)
+    _interrupt_at(monkeypatch, 2)
+    assert _train(tmp_path, data_root) == 130
+    assert "interrupted: stopped at iteration 3 (epoch 1, batch 3 of 8)" in capsys.readouterr().err
+    assert load_checkpoint(str(tmp_path / "latest.pth"))["iteration"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_truncate_metrics_keeps_records_up_to_the_resume_point(tmp_path):
@@ -231,7 +265,9 @@ def test_sigint_to_a_training_process_saves_and_exits_130(tmp_path, data_root):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, HERE]), OMP_NUM_THREADS="1")
     command = [sys.executable, os.path.join(HERE, "run_standin.py"), "train", "--config", CONFIG, "--data-root",
                data_root, "--work-dir", str(tmp_path), "--no-progress", "solver.epochs=500", "solver.log_interval=1"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Started with SIGINT ignored, as `cmd &` from a script does: the run still installs its handler.
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         log = tmp_path / "train.log"
         deadline = time.time() + 60  # for the first logged step
@@ -246,3 +282,38 @@ def test_sigint_to_a_training_process_saves_and_exits_130(tmp_path, data_root):
     assert "Traceback" not in err and "interrupted: stopped at iteration" in err and "--resume" in err
     state = load_checkpoint(str(tmp_path / "latest.pth"))
     assert state["iteration"] >= 1 and "holds this state" in err
+
+
+def test_print_config_shows_the_data_root_and_the_name_once(capsys):
+    assert train.main(["--config", "small_mask_rcnn_s14", "--data-root", "data/elsewhere", "--print-config"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "data.root = 'data/elsewhere'" in printed
+    assert [line for line in printed if line.startswith("name = ")] == ["name = 'small_mask_rcnn_s14'"]
+
+
+def test_a_listing_into_a_closed_pipe_ends_quietly():
+    command = f"{sys.executable} -m detection.train --list-configs | head -1"
+    done = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 1
+    assert "BrokenPipeError" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("text", ["(9,", "9,,11", "[9, 11", "9, 11)"])
+def test_a_sequence_cut_short_is_refused(text, capsys):
+    assert train.main(["--print-config", f"solver.lr_steps={text}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: solver.lr_steps: ") and "(write e.g. (9,11) or 9,11)" in err
+
+
+@pytest.mark.parametrize("text, steps", [("(9,11)", (9, 11)), ("9,11", (9, 11)), ("(9,)", (9,)), ("9", (9,)),
+                                         ("[9, 11]", (9, 11)), ("()", ())])
+def test_sequences_as_written(text, steps, capsys):
+    assert train.main(["--print-config", f"solver.lr_steps={text}"]) == 0
+    assert f"solver.lr_steps = {steps!r}" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("module", ["demo", "export"])
+def test_demo_and_export_help_name_the_command(module):
+    done = subprocess.run([sys.executable, "-m", f"detection.{module}", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.startswith(f"usage: python -m detection.{module} "), done.stdout[:200]
