@@ -50,6 +50,14 @@ MUTANTS = [
         "block reduction: the __syncthreads between the warps' partial sums and their total dropped",
     ),
     Mutant(
+        "group_sum_no_leading_barrier",
+        SPLAT,
+        "  __syncthreads();  // shared may still be read from a previous call\n",
+        "",
+        "block reduction: the __syncthreads before the partial sums are written dropped (a warp that runs ahead "
+        "overwrites them while the previous reduction still reads them)",
+    ),
+    Mutant(
         "warp_sum_offset",
         SPLAT,
         "for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync",
@@ -96,9 +104,11 @@ MUTANTS = [
 
 
 def copy_sources(dest: str) -> None:
-    """The files the emulated build needs: setup.py, csrc/ and the Python package (no built libraries)."""
+    """The files the emulated build needs: setup.py, build_tools/, csrc/ and the Python package (no built
+    libraries)."""
     shutil.copy2(os.path.join(ROOT, "setup.py"), dest)
-    shutil.copytree(os.path.join(ROOT, "csrc"), os.path.join(dest, "csrc"))
+    for folder in ("build_tools", "csrc"):
+        shutil.copytree(os.path.join(ROOT, folder), os.path.join(dest, folder))
     shutil.copytree(
         os.path.join(ROOT, "resnest_cuda"),
         os.path.join(dest, "resnest_cuda"),
@@ -146,7 +156,9 @@ def run_suite(library: str, timeout: int) -> dict:
     if rc is None:
         verdict = "caught (timed out)"
     elif rc < 0:
-        verdict = f"caught (crashed, signal {-rc})"
+        # The faulthandler's traceback names the test the process died in.
+        where = re.findall(r"test_emulated_cuda\.py\", line \d+ in (test_\w+)", out)
+        verdict = f"caught (process died, signal {-rc}{', in ' + where[-1] if where else ''})"
     elif rc == 0:
         verdict = "MISSED"
     elif failed:
@@ -161,6 +173,7 @@ def run_suite(library: str, timeout: int) -> dict:
         "settings": settings,
         "seconds": round(seconds, 1),
         "tail": out[-1500:],
+        "last_lines": [line for line in out.splitlines() if line.strip()][-3:],
     }
 
 
@@ -242,6 +255,8 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{m.name}: {row['verdict']} ({len(row['failed'])} failing, rebuilt in {built:.0f} s, "
                   f"suite {row['seconds']:.0f} s)", flush=True)
+            if not row["failed"]:
+                print("    " + "\n    ".join(row["last_lines"]), flush=True)
     finally:
         if args.keep:
             print(f"scratch tree kept: {tree}")

@@ -86,6 +86,9 @@ struct RoiGeometry {
   acc_t start_y, start_x;  // top-left corner in feature-map coordinates
   acc_t bin_h, bin_w;      // bin size
   int64_t grid_h, grid_w;  // samples per bin along each axis (>= 0)
+
+  // Samples a bin's sum is divided by: grid_h * grid_w, at least 1 (a bin without samples pools to 0).
+  RESNEST_HOST_DEVICE int64_t samples() const { return grid_h * grid_w > 0 ? grid_h * grid_w : 1; }
 };
 
 template <typename acc_t>
@@ -112,6 +115,12 @@ RESNEST_HOST_DEVICE inline RoiGeometry<acc_t> roi_geometry(const acc_t* roi, acc
   // A ROI with a non-finite coordinate (after scaling) has no samples: it pools to 0.
   if (!finite) g.grid_h = g.grid_w = 0;
   return g;
+}
+
+// The geometry of a ROI on a map of the given scale, with the pooling parameters of `p`.
+template <typename acc_t>
+RESNEST_HOST_DEVICE inline RoiGeometry<acc_t> roi_geometry(const acc_t* roi, acc_t scale, const RoiAlignParams& p) {
+  return roi_geometry<acc_t>(roi, scale, p.pooled_height, p.pooled_width, p.sampling_ratio, p.aligned);
 }
 
 // Sample coordinate of sample i (of grid) in bin p along one axis.

@@ -33,13 +33,12 @@ struct LevelTaps {
 template <typename acc_t>
 void level_taps(const acc_t* roi, int64_t level, const LevelView& v, acc_t scale, const RoiAlignParams& p,
                 int64_t batch_size, LevelTaps<acc_t>& t) {
-  const RoiGeometry<acc_t> g =
-      roi_geometry<acc_t>(roi, scale, p.pooled_height, p.pooled_width, p.sampling_ratio, p.aligned);
+  const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, scale, p);
   t.level = level;
   t.batch = roi_batch_index(roi[0], batch_size);  // -1: outside the batch, pools to 0, no gradient
   t.grid_h = g.grid_h;
   t.grid_w = g.grid_w;
-  t.count = static_cast<acc_t>(std::max<int64_t>(g.grid_h * g.grid_w, 1));
+  t.count = static_cast<acc_t>(g.samples());
   t.ys.resize(p.pooled_height * g.grid_h);
   t.xs.resize(p.pooled_width * g.grid_w);
   for (int64_t ph = 0; ph < p.pooled_height; ++ph) {

@@ -29,7 +29,7 @@ template <typename acc_t>
 struct RoiTaps {
   int64_t batch = 0;               // image of the ROI, -1 when its batch index is out of range (no samples)
   int64_t grid_h = 0, grid_w = 0;
-  acc_t count = 1;                 // max(grid_h * grid_w, 1): samples averaged per bin
+  acc_t count = 1;                 // RoiGeometry::samples(): samples averaged per bin
   std::vector<AxisTap<acc_t>> ys;  // [pooled_h * grid_h]
   std::vector<AxisTap<acc_t>> xs;  // [pooled_w * grid_w]
 };
@@ -37,13 +37,12 @@ struct RoiTaps {
 template <typename acc_t>
 void compute_taps(const acc_t* roi, const RoiAlignParams& p, int64_t batch_size, int64_t height, int64_t width,
                   int64_t stride_h, int64_t stride_w, RoiTaps<acc_t>& t) {
-  RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_height,
-                                             p.pooled_width, p.sampling_ratio, p.aligned);
+  RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p);
   t.batch = roi_batch_index(roi[0], batch_size);
   if (t.batch < 0) g.grid_h = g.grid_w = 0;
   t.grid_h = g.grid_h;
   t.grid_w = g.grid_w;
-  t.count = static_cast<acc_t>(std::max<int64_t>(g.grid_h * g.grid_w, 1));
+  t.count = static_cast<acc_t>(g.samples());
   t.ys.resize(p.pooled_height * g.grid_h);
   t.xs.resize(p.pooled_width * g.grid_w);
   for (int64_t ph = 0; ph < p.pooled_height; ++ph) {

@@ -83,8 +83,7 @@ __global__ void forward_kernel(LevelTable<const scalar_t*> t, int64_t batch_size
       out = static_cast<scalar_t>(0);
       continue;
     }
-    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(t.scale[l]), p.pooled_height,
-                                                     p.pooled_width, p.sampling_ratio, p.aligned);
+    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(t.scale[l]), p);
     const scalar_t* base = t.data[l] + n * t.sn[l] + c * t.sc[l];
     acc_t sum = 0;
     for (int64_t iy = 0; iy < g.grid_h; ++iy) {
@@ -100,7 +99,7 @@ __global__ void forward_kernel(LevelTable<const scalar_t*> t, int64_t batch_size
         sum += y.w_lo * top + y.w_hi * bottom;
       }
     }
-    const int64_t count = g.grid_h * g.grid_w > 0 ? g.grid_h * g.grid_w : 1;
+    const int64_t count = g.samples();
     out = static_cast<scalar_t>(sum / static_cast<acc_t>(count));
   }
 }
@@ -125,10 +124,9 @@ __global__ void __launch_bounds__(bin_taps::kThreads)
       for (int64_t c = lane; c < channels; c += bin_taps::kWarp) o[c * os.c] = static_cast<scalar_t>(0);
       continue;
     }
-    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(t.scale[l]), p.pooled_height,
-                                                     p.pooled_width, p.sampling_ratio, p.aligned);
+    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(t.scale[l]), p);
     bin_taps::fill<acc_t>(g, b.ph, b.pw, t.height[l], t.width[l], t.sh[l], t.sw[l], bt, lane);
-    const acc_t count = static_cast<acc_t>(g.grid_h * g.grid_w > 0 ? g.grid_h * g.grid_w : 1);
+    const acc_t count = static_cast<acc_t>(g.samples());
     const scalar_t* base = t.data[l] + n * t.sn[l];
     for (int64_t c = lane; c < channels; c += bin_taps::kWarp) {
       o[c * os.c] =
@@ -153,9 +151,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, Strides4 gs, 
     const int64_t height = t.height[l], width = t.width[l];
     const int64_t n = roi_image(roi, t, l, batch_size);
     if (n < 0) continue;
-    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(t.scale[l]), p.pooled_height,
-                                                     p.pooled_width, p.sampling_ratio, p.aligned);
-    const int64_t count = g.grid_h * g.grid_w > 0 ? g.grid_h * g.grid_w : 1;
+    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(t.scale[l]), p);
+    const int64_t count = g.samples();
     const acc_t gv = static_cast<acc_t>(grad[k * gs.n + c * gs.c + ph * gs.h + pw * gs.w]) / static_cast<acc_t>(count);
     acc_t* gi = t.data[l] + n * t.sn[l] + c * t.sc[l];
     const int64_t sh = t.sh[l], sw = t.sw[l];
@@ -191,10 +188,9 @@ __global__ void __launch_bounds__(bin_taps::kThreads)
     const int64_t l = pyramid_level<acc_t>(roi, finest_scale, t.num_levels);
     const int64_t n = roi_image(roi, t, l, batch_size);
     if (n < 0) continue;
-    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(t.scale[l]), p.pooled_height,
-                                                     p.pooled_width, p.sampling_ratio, p.aligned);
+    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(t.scale[l]), p);
     bin_taps::fill<acc_t>(g, b.ph, b.pw, t.height[l], t.width[l], t.sh[l], t.sw[l], bt, lane);
-    const acc_t count = static_cast<acc_t>(g.grid_h * g.grid_w > 0 ? g.grid_h * g.grid_w : 1);
+    const acc_t count = static_cast<acc_t>(g.samples());
     const scalar_t* gb = grad + b.k * gs.n + b.ph * gs.h + b.pw * gs.w;
     acc_t* gi = t.data[l] + n * t.sn[l];
     for (int64_t c = lane; c < channels; c += bin_taps::kWarp) {

@@ -63,8 +63,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ input, Strides4 s, i
       out = static_cast<scalar_t>(0);
       continue;
     }
-    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_height,
-                                                     p.pooled_width, p.sampling_ratio, p.aligned);
+    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p);
     const scalar_t* base = input + n * s.n + bi.c * s.c;
     acc_t sum = 0;
     for (int64_t iy = 0; iy < g.grid_h; ++iy) {
@@ -81,7 +80,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ input, Strides4 s, i
         sum += y.w_lo * top + y.w_hi * bottom;
       }
     }
-    const int64_t count = g.grid_h * g.grid_w > 0 ? g.grid_h * g.grid_w : 1;
+    const int64_t count = g.samples();
     out = static_cast<scalar_t>(sum / static_cast<acc_t>(count));
   }
 }
@@ -105,10 +104,9 @@ __global__ void __launch_bounds__(bin_taps::kThreads)
       for (int64_t c = lane; c < channels; c += bin_taps::kWarp) o[c * os.c] = static_cast<scalar_t>(0);
       continue;
     }
-    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_height,
-                                                     p.pooled_width, p.sampling_ratio, p.aligned);
+    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p);
     bin_taps::fill<acc_t>(g, b.ph, b.pw, height, width, s.h, s.w, t, lane);
-    const acc_t count = static_cast<acc_t>(g.grid_h * g.grid_w > 0 ? g.grid_h * g.grid_w : 1);
+    const acc_t count = static_cast<acc_t>(g.samples());
     const scalar_t* base = input + n * s.n;
     for (int64_t c = lane; c < channels; c += bin_taps::kWarp) {
       o[c * os.c] = static_cast<scalar_t>(bin_taps::pool<scalar_t, acc_t>(base + c * s.c, t, g.grid_h, g.grid_w) /
@@ -128,9 +126,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, Strides4 gs, 
     const acc_t* roi = rois + bi.k * 5;
     const int64_t n = roi_batch_index(roi[0], batch_size);
     if (n < 0) continue;
-    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_height,
-                                                     p.pooled_width, p.sampling_ratio, p.aligned);
-    const int64_t count = g.grid_h * g.grid_w > 0 ? g.grid_h * g.grid_w : 1;
+    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p);
+    const int64_t count = g.samples();
     const acc_t gv = static_cast<acc_t>(grad[bi.k * gs.n + bi.c * gs.c + bi.ph * gs.h + bi.pw * gs.w]) /
                      static_cast<acc_t>(count);
     acc_t* gi = grad_input + n * is.n + bi.c * is.c;
@@ -165,10 +162,9 @@ __global__ void __launch_bounds__(bin_taps::kThreads)
     const acc_t* roi = rois + b.k * 5;
     const int64_t n = roi_batch_index(roi[0], batch_size);
     if (n < 0) continue;
-    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p.pooled_height,
-                                                     p.pooled_width, p.sampling_ratio, p.aligned);
+    const RoiGeometry<acc_t> g = roi_geometry<acc_t>(roi, static_cast<acc_t>(p.spatial_scale), p);
     bin_taps::fill<acc_t>(g, b.ph, b.pw, height, width, is.h, is.w, t, lane);
-    const acc_t count = static_cast<acc_t>(g.grid_h * g.grid_w > 0 ? g.grid_h * g.grid_w : 1);
+    const acc_t count = static_cast<acc_t>(g.samples());
     const scalar_t* gb = grad + b.k * gs.n + b.ph * gs.h + b.pw * gs.w;
     for (int64_t c = lane; c < channels; c += bin_taps::kWarp) {
       const acc_t gv = static_cast<acc_t>(gb[c * gs.c]) / count;
