@@ -96,22 +96,28 @@ class DivergenceWatch:
 
     `update(averages)` takes each log line's averaged losses (host floats, already read) and returns
     (name, value, reference) for every loss whose average exceeds `factor` times its reference: its lowest average
-    over the previous `window` log lines, at least `floor` (losses near zero may grow by ratios that mean
-    nothing). A loss is reported once per run; the first `min_history` log lines only build the history."""
+    over the previous `window` log lines, at least `floor` and at least `share` times the lowest total `loss` over
+    those lines (a term near zero may grow by ratios that mean nothing: the box loss of the first iterations, before
+    the RPN finds positives, grows from almost nothing to a normal share of the total). A loss is reported once per
+    run; the first `min_history` log lines only build the history."""
 
-    def __init__(self, factor: float = 10.0, window: int = 5, floor: float = 0.05, min_history: int = 2):
+    def __init__(self, factor: float = 10.0, window: int = 5, floor: float = 0.05, share: float = 0.1,
+                 min_history: int = 2):
         self.factor, self.window, self.floor, self.min_history = factor, window, floor, min_history
+        self.share = share
         self.history: dict[str, list[float]] = {}
         self.reported: set[str] = set()
 
     def update(self, averages: dict[str, float]) -> list[tuple[str, float, float]]:
         grown = []
+        total = self.history.get("loss", [])
+        floor = max(self.floor, self.share * min(total)) if total else self.floor
         for name, value in averages.items():
             if not name.startswith("loss") or value != value:  # grad_norm is no loss; NaN is FiniteWatch's
                 continue
             history = self.history.setdefault(name, [])
             if len(history) >= self.min_history and name not in self.reported:
-                reference = max(min(history), self.floor)
+                reference = max(min(history), floor)
                 if value > self.factor * reference:
                     grown.append((name, value, reference))
                     self.reported.add(name)

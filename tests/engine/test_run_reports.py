@@ -65,6 +65,24 @@ def test_divergence_watch_reports_a_tenfold_growth_once():
     assert seen == [[], [], [], [], [("loss_cls", 0.82, 0.07)], [], []]  # the issue's run; loss_bbox is small
 
 
+def test_divergence_watch_is_quiet_when_a_small_term_grows_to_its_share_of_the_loss():
+    """The default run's first 100 iterations: the box loss grows from 0.03 to 0.58 as the RPN starts to find
+    positives, while the total stays near 2: no divergence."""
+    names = ("loss", "loss_bbox", "loss_cls", "loss_mask", "loss_rpn_bbox", "loss_rpn_cls")
+    lines = [
+        (2.6621, 0.1305, 0.8450, 0.9857, 0.0082, 0.6927), (2.2891, 0.1265, 0.5692, 0.9194, 0.0088, 0.6652),
+        (1.6085, 0.0327, 0.1933, 0.8191, 0.0097, 0.5538), (1.1667, 0.0353, 0.1368, 0.7230, 0.0130, 0.2586),
+        (1.4290, 0.2059, 0.4061, 0.6811, 0.0113, 0.1246), (1.7487, 0.3873, 0.5792, 0.6621, 0.0136, 0.1065),
+        (1.7203, 0.4274, 0.5674, 0.6363, 0.0116, 0.0777), (1.9370, 0.5787, 0.6647, 0.6134, 0.0099, 0.0703),
+        (1.8798, 0.5649, 0.6613, 0.5765, 0.0124, 0.0647), (1.9119, 0.5721, 0.6862, 0.5698, 0.0118, 0.0720),
+    ]
+    watch = DivergenceWatch()
+    assert [watch.update(dict(zip(names, line))) for line in lines] == [[]] * len(lines)
+    # The same history, then the classification loss of a diverging run: reported.
+    grown = watch.update(dict(zip(names, (12.0, 0.57, 10.5, 0.57, 0.012, 0.07))))
+    assert grown == [("loss_cls", 10.5, 0.5674)]  # the total grew 7x: below the factor
+
+
 def test_divergence_watch_is_quiet_on_a_converging_run():
     watch = DivergenceWatch()
     for i in range(50):
