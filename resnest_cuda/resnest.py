@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from .batch_norm import batch_norm_act
 from .norm import NormLayer, build_norm_layer, fold_norm_into_conv, is_norm
 from .splat import SplitAttentionConv2d, check_impl
 
@@ -47,6 +48,9 @@ class Bottleneck(nn.Module):
     ``downsample`` is the shortcut module (None for identity). ``with_cp`` recomputes the block in backward
     (torch.utils.checkpoint, non-reentrant) to save activation memory; BatchNorm running statistics are then
     updated twice per step (once more during the recomputation).
+    With ``impl="fused"`` each norm -> ReLU and bn3 -> + shortcut -> ReLU is one fused op
+    (resnest_cuda.batch_norm) when the norm normalises with batch statistics; ``impl="reference"`` runs plain
+    PyTorch modules throughout.
     """
 
     expansion = 4
@@ -80,13 +84,18 @@ class Bottleneck(nn.Module):
         self.bn3 = norm(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.fused_norms = impl == "fused"
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        if self.fused_norms:
+            out = batch_norm_act(self.bn1, self.conv1(x))
+        else:
+            out = self.relu(self.bn1(self.conv1(x)))
         out = self.conv2(self.avd(out)) if self.avd_first else self.avd(self.conv2(out))
-        out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        if self.fused_norms:
+            return batch_norm_act(self.bn3, self.conv3(out), shortcut)
+        return self.relu(self.bn3(self.conv3(out)) + shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and torch.is_grad_enabled():
@@ -170,7 +179,7 @@ class ResNeSt(nn.Module):
             raise ValueError(f"out_indices must be a non-empty subset of (0, 1, 2, 3), got {tuple(out_indices)}")
         if frozen_stages not in range(-1, 5):
             raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
-        check_impl(impl)
+        self.impl = check_impl(impl)
         norm = build_norm_layer(norm_layer)
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
@@ -255,7 +264,12 @@ class ResNeSt(nn.Module):
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W] -> [B, 2*stem_width, H/4, W/4]``."""
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        if self.impl != "fused":
+            return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        stem = self.conv1  # conv, norm, ReLU, conv, norm, ReLU, conv: each norm -> ReLU fused
+        x = batch_norm_act(stem[1], stem[0](x))
+        x = batch_norm_act(stem[4], stem[3](x))
+        return self.maxpool(batch_norm_act(self.bn1, stem[6](x)))
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the stages in ``out_indices``; stages after the last one needed are skipped."""

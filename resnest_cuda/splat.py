@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from . import ops, reference
+from .batch_norm import batch_norm_act
 from .norm import NormLayer, batch_statistics_are_local, build_norm_layer, fold_norm_into_conv
 
 __all__ = ["SplitAttentionConv2d", "IMPLS"]
@@ -92,8 +93,13 @@ class SplitAttentionConv2d(nn.Module):
                 "need batch statistics (norm_layer='gn')."
             )
 
+    def _norm_relu(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "fused":
+            return batch_norm_act(norm, x)  # one fused op for a batch-statistics BatchNorm
+        return self.relu(norm(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = self.relu(self.bn0(self.conv(x)))  # (B, R*C, H, W), radix-major
+        u = self._norm_relu(self.bn0, self.conv(x))  # (B, R*C, H, W), radix-major
         self._check_bn1_batch(u.shape[0])
         if self.impl == "fused":
             # One autograd node for pool -> attention -> combine (grad of u written once), see ops.split_attention.
@@ -106,7 +112,7 @@ class SplitAttentionConv2d(nn.Module):
 
     def _attention(self, gap: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(B, C) pooled features -> (B, R*C, 1, 1) cardinal-major logits in `dtype`."""
-        z = self.relu(self.bn1(self.fc1(gap.view(gap.shape[0], gap.shape[1], 1, 1))))  # (B, inter, 1, 1)
+        z = self._norm_relu(self.bn1, self.fc1(gap.view(gap.shape[0], gap.shape[1], 1, 1)))  # (B, inter, 1, 1)
         # Under autocast a norm that runs in fp32 (GroupNorm) leaves u in fp32 while the 1x1 convs return bf16/fp16.
         return self.fc2(z).to(dtype)
 

@@ -397,6 +397,98 @@ def test_nms_empty_and_degenerate():
     compare_everywhere("nms_fixed", (boxes, scores, 0.5, 9), settings=SETTINGS)
 
 
+# -------------------------------------------------------------------------------------- fused BatchNorm + ReLU
+
+# (shape, layout, masked): what each reaches in csrc/batch_norm/cuda/batch_norm_act_cuda.cu
+BN_CASES = {
+    "nchw-planes": ((3, 5, 6, 7), "nchw", False),  # L < kThreads: positions walked across rows
+    "nchw-1x1": ((6, 40, 1, 1), "nchw", True),  # L = 1 (the split-attention bn1), masked rows
+    "nchw-split": ((2, 3, 40, 50), "nchw", True),  # many positions per channel: the reduction split over blocks
+    "nchw-2d": ((7, 9), "nchw", False),  # [N, C]
+    "cl-partial-tile": ((2, 40, 5, 3), "channels_last", True),  # 40 channels: one full 32-channel tile, one partial
+    "cl-split": ((2, 8, 30, 40), "channels_last", False),  # many rows per channel tile: split reductions
+    "strided": ((3, 6, 4, 5), "strided", True),  # read through an NCHW copy
+}
+
+
+def bn_inputs(spec, dtype, seed=0):
+    shape, layout, masked = spec
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 2).to(dtype)
+    res = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    grad = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    if layout == "channels_last":
+        x, res, grad = (t.contiguous(memory_format=torch.channels_last) for t in (x, res, grad))
+    elif layout == "strided":
+        x, res, grad = (torch.stack([t, t], -1)[..., 1] for t in (x, res, grad))
+    rows = (torch.arange(shape[0]) % 3 != 1) if masked else None
+    stats = torch.float64 if dtype == torch.float64 else torch.float32
+    weight = torch.linspace(0.5, 1.5, shape[1], dtype=stats)
+    bias = torch.linspace(-0.3, 0.3, shape[1], dtype=stats)
+    return x, res, grad, rows, weight, bias
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("case", list(BN_CASES))
+def test_batch_norm_kernels(case, dtype):
+    x, res, grad, rows, weight, bias = bn_inputs(BN_CASES[case], dtype)
+    settings = SETTINGS if x.numel() <= 5000 else SETTINGS[:2]
+    mean, var, count = compare_everywhere("batch_norm_stats", (x, rows), dtype, settings=settings, sm_count=8)
+    y = compare_everywhere("batch_norm_act", (x, mean, var, weight, bias, res, 1e-5, True), dtype, settings=settings)[0]
+    compare_everywhere("batch_norm_act", (x, mean, var, None, None, None, 1e-5, False), dtype, settings=settings[:1])
+    sum_dy, sum_dy_xhat = compare_everywhere(
+        "batch_norm_act_backward_reduce", (grad, x, y, mean, var, 1e-5, True), dtype, settings=settings, sm_count=8
+    )
+    compare_everywhere(
+        "batch_norm_act_backward_input",
+        (grad, x, y, mean, var, weight, sum_dy, sum_dy_xhat, count, rows, 1e-5, True, True),
+        dtype,
+        settings=settings,
+    )
+    compare_everywhere(
+        "batch_norm_act_backward_input",
+        (grad, x, None, mean, var, None, sum_dy, sum_dy_xhat, count, None, 1e-5, False, False),
+        dtype,
+        settings=settings[:1],
+    )
+
+
+@pytest.mark.parametrize("running_dtype", [torch.float32, torch.float64])
+def test_batch_norm_running_statistics_update(running_dtype):
+    """The update in the statistics kernel (running buffers of the statistics dtype) and through ATen ops (other
+    dtypes) equal the CPU kernel's, the cumulative average (momentum < 0) included."""
+    x, _, _, rows, _, _ = bn_inputs(BN_CASES["cl-partial-tile"], torch.float32)
+    for momentum in (0.1, -1.0):
+        outs = []
+        for op in (cpu("batch_norm_stats"), emu("batch_norm_stats")):
+            rm = torch.linspace(-1, 1, 40, dtype=running_dtype)
+            rv = torch.linspace(0.5, 2, 40, dtype=running_dtype)
+            nbt = torch.tensor(4)
+            op(x, rows, rm, rv, nbt, momentum)
+            outs.append((rm, rv, nbt))
+        (rm_c, rv_c, n_c), (rm_e, rv_e, n_e) = outs
+        assert n_c.item() == n_e.item() == 5
+        assert_matches_reference(rm_e, rm_c, tol=1e-6)
+        assert_matches_reference(rv_e, rv_c, tol=1e-6)
+        assert not torch.equal(rm_c, torch.linspace(-1, 1, 40, dtype=running_dtype))
+
+
+def test_batch_norm_empty_and_zero_channel_inputs():
+    for shape in ((0, 4, 3, 3), (2, 0, 3, 3), (2, 3, 0, 4)):
+        x = torch.randn(shape)
+        mean, var, count = compare_everywhere("batch_norm_stats", (x, None), settings=SETTINGS[:1])
+        assert count.item() == shape[0] * shape[2] * shape[3]
+        y = compare_everywhere("batch_norm_act", (x, mean, var, None, None, None, 1e-5, True), settings=SETTINGS[:1])
+        sums = compare_everywhere(
+            "batch_norm_act_backward_reduce", (x, x, y[0], mean, var, 1e-5, True), settings=SETTINGS[:1]
+        )
+        compare_everywhere(
+            "batch_norm_act_backward_input",
+            (x, x, y[0], mean, var, None, *sums, count, None, 1e-5, True, True),
+            settings=SETTINGS[:1],
+        )
+
+
 # ------------------------------------------------------------------------------------------------- the op table
 
 
@@ -411,7 +503,7 @@ def test_every_cuda_kernel_has_an_emulated_twin():
         for block in re.findall(r"RESNEST_CUDA_KERNELS\(m\)\s*\{(.*?)\n\}", text, flags=re.S):
             registered.update(re.findall(r'm\.impl\("(\w+)"', block))
     registered = {name for name in registered if not name.startswith("_emu_")}
-    assert len(registered) >= 13
+    assert len(registered) >= 17
     assert registered <= set(emulation.ops())
 
 

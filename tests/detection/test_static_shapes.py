@@ -2,13 +2,14 @@
 
 The step can keep fixed-size tensors throughout (padded proposals, `num` sampled slots per image, `pos_limit` mask
 slots per image; padding carries zero weight) or drop the padding as it goes (compacted tensors, one host sync per
-drop). In fp64 on the CPU, with the same random draws, both give the losses and gradients recorded from the
-compacted step (`tests/data/static_shapes_golden.json`, written by `python -m tests.detection.test_static_shapes`).
+drop). In fp64 on the CPU, with the same random draws, both give the same losses and gradients (to 1e-9), and so
+does the step with the fused BatchNorm + ReLU ops replaced by the norm modules they fuse.
 
-The record belongs to the torch build CI pins (2.13.0, CPU): the first record, made before the fixed-size step
-existed, was not reproduced by that build even from the code that made it (loss_rpn_bbox off by 7e-10 relative,
-and a sampled RoI that differs from it, loss_cls off by 1.5e-5), so it was written again from that build; both
-paths agreed with each other to 1e-9 before and after.
+A recorded step (`tests/data/static_shapes_golden.json`, written by `python -m tests.detection.test_static_shapes`)
+guards against larger changes only: records are not reproducible to 1e-9 across machines even with the pinned torch
+build (2.13.0, CPU). Two records, each made on a machine where it reproduced, differ from another machine's step by
+7e-10 in loss_rpn_bbox and by a sampled RoI, which moves loss_cls by 1.5e-5; the same code and build agree with
+themselves to 1e-15. So the record is compared to 1e-3, the paths with each other to 1e-9.
 
 "The same random draws": the RPN sampler's keys come from the global generator over the anchors, whose layout
 never changes; the R-CNN sampler's keys are substituted by a hash of each candidate box's coordinates, so that a
@@ -87,25 +88,64 @@ def hashed_keys(monkeypatch):
     monkeypatch.setattr(roi_heads, "sampling_keys", box_hash_keys)
 
 
-def _assert_close(got: dict, want: dict) -> None:
+def _assert_close(got: dict, want: dict, rel: float = 1e-9, grads: bool = True) -> None:
     assert got["losses"].keys() == want["losses"].keys()
     for name, value in want["losses"].items():
-        assert got["losses"][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+        assert got["losses"][name] == pytest.approx(value, rel=rel, abs=1e-12), name
+    if not grads:
+        return
     assert got["grads"].keys() == want["grads"].keys()
     for name, values in want["grads"].items():
         scale = max(abs(v) for v in values) + 1e-30
         for g, w in zip(got["grads"][name], values):
-            assert abs(g - w) <= 1e-9 * scale + 1e-14, (name, got["grads"][name], values)
+            assert abs(g - w) <= rel * scale + 1e-14, (name, got["grads"][name], values)
+
+
+_STEPS: dict = {}
+
+
+def cached_step(model_key: str, static: bool, fused_norms: bool = True) -> dict:
+    """run_step once per (model, path, norms) for the whole module (each is an fp64 step of several seconds)."""
+    key = (model_key, static, fused_norms)
+    if key not in _STEPS:
+        original = roi_heads.sampling_keys
+        roi_heads.sampling_keys = box_hash_keys
+        try:
+            if fused_norms:
+                _STEPS[key] = run_step(model_key, static)
+            else:
+                import resnest_cuda.batch_norm as fused
+
+                applies = fused.fused_applies
+                fused.fused_applies = lambda *args: False  # every norm -> ReLU runs as the modules it fuses
+                try:
+                    _STEPS[key] = run_step(model_key, static)
+                finally:
+                    fused.fused_applies = applies
+        finally:
+            roi_heads.sampling_keys = original
+    return _STEPS[key]
 
 
 @pytest.mark.parametrize("model_key", TESTED)
-@pytest.mark.parametrize("static", [False, True], ids=["compacted", "fixed_size"])
-def test_step_matches_the_recorded_step(hashed_keys, model_key, static):
+def test_fixed_size_step_equals_compacted_step(model_key):
+    compacted, fixed = cached_step(model_key, False), cached_step(model_key, True)
+    assert compacted["losses"], "no losses"
+    assert all(v != 0.0 for v in compacted["losses"].values()), compacted["losses"]  # every loss term is exercised
+    _assert_close(fixed, compacted)
+
+
+@pytest.mark.parametrize("model_key", TESTED)
+def test_fused_norms_leave_the_step_unchanged(model_key):
+    """The fixed-size step (masked BatchNorm in the heads, fused BatchNorm + ReLU everywhere) with the fused ops
+    and with the norm modules (the heads' masked statistics then come from the plain-PyTorch specification)."""
+    _assert_close(cached_step(model_key, True), cached_step(model_key, True, fused_norms=False))
+
+
+@pytest.mark.parametrize("model_key", TESTED)
+def test_step_is_close_to_the_recorded_step(model_key):
     want = json.loads(GOLDEN.read_text())[model_key]
-    got = run_step(model_key, static)
-    assert got["losses"], "no losses"
-    assert all(v != 0.0 for v in got["losses"].values()), got["losses"]  # every loss term is exercised
-    _assert_close(got, want)
+    _assert_close(cached_step(model_key, False), want, rel=1e-3, grads=False)
 
 
 def write_golden() -> None:

@@ -1,0 +1,75 @@
+// Schemas of the fused BatchNorm ops and their Meta kernels. Autograd, the running statistics and the process-group
+// reduction of SyncBatchNorm live in Python (resnest_cuda/batch_norm.py); the CPU and CUDA kernels register
+// themselves in cpu/ and cuda/. The Meta kernels apply the same checks (batch_norm_act.h) and layout rule, so fake
+// tensors (torch.compile, torch.export, opcheck) raise the same errors and produce the same layouts.
+#include <torch/library.h>
+
+#include "batch_norm_act.h"
+
+namespace resnest_cuda {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_meta(const at::Tensor& x, const std::optional<at::Tensor>& rows,
+                                                          const std::optional<at::Tensor>& running_mean,
+                                                          const std::optional<at::Tensor>& running_var,
+                                                          const std::optional<at::Tensor>& num_batches_tracked,
+                                                          double momentum) {
+  check_stats_args(x, rows, running_mean, running_var, num_batches_tracked, momentum);
+  const auto options = x.options().dtype(bn_stats_dtype(x));
+  return {at::empty_symint({x.sym_size(1)}, options), at::empty_symint({x.sym_size(1)}, options),
+          at::empty({}, options)};
+}
+
+at::Tensor act_meta(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                    const std::optional<at::Tensor>& residual, double eps, bool relu) {
+  check_act_args(x, mean, var, weight, bias, residual, eps);
+  return empty_like_x(x);
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_reduce_meta(const at::Tensor& grad_out, const at::Tensor& x,
+                                                        const std::optional<at::Tensor>& y, const at::Tensor& mean,
+                                                        const at::Tensor& var, double eps, bool relu) {
+  check_backward_args("batch_norm_act_backward_reduce", grad_out, x, y, mean, var, eps, relu);
+  const auto options = x.options().dtype(bn_stats_dtype(x));
+  return {at::empty_symint({x.sym_size(1)}, options), at::empty_symint({x.sym_size(1)}, options)};
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_input_meta(
+    const at::Tensor& grad_out, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& mean,
+    const at::Tensor& var, const std::optional<at::Tensor>& weight, const at::Tensor& sum_dy,
+    const at::Tensor& sum_dy_xhat, const at::Tensor& count, const std::optional<at::Tensor>& rows, double eps,
+    bool relu, bool residual_grad) {
+  check_backward_input_args(grad_out, x, y, mean, var, weight, sum_dy, sum_dy_xhat, count, rows, eps, relu);
+  return {empty_like_x(x), residual_grad && relu ? empty_like_x(x) : at::empty({0}, x.options())};
+}
+
+}  // namespace
+}  // namespace resnest_cuda
+
+TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
+  // With running_mean and running_var it also updates them in place, as a training-mode BatchNorm does (see
+  // update_running_stats in batch_norm_act.h; momentum < 0: the cumulative average).
+  m.def(
+      "batch_norm_stats(Tensor x, Tensor? rows=None, Tensor(a!)? running_mean=None, Tensor(b!)? running_var=None,"
+      " Tensor(c!)? num_batches_tracked=None, float momentum=0.1) -> (Tensor mean, Tensor var, Tensor count)");
+  m.def(
+      "batch_norm_act(Tensor x, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, float eps,"
+      " bool relu) -> Tensor");
+  m.def(
+      "batch_norm_act_backward_reduce(Tensor grad_out, Tensor x, Tensor? y, Tensor mean, Tensor var, float eps,"
+      " bool relu) -> (Tensor sum_dy, Tensor sum_dy_xhat)");
+  // grad_residual is g = grad_out * (y > 0), written in the same pass as grad_x, when residual_grad and relu
+  // (without ReLU the residual's gradient is grad_out itself); otherwise an empty tensor.
+  m.def(
+      "batch_norm_act_backward_input(Tensor grad_out, Tensor x, Tensor? y, Tensor mean, Tensor var, Tensor? weight,"
+      " Tensor sum_dy, Tensor sum_dy_xhat, Tensor count, Tensor? rows, float eps, bool relu, bool residual_grad)"
+      " -> (Tensor grad_x, Tensor grad_residual)");
+}
+
+TORCH_LIBRARY_IMPL(resnest_cuda, Meta, m) {
+  m.impl("batch_norm_stats", &resnest_cuda::stats_meta);
+  m.impl("batch_norm_act", &resnest_cuda::act_meta);
+  m.impl("batch_norm_act_backward_reduce", &resnest_cuda::backward_reduce_meta);
+  m.impl("batch_norm_act_backward_input", &resnest_cuda::backward_input_meta);
+}

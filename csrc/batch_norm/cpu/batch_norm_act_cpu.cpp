@@ -1,0 +1,381 @@
+// CPU kernels of the fused BatchNorm ops (batch_norm_act.h). x is read as [N, C, L] in its own layout: NCHW
+// (a run of L values per row and channel) or channels_last (a run of C channels per row and position). Reductions
+// accumulate in fp64 and are parallel over channels (NCHW) or over row blocks with per-block partial sums combined
+// in a fixed order (channels_last); the elementwise passes are parallel over rows.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../batch_norm_act.h"
+
+namespace resnest_cuda {
+namespace {
+
+std::vector<double> to_vector(const std::optional<at::Tensor>& t, int64_t C, double fill) {
+  std::vector<double> v(C, fill);
+  if (!t.has_value()) return v;
+  const at::Tensor d = t->to(at::kDouble).contiguous();
+  std::copy(d.data_ptr<double>(), d.data_ptr<double>() + C, v.begin());
+  return v;
+}
+
+std::vector<double> to_vector(const at::Tensor& t) { return to_vector(std::optional<at::Tensor>(t), t.size(0), 0); }
+
+// Row flags as bytes (1 = the row's values enter the statistics); every row when there is no mask.
+std::vector<uint8_t> row_flags(const std::optional<at::Tensor>& rows, int64_t N) {
+  std::vector<uint8_t> flags(N, 1);
+  if (rows.has_value()) {
+    const at::Tensor r = rows->contiguous();
+    const bool* p = r.data_ptr<bool>();
+    for (int64_t n = 0; n < N; ++n) flags[n] = p[n] ? 1 : 0;
+  }
+  return flags;
+}
+
+// The layouts as runs of contiguous elements: NCHW as N*C runs of L values of one channel (run(n, c, offset)),
+// channels_last as N*L runs of the C channels of one position (run(n, -1, offset)).
+struct Runs {
+  BnDims d;
+  bool cl;
+  int64_t count() const { return cl ? d.N * d.L : d.N * d.C; }
+  int64_t length() const { return cl ? d.C : d.L; }
+  // Row, channel (-1 for a channels_last run) and offset of run k.
+  void at(int64_t k, int64_t& n, int64_t& c, int64_t& offset) const {
+    n = cl ? k / d.L : k / d.C;
+    c = cl ? -1 : k % d.C;
+    offset = k * length();
+  }
+};
+
+// Per-channel sums of two terms over the selected rows: term(n, c, offset, length, s1, s2) adds a run's terms to
+// s1[c], s2[c] (channels_last: to s1[0..C), s2[0..C)). NCHW: parallel over channels; channels_last: parallel over
+// blocks of positions, partial sums combined in a fixed order.
+template <typename Term>
+void channel_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use, std::vector<double>& s1,
+                  std::vector<double>& s2, const Term& term) {
+  s1.assign(d.C, 0.0);
+  s2.assign(d.C, 0.0);
+  if (d.N == 0 || d.C == 0 || d.L == 0) return;
+  if (!cl) {
+    at::parallel_for(0, d.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        for (int64_t n = 0; n < d.N; ++n) {
+          if (use[n]) term((n * d.C + c) * d.L, d.L, c, &s1[c], &s2[c]);
+        }
+      }
+    });
+    return;
+  }
+  const int64_t M = d.N * d.L;  // positions
+  const int64_t blocks = std::min<int64_t>(M, std::max<int64_t>(1, at::get_num_threads() * 4));
+  std::vector<double> p1(blocks * d.C, 0.0), p2(blocks * d.C, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      for (int64_t m = blk * M / blocks; m < (blk + 1) * M / blocks; ++m) {
+        if (use[m / d.L]) term(m * d.C, d.C, 0, p1.data() + blk * d.C, p2.data() + blk * d.C);
+      }
+    }
+  });
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    for (int64_t c = 0; c < d.C; ++c) {
+      s1[c] += p1[blk * d.C + c];
+      s2[c] += p2[blk * d.C + c];
+    }
+  }
+}
+
+// body(n, c, offset, length) over every run, parallel over runs (c = -1: a channels_last run of all C channels).
+template <typename Body>
+void for_each_run(const BnDims& d, bool cl, const Body& body) {
+  if (d.N == 0 || d.C == 0 || d.L == 0) return;
+  const Runs runs{d, cl};
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(runs.length(), 1));
+  at::parallel_for(0, runs.count(), grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      int64_t n, c, offset;
+      runs.at(k, n, c, offset);
+      body(n, c, offset, runs.length());
+    }
+  });
+}
+
+// A run's sums in fp64, from fp32 (opmath) partial sums over blocks of at most 1024 elements: the inner loop
+// vectorises, the long sums keep their precision. u(i) and v(i) give the two terms of element i of the run, and
+// `channel_step` is 1 when the run holds one channel per element (channels_last: accumulate per element into
+// s1[i], s2[i]) and 0 when the run is one channel (accumulate into s1[0], s2[0]).
+template <typename acc_t, typename Terms>
+inline void run_sums(int64_t length, bool per_element, double* s1, double* s2, const Terms& terms) {
+  if (per_element) {
+    for (int64_t i = 0; i < length; ++i) {
+      acc_t u, v;
+      terms(i, u, v);
+      s1[i] += u;
+      s2[i] += v;
+    }
+    return;
+  }
+  for (int64_t start = 0; start < length; start += 1024) {
+    const int64_t stop = std::min<int64_t>(length, start + 1024);
+    acc_t a = 0, b = 0;
+    for (int64_t i = start; i < stop; ++i) {
+      acc_t u, v;
+      terms(i, u, v);
+      a += u;
+      b += v;
+    }
+    *s1 += a;
+    *s2 += b;
+  }
+}
+
+at::Tensor in_format(const at::Tensor& t, at::MemoryFormat format) { return t.contiguous(format); }
+
+// ReLU that keeps NaN, as torch.relu; the backward passes grad where y <= 0 is false, as torch's ReLU backward.
+template <typename acc_t>
+inline acc_t relu_of(acc_t t) {
+  return (t > acc_t(0) || t != t) ? t : acc_t(0);
+}
+
+template <typename acc_t>
+inline acc_t relu_grad(acc_t g, acc_t y) {
+  return y <= acc_t(0) ? acc_t(0) : g;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_stats_cpu(
+    const at::Tensor& x_in, const std::optional<at::Tensor>& rows, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, const std::optional<at::Tensor>& num_batches_tracked,
+    double momentum) {
+  check_stats_args(x_in, rows, running_mean, running_var, num_batches_tracked, momentum);
+  const at::MemoryFormat format = bn_format(x_in);
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = in_format(x_in, format);
+  const BnDims d = bn_dims(x);
+  const std::vector<uint8_t> use = row_flags(rows, d.N);
+  int64_t valid = 0;
+  for (uint8_t u : use) valid += u;
+  const double count = double(valid) * double(d.L);
+  std::vector<double> shift(d.C, 0.0), s1, s2;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_stats_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    // Sums of x - shift, shift = a value of the channel (its first element): the variance keeps its precision
+    // when the mean is large against the spread.
+    if (d.N > 0 && d.L > 0) {
+      for (int64_t c = 0; c < d.C; ++c) shift[c] = static_cast<double>(px[cl ? c : c * d.L]);
+    }
+    std::vector<acc_t> shift_a(shift.begin(), shift.end());
+    channel_sums(d, cl, use, s1, s2, [&](int64_t offset, int64_t length, int64_t c, double* a, double* b) {
+      const scalar_t* __restrict__ p = px + offset;
+      if (cl) {
+        const acc_t* __restrict__ sh = shift_a.data();
+        run_sums<acc_t>(length, true, a, b, [&](int64_t i, acc_t& u, acc_t& v) {
+          const acc_t t = static_cast<acc_t>(p[i]) - sh[i];
+          u = t;
+          v = t * t;
+        });
+      } else {
+        const acc_t sh = shift_a[c];
+        run_sums<acc_t>(length, false, a, b, [&](int64_t i, acc_t& u, acc_t& v) {
+          const acc_t t = static_cast<acc_t>(p[i]) - sh;
+          u = t;
+          v = t * t;
+        });
+      }
+    });
+  });
+  const auto options = x.options().dtype(at::kDouble);
+  at::Tensor mean = at::zeros({d.C}, options), var = at::zeros({d.C}, options);
+  double* pm = mean.data_ptr<double>();
+  double* pv = var.data_ptr<double>();
+  if (count > 0) {
+    for (int64_t c = 0; c < d.C; ++c) {
+      const double m = s1[c] / count;
+      pm[c] = shift[c] + m;
+      pv[c] = std::max(s2[c] / count - m * m, 0.0);
+    }
+  }
+  const at::ScalarType out = bn_stats_dtype(x);
+  at::Tensor count_t = at::scalar_tensor(count, options);
+  update_running_stats(mean, var, count_t, running_mean, running_var, num_batches_tracked, momentum);
+  return {mean.to(out), var.to(out), count_t.to(out)};
+}
+
+at::Tensor batch_norm_act_cpu(const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& var,
+                              const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                              const std::optional<at::Tensor>& residual, double eps, bool relu) {
+  check_act_args(x_in, mean, var, weight, bias, residual, eps);
+  const at::MemoryFormat format = bn_format(x_in);
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = in_format(x_in, format);
+  const at::Tensor res = residual.has_value() ? in_format(*residual, format) : at::Tensor();
+  const BnDims d = bn_dims(x);
+  const std::vector<double> m = to_vector(mean), v = to_vector(var);
+  const std::vector<double> w = to_vector(weight, d.C, 1.0), b = to_vector(bias, d.C, 0.0);
+  std::vector<double> scale(d.C), shift(d.C);
+  for (int64_t c = 0; c < d.C; ++c) {
+    scale[c] = w[c] / std::sqrt(v[c] + eps);
+    shift[c] = b[c] - m[c] * scale[c];
+  }
+  at::Tensor y = empty_like_x(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_act_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const std::vector<acc_t> sc(scale.begin(), scale.end()), sh(shift.begin(), shift.end());
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* pr = res.defined() ? res.data_ptr<scalar_t>() : nullptr;
+    scalar_t* py = y.data_ptr<scalar_t>();
+    for_each_run(d, cl, [&](int64_t, int64_t c, int64_t offset, int64_t length) {
+      const scalar_t* __restrict__ xr = px + offset;
+      const scalar_t* __restrict__ rr = pr != nullptr ? pr + offset : nullptr;
+      scalar_t* __restrict__ yr = py + offset;
+      const acc_t* __restrict__ scp = sc.data();
+      const acc_t* __restrict__ shp = sh.data();
+      // One loop per case, constants hoisted: the compiler vectorises each.
+      const int64_t step = c < 0 ? 1 : 0;  // channels_last: one channel per element
+      const int64_t c0 = c < 0 ? 0 : c;
+      if (rr != nullptr && relu) {
+        for (int64_t i = 0; i < length; ++i) {
+          const int64_t k = c0 + step * i;
+          yr[i] = static_cast<scalar_t>(
+              relu_of<acc_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k] + static_cast<acc_t>(rr[i])));
+        }
+      } else if (rr != nullptr) {
+        for (int64_t i = 0; i < length; ++i) {
+          const int64_t k = c0 + step * i;
+          yr[i] = static_cast<scalar_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k] + static_cast<acc_t>(rr[i]));
+        }
+      } else if (relu) {
+        for (int64_t i = 0; i < length; ++i) {
+          const int64_t k = c0 + step * i;
+          yr[i] = static_cast<scalar_t>(relu_of<acc_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k]));
+        }
+      } else {
+        for (int64_t i = 0; i < length; ++i) {
+          const int64_t k = c0 + step * i;
+          yr[i] = static_cast<scalar_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k]);
+        }
+      }
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(const at::Tensor& grad_out_in,
+                                                                      const at::Tensor& x_in,
+                                                                      const std::optional<at::Tensor>& y_in,
+                                                                      const at::Tensor& mean, const at::Tensor& var,
+                                                                      double eps, bool relu) {
+  check_backward_args("batch_norm_act_backward_reduce", grad_out_in, x_in, y_in, mean, var, eps, relu);
+  const at::MemoryFormat format = bn_format(x_in);
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = in_format(x_in, format), go = in_format(grad_out_in, format);
+  const at::Tensor y = relu ? in_format(*y_in, format) : at::Tensor();
+  const BnDims d = bn_dims(x);
+  const std::vector<double> m = to_vector(mean), v = to_vector(var);
+  const std::vector<uint8_t> every(d.N, 1);
+  std::vector<double> s1, s2;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_act_backward_reduce", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const std::vector<acc_t> m_a(m.begin(), m.end());
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* pg = go.data_ptr<scalar_t>();
+    const scalar_t* py = relu ? y.data_ptr<scalar_t>() : nullptr;
+    channel_sums(d, cl, every, s1, s2, [&](int64_t offset, int64_t length, int64_t c, double* a, double* b) {
+      const scalar_t* __restrict__ xr = px + offset;
+      const scalar_t* __restrict__ gr = pg + offset;
+      const scalar_t* __restrict__ yr = relu ? py + offset : nullptr;
+      const acc_t* __restrict__ mp = m_a.data() + (cl ? 0 : c);
+      const int64_t step = cl ? 1 : 0;
+      auto terms = [&](int64_t i, acc_t& u, acc_t& w) {
+        acc_t g = static_cast<acc_t>(gr[i]);
+        if (yr != nullptr) g = relu_grad(g, static_cast<acc_t>(yr[i]));
+        u = g;
+        w = g * (static_cast<acc_t>(xr[i]) - mp[step * i]);
+      };
+      run_sums<acc_t>(length, cl, a, b, terms);
+    });
+  });
+  const auto options = x.options().dtype(at::kDouble);
+  at::Tensor sum_dy = at::empty({d.C}, options), sum_dy_xhat = at::empty({d.C}, options);
+  for (int64_t c = 0; c < d.C; ++c) {
+    sum_dy.data_ptr<double>()[c] = s1[c];
+    sum_dy_xhat.data_ptr<double>()[c] = s2[c] / std::sqrt(v[c] + eps);
+  }
+  const at::ScalarType out = bn_stats_dtype(x);
+  return {sum_dy.to(out), sum_dy_xhat.to(out)};
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_input_cpu(
+    const at::Tensor& grad_out_in, const at::Tensor& x_in, const std::optional<at::Tensor>& y_in,
+    const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& weight, const at::Tensor& sum_dy,
+    const at::Tensor& sum_dy_xhat, const at::Tensor& count, const std::optional<at::Tensor>& rows, double eps,
+    bool relu, bool residual_grad) {
+  check_backward_input_args(grad_out_in, x_in, y_in, mean, var, weight, sum_dy, sum_dy_xhat, count, rows, eps, relu);
+  const at::MemoryFormat format = bn_format(x_in);
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
+  const at::Tensor x = in_format(x_in, format), go = in_format(grad_out_in, format);
+  const at::Tensor y = relu ? in_format(*y_in, format) : at::Tensor();
+  const BnDims d = bn_dims(x);
+  const std::vector<double> m = to_vector(mean), v = to_vector(var), w = to_vector(weight, d.C, 1.0);
+  const std::vector<double> sdy = to_vector(sum_dy), sdx = to_vector(sum_dy_xhat);
+  const std::vector<uint8_t> use = row_flags(rows, d.N);
+  const double n = std::max(count.to(at::kDouble).item<double>(), 1.0);
+  // grad_x = wi * (g - [row used] * (k1 + (x - mean) * k2)), wi = weight * invstd; for a row that is not used
+  // k1 = k2 = 0 (the second half of each table).
+  std::vector<double> wi(d.C), k1(2 * d.C, 0.0), k2(2 * d.C, 0.0);
+  for (int64_t c = 0; c < d.C; ++c) {
+    const double invstd = 1.0 / std::sqrt(v[c] + eps);
+    wi[c] = w[c] * invstd;
+    k1[c] = sdy[c] / n;
+    k2[c] = sdx[c] / n * invstd;
+  }
+  at::Tensor grad_x = empty_like_x(x);
+  const bool write_residual = residual_grad && relu;
+  at::Tensor grad_res = write_residual ? empty_like_x(x) : at::empty({0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_act_backward_input", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const std::vector<acc_t> wi_a(wi.begin(), wi.end()), k1_a(k1.begin(), k1.end()), k2_a(k2.begin(), k2.end()),
+        m_a(m.begin(), m.end());
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* pg = go.data_ptr<scalar_t>();
+    const scalar_t* py = relu ? y.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pdx = grad_x.data_ptr<scalar_t>();
+    scalar_t* pdr = write_residual ? grad_res.data_ptr<scalar_t>() : nullptr;
+    for_each_run(d, cl, [&](int64_t row, int64_t c, int64_t offset, int64_t length) {
+      const scalar_t* __restrict__ xr = px + offset;
+      const scalar_t* __restrict__ gr = pg + offset;
+      const scalar_t* __restrict__ yr = py != nullptr ? py + offset : nullptr;
+      scalar_t* __restrict__ dxr = pdx + offset;
+      scalar_t* __restrict__ drr = pdr != nullptr ? pdr + offset : nullptr;
+      const int64_t step = c < 0 ? 1 : 0;
+      const int64_t c0 = c < 0 ? 0 : c;
+      const int64_t unused = use[row] ? 0 : d.C;  // k1, k2 from the zero half for an unused row
+      const acc_t* __restrict__ wp = wi_a.data() + c0;
+      const acc_t* __restrict__ mp = m_a.data() + c0;
+      const acc_t* __restrict__ k1p = k1_a.data() + c0 + unused;
+      const acc_t* __restrict__ k2p = k2_a.data() + c0 + unused;
+      for (int64_t i = 0; i < length; ++i) {
+        const int64_t k = step * i;
+        acc_t g = static_cast<acc_t>(gr[i]);
+        if (yr != nullptr) g = relu_grad(g, static_cast<acc_t>(yr[i]));
+        dxr[i] = static_cast<scalar_t>(wp[k] * (g - (k1p[k] + (static_cast<acc_t>(xr[i]) - mp[k]) * k2p[k])));
+        if (drr != nullptr) drr[i] = static_cast<scalar_t>(g);
+      }
+    });
+  });
+  return {grad_x, grad_res};
+}
+
+}  // namespace
+}  // namespace resnest_cuda
+
+TORCH_LIBRARY_IMPL(resnest_cuda, CPU, m) {
+  m.impl("batch_norm_stats", &resnest_cuda::batch_norm_stats_cpu);
+  m.impl("batch_norm_act", &resnest_cuda::batch_norm_act_cpu);
+  m.impl("batch_norm_act_backward_reduce", &resnest_cuda::batch_norm_act_backward_reduce_cpu);
+  m.impl("batch_norm_act_backward_input", &resnest_cuda::batch_norm_act_backward_input_cpu);
+}

@@ -1,0 +1,210 @@
+"""Fused training-mode BatchNorm (+ residual add) (+ ReLU), optionally over a row mask and synchronised across a
+process group: ``batch_norm_act(bn, x, residual=None, relu=True, rows=None)``.
+
+For a BatchNorm normalising with batch statistics (``nn.BatchNorm*d`` or ``SyncBatchNorm`` in training mode) the
+step is two passes over x forward and two backward, whatever the number of ops it replaces:
+
+- forward: ``batch_norm_stats`` (one reduction; it also updates the running statistics on the device) and
+  ``batch_norm_act`` (one elementwise pass writing ``y``);
+- backward: ``batch_norm_act_backward_reduce`` (one reduction: sum of g and of g * xhat, g = grad_y masked by the
+  ReLU) and ``batch_norm_act_backward_input`` (one elementwise pass writing grad_x and, with a residual under ReLU,
+  grad_residual).
+
+It saves x, y (the output, which the next convolution saves anyway: one storage) and per-channel statistics: no
+fp32 copy of a 16-bit tensor. ``rows`` (bool [N]) restricts the statistics to the rows where it is True (the
+padding slots of fixed-size RoI batches must not move them); every row is normalised. A ``SyncBatchNorm`` whose
+process group has several members gathers the per-process statistics (mean, variance, count) and combines them
+before normalising, and sums the backward reductions for the input gradient, as ``torch.nn.SyncBatchNorm`` does
+(the weight and bias gradients stay local: DDP averages them).
+
+Anything else (eval mode, GroupNorm, FrozenBatchNorm2d, a folded ``nn.Identity``) runs the module as is, then the
+residual add and ReLU. Under torch.func transforms the plain-PyTorch specification (resnest_cuda.reference.
+batch_norm) runs instead. Higher derivatives (``create_graph=True``) are exact: the backward then differentiates the
+specification; with a synchronised SyncBatchNorm they are refused with a clear error.
+"""
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from . import _library  # noqa: F401  (loads the ops)
+from .reference import batch_norm as reference
+
+__all__ = ["batch_norm_act", "fused_applies"]
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _sync_group(bn: nn.Module):
+    """The process group a training-mode SyncBatchNorm reduces over, or None (one process: plain BatchNorm)."""
+    if not (isinstance(bn, nn.SyncBatchNorm) and bn.training and dist.is_available() and dist.is_initialized()):
+        return None
+    group = bn.process_group if bn.process_group is not None else dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def _batch_statistics(bn: nn.Module) -> bool:
+    return isinstance(bn, _BatchNorm) and (bn.training or bn.running_mean is None)
+
+
+def _parameter_dtype_ok(bn: nn.Module, x: torch.Tensor) -> bool:
+    # fp32 parameters (fp64 for fp64 x), or parameters of x's own dtype; anything else runs (and fails) as torch's.
+    stats = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return not bn.affine or bn.weight.dtype in (stats, x.dtype)
+
+
+def fused_applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
+    """True when :func:`batch_norm_act` runs the fused ops for this norm and input."""
+    return (
+        _batch_statistics(bn)
+        and x.dim() >= 2
+        and x.dtype in _DTYPES
+        and _parameter_dtype_ok(bn, x)
+        and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype))
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
+def _check_batch(x: torch.Tensor, rows: torch.Tensor | None) -> None:
+    # BatchNorm's own rule: one value per channel has no variance (a masked batch is judged on the device instead).
+    if rows is None and x.dim() >= 2 and x.numel() == x.shape[1] and x.shape[1] > 0:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
+
+
+class _BatchNormAct(torch.autograd.Function):
+    """y = act(xhat * weight + bias (+ residual)) from statistics computed outside (constants here): the backward
+    accounts for the statistics' dependence on x itself, so the input gradient is exact."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, mean, var, count, rows, eps, relu, group):
+        y = torch.ops.resnest_cuda.batch_norm_act(x, mean, var, weight, bias, residual, eps, relu)
+        ctx.save_for_backward(x, y if relu else None, weight, bias, residual, mean, var, count, rows)
+        ctx.eps, ctx.relu, ctx.group = eps, relu, group
+        ctx.has_residual = residual is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, y, weight, bias, residual, mean, var, count, rows = ctx.saved_tensors
+        eps, relu, group = ctx.eps, ctx.relu, ctx.group
+        need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
+        if torch.is_grad_enabled():
+            return _differentiable_backward(ctx, grad_y, x, weight, bias, residual, rows)
+        grad_y = grad_y.contiguous(memory_format=_format_of(y if y is not None else x))
+        sum_dy, sum_dy_xhat = torch.ops.resnest_cuda.batch_norm_act_backward_reduce(grad_y, x, y, mean, var, eps, relu)
+        grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
+        grad_b = sum_dy.to(bias.dtype) if need_b else None
+        grad_x = grad_r = None
+        if need_x or need_r:
+            if group is not None and need_x:
+                both = torch.cat([sum_dy, sum_dy_xhat])
+                dist.all_reduce(both, group=group)
+                sum_dy, sum_dy_xhat = both.chunk(2)
+            grad_x, grad_r = torch.ops.resnest_cuda.batch_norm_act_backward_input(
+                grad_y, x, y, mean, var, weight, sum_dy, sum_dy_xhat, count, rows, eps, relu, need_r
+            )
+            if need_r and not relu:
+                grad_r = grad_y
+            if not need_x:
+                grad_x = None
+        return grad_x, grad_w, grad_b, grad_r if need_r else None, None, None, None, None, None, None, None
+
+
+def _format_of(t: torch.Tensor) -> torch.memory_format:
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _differentiable_backward(ctx, grad_y, x, weight, bias, residual, rows):
+    """The backward as a graph (create_graph=True): the gradient of the plain-PyTorch specification, built from the
+    saved inputs themselves so that it stays connected to them (exact higher derivatives)."""
+    if ctx.group is not None:
+        raise RuntimeError(
+            "batch_norm_act: higher derivatives (create_graph=True) through a SyncBatchNorm synchronised over "
+            "several processes are not supported; use BatchNorm, or compute them in one process"
+        )
+    candidates = (x, weight, bias, residual)
+    wanted = [i for i, t in enumerate(candidates) if t is not None and ctx.needs_input_grad[i]]
+    y_ref = reference.batch_norm_act(x, weight, bias, residual, rows, ctx.eps, ctx.relu)[0]
+    grads = torch.autograd.grad(y_ref, [candidates[i] for i in wanted], grad_y, create_graph=True, allow_unused=True)
+    out = [None] * 4
+    for i, g in zip(wanted, grads):
+        out[i] = g
+    return (*out, None, None, None, None, None, None, None)
+
+
+def _gather_statistics(mean, var, count, group):
+    """Combines per-process (mean, biased var, count) over `group`: the statistics of the union of the batches."""
+    c = mean.shape[0]
+    local = torch.cat([mean, var, count.reshape(1)])
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, local, group=group)
+    table = torch.stack(gathered)  # [world, 2C + 1]
+    counts = table[:, 2 * c :]
+    total = counts.sum()
+    weights = counts / total.clamp(min=1)
+    g_mean = (table[:, :c] * weights).sum(0)
+    g_var = ((table[:, c : 2 * c] + (table[:, :c] - g_mean) ** 2) * weights).sum(0)
+    return g_mean, g_var, total
+
+
+def batch_norm_act(
+    bn: nn.Module,
+    x: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    relu: bool = True,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``act(bn(x) (+ residual))`` with act = ReLU or identity, fused when ``bn`` normalises with batch statistics
+    (see the module docstring). ``rows``: optional bool [N], the rows whose statistics a batch-statistics BatchNorm
+    uses (every row is normalised with them; other norms ignore it). With no row selected, or one value in all,
+    the running statistics stay as they are (BatchNorm would refuse such a batch)."""
+    if not fused_applies(bn, x, residual):
+        if rows is not None and _batch_statistics(bn):
+            y = _reference_module(bn, x, residual, relu, rows)
+        else:
+            y = bn(x)
+            if residual is not None:
+                y = y + residual
+            if relu:
+                y = torch.relu(y)
+        return y
+    if rows is not None and (rows.dtype != torch.bool or rows.shape != x.shape[:1]):
+        raise ValueError(f"rows must be a bool tensor of shape [{x.shape[0]}], got {rows.dtype} {list(rows.shape)}")
+    _check_batch(x, rows)
+    group = _sync_group(bn)
+    track = bn.training and bn.track_running_stats and bn.running_mean is not None
+    if group is None:
+        momentum = -1.0 if bn.momentum is None else float(bn.momentum)
+        mean, var, count = torch.ops.resnest_cuda.batch_norm_stats(
+            x.detach(),
+            rows,
+            bn.running_mean if track else None,
+            bn.running_var if track else None,
+            bn.num_batches_tracked if track else None,
+            momentum,
+        )
+    else:
+        mean, var, count = torch.ops.resnest_cuda.batch_norm_stats(x.detach(), rows)
+        mean, var, count = _gather_statistics(mean, var, count, group)
+        if track:
+            reference.update_running_stats(
+                bn.running_mean, bn.running_var, bn.num_batches_tracked, bn.momentum, mean, var, count
+            )
+    weight = bn.weight if bn.affine else None
+    bias = bn.bias if bn.affine else None
+    return _BatchNormAct.apply(x, weight, bias, residual, mean, var, count, rows, bn.eps, relu, group)
+
+
+def _reference_module(bn, x, residual, relu, rows):
+    """The specification with a module's parameters and running statistics (torch.func transforms)."""
+    weight = bn.weight if bn.affine else None
+    bias = bn.bias if bn.affine else None
+    y, mean, var, count = reference.batch_norm_act(x, weight, bias, residual, rows, bn.eps, relu, _sync_group(bn))
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        reference.update_running_stats(
+            bn.running_mean, bn.running_var, bn.num_batches_tracked, bn.momentum, mean, var, count
+        )
+    return y
