@@ -135,6 +135,7 @@ def build_roi_head(cfg: RoIHeadConfig) -> StandardRoIHeads | CascadeRoIHeads:
         max_per_img=cfg.test.max_per_img,
         mask_pooler=mask_pooler,
         mask_loss_weight=mask_cfg.loss_weight if mask_cfg is not None else 1.0,
+        mask_slots_per_image=mask_cfg.mask_slots_per_image if mask_cfg is not None else None,
     )
     if len(cfg.stages) > 1:
         return CascadeRoIHeads(

@@ -372,6 +372,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         logged = {"loss": loss.detach(), **{name: value.detach() for name, value in loss_dict.items()}}
+        logged.update(getattr(self.model, "train_stats", {}))  # e.g. mask_dropped: positives without a mask row
         if solver.grad_clip is not None:
             params = [p for p in self.model.parameters() if p.grad is not None]
             logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, solver.grad_clip)

@@ -22,6 +22,7 @@ from .matcher import Matcher
 from .poolers import MultiScaleRoIAlign, boxes_to_rois
 from .roi_heads import (
     SampledRoIs,
+    _check_mask_slots,
     box_head_losses,
     detections_per_image,
     gt_mask_inputs,
@@ -57,8 +58,10 @@ class CascadeRoIHeads(nn.Module):
         mask_pooler: MultiScaleRoIAlign | None = None,
         mask_heads: list[FCNMaskHead] | None = None,
         mask_loss_weight: float = 1.0,
+        mask_slots_per_image: int | None = None,
     ):
         super().__init__()
+        _check_mask_slots(mask_slots_per_image)
         n = len(bbox_heads)
         if not (len(coders) == len(matchers) == len(samplers) == len(stage_loss_weights) == n) or n == 0:
             raise ValueError("bbox_heads, coders, matchers, samplers and stage_loss_weights: one entry per stage")
@@ -84,6 +87,8 @@ class CascadeRoIHeads(nn.Module):
         self.mask_pooler = mask_pooler
         self.mask_head = nn.ModuleList(mask_heads) if mask_heads is not None else None
         self.mask_loss_weight = mask_loss_weight
+        self.mask_slots_per_image = mask_slots_per_image  # per stage, as in StandardRoIHeads
+        self.train_stats: dict[str, torch.Tensor] = {}  # mask_dropped_s{i}, as StandardRoIHeads' mask_dropped
 
     @property
     def num_stages(self) -> int:
@@ -121,7 +126,7 @@ class CascadeRoIHeads(nn.Module):
         proposal_valid: list[torch.Tensor] | None = None,
         static_shapes: bool = False,
     ) -> dict[str, torch.Tensor]:
-        losses = {}
+        losses, stats = {}, {}
         gt_masks = None
         for i in range(self.num_stages):
             samples = self._run_stage_sampling(i, proposals, targets, proposal_valid, compact=not static_shapes)
@@ -136,12 +141,16 @@ class CascadeRoIHeads(nn.Module):
             if self.mask_head is not None:
                 if gt_masks is None:  # converted once, read by every stage
                     gt_masks = gt_mask_inputs(targets, samples.rois.dtype)
-                loss_mask = mask_head_loss(
-                    self.mask_pooler, self.mask_head[i], features, samples, gt_masks, self.samplers[i].pos_limit
+                loss_mask, dropped = mask_head_loss(
+                    self.mask_pooler, self.mask_head[i], features, samples, gt_masks, self.samplers[i].pos_limit,
+                    self.mask_slots_per_image,
                 )
                 losses[f"loss_mask_s{i}"] = loss_mask * (self.mask_loss_weight * weight)
+                if dropped is not None:
+                    stats[f"mask_dropped_s{i}"] = dropped
             if i + 1 < self.num_stages:
                 proposals, proposal_valid = self._refine_sampled(i, samples, cls_logits, box_deltas, image_sizes)
+        self.train_stats = stats
         return losses
 
     def _run_stage_sampling(

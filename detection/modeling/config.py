@@ -155,6 +155,11 @@ class MaskHeadConfig:
     pooler: RoIPoolerConfig = field(default_factory=lambda: RoIPoolerConfig(output_size=14))
     loss_weight: float = 1.0
     mask_thr_binary: float = 0.5
+    # Training: the mask head's rows per image, pooled over the batch (N images: N * mask_slots_per_image rows for
+    # all their positives, at most N * the sampler's pos_limit). More positives than rows: a random subset keeps a
+    # row, the others are counted (`mask_dropped` in the training log). None: every positive gets a row, and
+    # fixed-size (sync-free) training runs the head on pos_limit rows per image, positives or not.
+    mask_slots_per_image: int | None = None
 
 
 @dataclass

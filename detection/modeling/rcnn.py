@@ -87,6 +87,9 @@ class GeneralizedRCNN(nn.Module):
         # on CUDA, where each drop is a host synchronisation that drains the GPU queue, False on the CPU, where a
         # sync costs nothing and the padding (mask-head slots above all) would cost compute.
         self.static_shapes: bool | None = None
+        # Device tensors of the last training step that are no losses (the roi_head's `train_stats`, such as
+        # `mask_dropped`), read by the training loop when it reads the losses: no host sync of their own.
+        self.train_stats: dict[str, torch.Tensor] = {}
 
     def forward(
         self,
@@ -102,6 +105,7 @@ class GeneralizedRCNN(nn.Module):
         proposals, proposal_valid, rpn_losses = self.rpn_head(features, image_sizes, padded_sizes, targets, static)
         detections, roi_losses = self.roi_head(features, proposals, image_sizes, targets, proposal_valid, static)
         if self.training:
+            self.train_stats = dict(getattr(self.roi_head, "train_stats", {}))
             return {**rpn_losses, **roi_losses}
         if original_sizes is not None and len(original_sizes) != len(images):
             raise ValueError(f"original_sizes: expected {len(images)} entries, got {len(original_sizes)}")

@@ -15,7 +15,7 @@ from .losses import box_regression_loss, mask_bce_loss, softmax_ce_loss
 from .mask_head import FCNMaskHead, mask_targets
 from .matcher import IGNORE, POSITIVE, Matcher
 from .poolers import MultiScaleRoIAlign, boxes_to_rois
-from .sampler import RandomSampler
+from .sampler import RandomSampler, random_subset_mask
 
 
 class SampledRoIs(NamedTuple):
@@ -36,6 +36,13 @@ def sampling_keys(boxes: torch.Tensor) -> torch.Tensor | None:
     """The random keys of the R-CNN sampler's two draws for these candidate boxes ([N, 4] -> float [2, N] in
     [0, 1)), or None for the sampler's own `torch.rand` draws. Tests substitute keys that depend on each box alone,
     so that two layouts of the same boxes (padded or compacted) sample the same RoIs."""
+    return None
+
+
+def mask_keep_keys(rois: torch.Tensor) -> torch.Tensor | None:
+    """The random keys that choose which positives keep a mask-head row when a batch has more positives than
+    mask rows (rois [R, 5] -> float [R] in [0, 1)), or None for `torch.rand` draws. Tests substitute keys that
+    depend on each RoI alone, so that padded and compacted samples keep the same positives."""
     return None
 
 
@@ -151,6 +158,72 @@ def gt_mask_inputs(targets: list[dict[str, torch.Tensor]], dtype: torch.dtype) -
     return out
 
 
+class MaskRoIs(NamedTuple):
+    """The rows the mask head runs on: indices into the samples, which of them are kept positives (the others
+    carry zero weight), and how many positives got no row."""
+
+    slots: torch.Tensor  # int64 [K] into the samples' rows
+    weights: torch.Tensor  # bool [K], a kept positive
+    counts: list[int] | None  # rows per image when the rows are grouped by image in that order, else None
+    dropped: torch.Tensor | None  # int64 [], positives left without a row (None: no cap, none ever is)
+
+
+def select_mask_rois(
+    samples: SampledRoIs, num_images: int, pos_limit: int, mask_slots_per_image: int | None = None
+) -> MaskRoIs:
+    """Choose the mask head's rows among the samples' positives.
+
+    mask_slots_per_image None: every positive. Fixed-size samples then give the head the first `pos_limit`
+    slots of each image, which hold all its positives (num_images * pos_limit rows, padding weighted 0, no host
+    sync); compacted samples give it their positives (one host sync, and one for their count per image).
+
+    mask_slots_per_image set: the batch's positives share num_images * min(mask_slots_per_image, pos_limit) rows.
+    When there are more positives than rows, a uniformly random subset of them is kept (`mask_keep_keys`), so the
+    mean loss over the kept positives is an unbiased estimate of the mean over all of them; `dropped` counts the
+    others. Fixed-size samples move the kept positives to the front of one batch-level buffer with a stable sort
+    (still in slot order, so image by image) and cut it at that size: fixed shapes, no host sync. Compacted
+    samples select the kept positives."""
+    fixed = samples.slots_per_image is not None
+    if mask_slots_per_image is None:
+        if fixed:
+            per_image = min(pos_limit, samples.slots_per_image)
+            starts = torch.arange(num_images, device=samples.pos.device) * samples.slots_per_image
+            slots = (starts[:, None] + torch.arange(per_image, device=starts.device)).flatten()
+            return MaskRoIs(slots, samples.pos[slots], [per_image] * num_images, None)
+        slots = torch.nonzero(samples.pos).squeeze(1)
+        counts = torch.bincount(samples.rois[slots, 0].long(), minlength=num_images).tolist()
+        return MaskRoIs(slots, samples.pos[slots], counts, None)
+    if mask_slots_per_image < 1:
+        raise ValueError(f"mask_slots_per_image: expected a positive integer or None, got {mask_slots_per_image!r}")
+    capacity = num_images * min(mask_slots_per_image, pos_limit)
+    kept = random_subset_mask(samples.pos, capacity, keys=mask_keep_keys(samples.rois))
+    dropped = samples.pos.sum() - kept.sum()
+    if fixed:
+        capacity = min(capacity, kept.shape[0])
+        slots = torch.argsort((~kept).to(torch.uint8), stable=True)[:capacity]
+        return MaskRoIs(slots, kept[slots], None, dropped)
+    slots = torch.nonzero(kept).squeeze(1)
+    counts = torch.bincount(samples.rois[slots, 0].long(), minlength=num_images).tolist()
+    return MaskRoIs(slots, kept[slots], counts, dropped)
+
+
+def batch_mask_targets(
+    gt_masks: list, rois: torch.Tensor, matched: torch.Tensor, weights: torch.Tensor, mask_size: int
+) -> torch.Tensor:
+    """`mask_targets` of rows from any image (rois [K, 5] with their batch index, matched int64 [K] into their
+    image's GT, weights bool [K]) -> float [K, mask_size, mask_size], zero where weights is False. One crop per
+    image over all K rows, the rows of other images (and unweighted rows) given an empty box, which costs
+    nothing to crop; no host synchronisation for bitmap masks."""
+    image = rois[:, 0].long()
+    out = rois.new_zeros((rois.shape[0], mask_size, mask_size))
+    for i, masks in enumerate(gt_masks):
+        mine = weights & (image == i)
+        boxes = torch.where(mine[:, None], rois[:, 1:], 0.0)
+        crops = mask_targets(masks, boxes, torch.where(mine, matched, 0), mask_size, mine)
+        out = torch.where(mine[:, None, None], crops, out)
+    return out
+
+
 def mask_head_loss(
     pooler: MultiScaleRoIAlign,
     head: FCNMaskHead,
@@ -158,35 +231,27 @@ def mask_head_loss(
     samples: SampledRoIs,
     gt_masks: list,
     pos_limit: int,
-) -> torch.Tensor:
+    mask_slots_per_image: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-class BCE of the mask head on the positive sampled RoIs, against their GT masks (`gt_mask_inputs`)
-    cropped to the RoI, averaged over the positives' pixels.
-
-    With fixed-size samples (`samples.slots_per_image` set) the head runs on the first `pos_limit` slots of each
-    image, which hold all its positives, weighted by `pos`: no host synchronisation. Compacted samples select
-    their positives (one host sync, and one for their count per image)."""
+    cropped to the RoI, averaged over the positives' pixels, and the number of positives left out of it
+    (`select_mask_rois`: None without a cap). With fixed-size samples there is no host synchronisation (bitmap
+    masks); the rows that hold no kept positive carry zero weight and are left out of the head's batch
+    statistics."""
     num_images = len(gt_masks)
-    if samples.slots_per_image is not None:
-        per_image = min(pos_limit, samples.slots_per_image)
-        starts = torch.arange(num_images, device=samples.pos.device) * samples.slots_per_image
-        slots = (starts[:, None] + torch.arange(per_image, device=starts.device)).flatten()
-        counts = [per_image] * num_images
-    else:
-        slots = torch.nonzero(samples.pos).squeeze(1)
-        counts = torch.bincount(samples.rois[slots, 0].long(), minlength=num_images).tolist()
+    chosen = select_mask_rois(samples, num_images, pos_limit, mask_slots_per_image)
+    slots, weights = chosen.slots, chosen.weights
     rois, labels, matched = samples.rois[slots], samples.labels[slots], samples.matched_idxs[slots]
-    weights = samples.pos[slots]
-    classes = torch.where(weights, labels, 0)  # background and padding slots read class 0, with zero weight
-    rows = weights if samples.slots_per_image is not None else None  # compacted: every row is a positive
+    classes = torch.where(weights, labels, 0)  # background and padding rows read class 0, with zero weight
+    rows = weights if samples.slots_per_image is not None else None  # compacted: every row is a kept positive
     mask_logits = head.select_class(head(pooler(features, rois), rows), classes)
     mask_size = mask_logits.shape[-1]
-    gt = [
-        mask_targets(masks, rois_i[:, 1:], matched_i, mask_size, weights_i)
-        for masks, rois_i, matched_i, weights_i in zip(
-            gt_masks, rois.split(counts), matched.split(counts), weights.split(counts)
-        )
-    ]
-    return mask_bce_loss(mask_logits, torch.cat(gt), weights)
+    if chosen.counts is None:
+        gt = batch_mask_targets(gt_masks, rois, matched, weights, mask_size)
+    else:
+        per_image = zip(gt_masks, *(t.split(chosen.counts) for t in (rois, matched, weights)))
+        gt = torch.cat([mask_targets(m, r[:, 1:], i, mask_size, w) for m, r, i, w in per_image])
+    return mask_bce_loss(mask_logits, gt, weights), chosen.dropped
 
 
 def detections_per_image(
@@ -209,6 +274,13 @@ def detections_per_image(
         det_boxes, det_scores, det_labels = postprocess_detections(per_class, scores_i, score_thr, nms_iou, max_per_img)
         detections.append({"boxes": det_boxes, "scores": det_scores, "labels": det_labels})
     return detections
+
+
+def _check_mask_slots(mask_slots_per_image: int | None) -> None:
+    if mask_slots_per_image is not None and (
+        not isinstance(mask_slots_per_image, int) or isinstance(mask_slots_per_image, bool) or mask_slots_per_image < 1
+    ):
+        raise ValueError(f"mask_slots_per_image: expected a positive integer or None, got {mask_slots_per_image!r}")
 
 
 class StandardRoIHeads(nn.Module):
@@ -237,10 +309,12 @@ class StandardRoIHeads(nn.Module):
         mask_pooler: MultiScaleRoIAlign | None = None,
         mask_head: FCNMaskHead | None = None,
         mask_loss_weight: float = 1.0,
+        mask_slots_per_image: int | None = None,
     ):
         super().__init__()
         if (mask_pooler is None) != (mask_head is None):
             raise ValueError("mask_pooler and mask_head must be given together")
+        _check_mask_slots(mask_slots_per_image)
         self.box_pooler = box_pooler
         self.bbox_head = bbox_head
         self.coder = coder
@@ -256,6 +330,10 @@ class StandardRoIHeads(nn.Module):
         self.mask_pooler = mask_pooler
         self.mask_head = mask_head
         self.mask_loss_weight = mask_loss_weight
+        self.mask_slots_per_image = mask_slots_per_image
+        # Device tensors of the last training step that are no losses (`mask_dropped`: positives without a
+        # mask-head row, with a mask_slots_per_image cap); the training loop logs them with the losses.
+        self.train_stats: dict[str, torch.Tensor] = {}
 
     @property
     def num_classes(self) -> int:
@@ -305,10 +383,12 @@ class StandardRoIHeads(nn.Module):
         losses = {"loss_cls": loss_cls * self.cls_loss_weight, "loss_bbox": loss_box * self.box_loss_weight}
         if self.mask_head is not None:
             gt_masks = gt_mask_inputs(targets, samples.rois.dtype)
-            loss_mask = mask_head_loss(
-                self.mask_pooler, self.mask_head, features, samples, gt_masks, self.sampler.pos_limit
+            loss_mask, dropped = mask_head_loss(
+                self.mask_pooler, self.mask_head, features, samples, gt_masks, self.sampler.pos_limit,
+                self.mask_slots_per_image,
             )
             losses["loss_mask"] = loss_mask * self.mask_loss_weight
+            self.train_stats = {} if dropped is None else {"mask_dropped": dropped}
         return losses
 
     def _forward_box_inference(

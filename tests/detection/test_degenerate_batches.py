@@ -107,11 +107,17 @@ def _train_step(model, images, targets, no_proposals: bool, static: bool):
     return losses
 
 
-@pytest.mark.parametrize("static", [True, False], ids=["fixed_size", "compacted"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_every_degenerate_batch_trains(kind, static):
+@pytest.mark.parametrize(
+    "kind, static, mask_slots",
+    [(kind, static, None) for kind in KINDS for static in (True, False)]
+    + [(kind, True, 3) for kind in KINDS if "mask" in kind],
+    ids=lambda v: {True: "fixed_size", False: "compacted", None: "all_positives", 3: "3_mask_rows"}.get(v, v),
+)
+def test_every_degenerate_batch_trains(kind, static, mask_slots, monkeypatch):
     model = _model(kind)
     with_masks = "mask" in kind
+    if with_masks:  # mask_slots_per_image: the batch's positives share 2 x 3 mask-head rows
+        monkeypatch.setattr(model.roi_head, "mask_slots_per_image", mask_slots)
 
     @settings(max_examples=4, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
