@@ -8,7 +8,9 @@ multiple of the vector width; short rows (a warp per row) and long rows (reducti
 (sigmoid), 2 and 4 with cardinality 2. RoIAlign forward
 and backward in every dtype, both layouts, adaptive and fixed sampling, aligned and legacy, an out-of-range batch
 index, and one call above the 65535 x 256 outputs one grid covers (17.6M). NMS in every dtype from 1 box to 10k
-(more than 8192: the keep kernel's threads walk several mask words) and batched NMS.
+(more than 8192: the keep kernel's threads walk several mask words) and batched NMS. The fused BatchNorm ops
+(statistics with the running update, act, backward reduce and input) in every dtype, both layouts, masked rows,
+short and long planes.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python -m benchmarks.sanitize_driver   # GPU
     python -m benchmarks.sanitize_driver --device cpu --tiny                                    # dry run
@@ -136,8 +138,10 @@ def roi_align_cases(check, device, tiny):
         check.close("roi_align out-of-range batch index pools to 0", bad, torch.zeros_like(bad), 0.0)
     # Above one grid of 65535 x 256 threads (one thread per output): 1400 ROIs x 256 channels x 7 x 7 = 17.6M outputs.
     # And, for channels_last maps (a warp per bin), above one grid of 65535 x 8 bins: 11000 ROIs x 7 x 7, 2 channels.
-    for layout, (num_rois, channels) in (("nchw", (40, 16) if tiny else (1400, 256)),
-                                         ("channels_last", (40, 2) if tiny else (11000, 2))):
+    for layout, (num_rois, channels) in (
+        ("nchw", (40, 16) if tiny else (1400, 256)),
+        ("channels_last", (40, 2) if tiny else (11000, 2)),
+    ):
         x, rois = roi_inputs(num_rois, channels, 2, seed=1, max_size=8.0)
         xd = place(x, device, layout).requires_grad_()
         out = resnest_cuda.roi_align(xd, rois.to(device), 7, 0.25, 1, True)
@@ -185,32 +189,99 @@ def nms_cases(check, device, tiny):
         idxs = torch.randint(0, 80, (n,), generator=g)
         for dtype in DTYPES:
             b, s = boxes.to(dtype), scores.to(dtype)
-            check.equal(f"nms {str(dtype)[6:]} {n} boxes", resnest_cuda.nms(b.to(device), s.to(device), 0.7),
-                        resnest_cuda.nms(b, s, 0.7))
-        check.equal(f"batched_nms {n} boxes", resnest_cuda.batched_nms(boxes.to(device), scores.to(device),
-                                                                       idxs.to(device), 0.5),
-                    resnest_cuda.batched_nms(boxes, scores, idxs, 0.5))
+            check.equal(
+                f"nms {str(dtype)[6:]} {n} boxes",
+                resnest_cuda.nms(b.to(device), s.to(device), 0.7),
+                resnest_cuda.nms(b, s, 0.7),
+            )
+        check.equal(
+            f"batched_nms {n} boxes",
+            resnest_cuda.batched_nms(boxes.to(device), scores.to(device), idxs.to(device), 0.5),
+            resnest_cuda.batched_nms(boxes, scores, idxs, 0.5),
+        )
         for max_keep in (0, 1, 100):
-            check.equal(f"nms max_keep={max_keep} {n} boxes",
-                        resnest_cuda.nms(boxes.to(device), scores.to(device), 0.7, max_keep),
-                        resnest_cuda.nms(boxes, scores, 0.7, max_keep))
-            keep, valid = resnest_cuda.batched_nms_fixed(boxes.to(device), scores.to(device), idxs.to(device), 0.5,
-                                                         max_keep)
+            check.equal(
+                f"nms max_keep={max_keep} {n} boxes",
+                resnest_cuda.nms(boxes.to(device), scores.to(device), 0.7, max_keep),
+                resnest_cuda.nms(boxes, scores, 0.7, max_keep),
+            )
+            keep, valid = resnest_cuda.batched_nms_fixed(
+                boxes.to(device), scores.to(device), idxs.to(device), 0.5, max_keep
+            )
             want_keep, want_valid = resnest_cuda.batched_nms_fixed(boxes, scores, idxs, 0.5, max_keep)
             check.equal(f"batched_nms_fixed max_keep={max_keep} {n} boxes keep", keep, want_keep)
             check.equal(f"batched_nms_fixed max_keep={max_keep} {n} boxes valid", valid, want_valid)
+
+
+def batch_norm_cases(check, device, tiny):
+    """The four fused BatchNorm ops: NCHW (short and long planes: the reduction split over blocks), channels_last
+    (a partial 32-channel tile, many rows), a 2-D input, a storage offset; masked rows; every dtype."""
+    ops = torch.ops.resnest_cuda
+    shapes = [((3, 5, 6, 7), "nchw"), ((2, 40, 5, 3), "channels_last"), ((7, 9), "nchw"), ((3, 6, 4, 5), "nchw_offset")]
+    shapes += (
+        [] if tiny else [((2, 64, 100, 152), "nchw"), ((2, 64, 100, 152), "channels_last"), ((512, 256, 7, 7), "nchw")]
+    )
+    for dtype in DTYPES:
+        stats = torch.float64 if dtype == torch.float64 else torch.float32
+        tol = TOL[dtype]
+        for shape, layout in shapes:
+            g = torch.Generator().manual_seed(0)
+            x, res, grad = (torch.randn(shape, generator=g).to(dtype) for _ in range(3))
+            rows = torch.arange(shape[0]) % 3 != 1
+            w, b = torch.rand(shape[1], dtype=stats) + 0.5, torch.randn(shape[1], dtype=stats)
+            cpu_args = [x, rows, w, b, res, grad]
+            dev = [place(t, device, layout) if t.dim() == 4 else t.to(device) for t in cpu_args]
+            name = f"batch_norm {dtype} {shape} {layout}"
+            rm, rv = torch.zeros(shape[1], dtype=stats), torch.ones(shape[1], dtype=stats)
+            nbt = torch.zeros((), dtype=torch.long)
+            want = ops.batch_norm_stats(x, rows, rm, rv, nbt, 0.1)
+            rm_d, rv_d, nbt_d = (
+                rm.clone().fill_(0).to(device),
+                rv.clone().fill_(1).to(device),
+                nbt.clone().fill_(0).to(device),
+            )
+            got = ops.batch_norm_stats(dev[0], dev[1], rm_d, rv_d, nbt_d, 0.1)
+            for i, (a, e) in enumerate(zip(got, want)):
+                check.close(f"{name} stats {i}", a, e, 1e-4 if stats == torch.float32 else 1e-9)
+            check.close(f"{name} running_mean", rm_d, rm, 1e-4)
+            mean, var, count = want
+            y = ops.batch_norm_act(x, mean, var, w, b, res, 1e-5, True)
+            dmean, dvar, dcount = (t.to(device) for t in want)
+            check.close(
+                f"{name} act", ops.batch_norm_act(dev[0], dmean, dvar, dev[2], dev[3], dev[4], 1e-5, True), y, tol
+            )
+            s = ops.batch_norm_act_backward_reduce(grad, x, y, mean, var, 1e-5, True)
+            y_d = place(y, device, layout) if y.dim() == 4 else y.to(device)
+            s_d = ops.batch_norm_act_backward_reduce(dev[5], dev[0], y_d, dmean, dvar, 1e-5, True)
+            for i, (a, e) in enumerate(zip(s_d, s)):
+                check.close(f"{name} backward_reduce {i}", a, e, 1e-3 if dtype != torch.float64 else 1e-9)
+            want_in = ops.batch_norm_act_backward_input(grad, x, y, mean, var, w, *s, count, rows, 1e-5, True, True)
+            got_in = ops.batch_norm_act_backward_input(
+                dev[5], dev[0], y_d, dmean, dvar, dev[2], *(t.to(device) for t in s), dcount, dev[1], 1e-5, True, True
+            )
+            for i, (a, e) in enumerate(zip(got_in, want_in)):
+                check.close(f"{name} backward_input {i}", a, e, tol)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="small sizes (CPU dry run)")
-    parser.add_argument("--only", choices=["split_attention", "roi_align", "nms"], action="append",
-                        help="run only these op families (repeatable); default: all")
+    parser.add_argument(
+        "--only",
+        choices=["split_attention", "roi_align", "nms", "batch_norm"],
+        action="append",
+        help="run only these op families (repeatable); default: all",
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not resnest_cuda.cuda_kernels_available():
         raise SystemExit("sanitize_driver: resnest_cuda was built without CUDA kernels")
-    families = {"split_attention": split_attention_cases, "roi_align": roi_align_cases, "nms": nms_cases}
+    families = {
+        "split_attention": split_attention_cases,
+        "roi_align": roi_align_cases,
+        "nms": nms_cases,
+        "batch_norm": batch_norm_cases,
+    }
     check = Checker()
     start = time.perf_counter()
     for name in args.only or families:
