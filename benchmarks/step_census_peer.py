@@ -102,7 +102,9 @@ def mmdet_model(kind):
     from mmengine.config import Config, ConfigDict
 
     register_all_modules()
-    logging.getLogger("mmengine").setLevel(logging.WARNING)  # init_weights logs every parameter
+    from mmengine.logging import MMLogger
+
+    MMLogger.get_current_instance().setLevel(logging.WARNING)  # init_weights logs every parameter
     path = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", MMDET_CONFIGS[kind])
     cfg = ConfigDict(syncbn_to_bn(Config.fromfile(path).model.to_dict()))
     cfg.backbone.init_cfg = None

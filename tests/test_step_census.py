@@ -97,7 +97,7 @@ def test_make_batch_is_seeded_and_masks_fill_boxes():
 
 @pytest.mark.parametrize("static", [True, False], ids=["static", "compacted"])
 def test_our_census_on_a_tiny_config(static):
-    batch = make_batch(2, (64, 96), 3, num_classes=3)
+    batch = make_batch(2, (32, 64), 3, num_classes=3)
     result = census_ours("shapes_faster_rcnn_s14", static, batch, "fp32")
     assert result["ops"] > 500 and result["gb_moved"] > 0 and result["gflops"] > 0 and result["saved_mb"] > 0
     names = {t["op"] for t in result["top_ops"]}
