@@ -4,9 +4,9 @@ models and torchvision's R-50-FPN ones, on identical images and targets.
 
 Columns (rules in benchmarks/census_counters.py): ops (dispatched ops that are not views or bare allocations,
 about one kernel launch each), GB moved (bytes of the tensor inputs read plus outputs written by those ops, about
-HBM traffic), GFLOPs (FlopCounterMode), MB saved for backward (unique storages saved by autograd, in MiB; the
-model's parameters and buffers excluded, reported apart in the JSON), the top ops by bytes, and the ratios to
-mmdetection.
+HBM traffic), GFLOPs (FlopCounterMode), MiB saved for backward (unique storages saved by autograd; the
+model's parameters and buffers excluded, reported apart in the JSON), the top ops by bytes, the ratios to
+mmdetection, and census s: the wall seconds of the instrumented step on this CPU (how long a run takes, no cost).
 
 Our models run in this process in both training paths: static shapes (`model.static_shapes = True`, fixed-size and
 sync-free, the CUDA default) and compacted (`False`, the CPU default). The peers run in their own environment
@@ -128,7 +128,7 @@ def markdown(rows):
     """The census table and the top ops of each row, as markdown."""
     mmdet = {r["model"]: r for r in rows if r["impl"] == "mmdet"}
     lines = [
-        "| model | implementation | ops | GB moved | GFLOPs | MB saved | ops / mmdet | GB / mmdet | saved / mmdet "
+        "| model | implementation | ops | GB moved | GFLOPs | MiB saved | ops / mmdet | GB / mmdet | saved / mmdet "
         "| census s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
