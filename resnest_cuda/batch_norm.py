@@ -17,10 +17,12 @@ process group has several members gathers the per-process statistics (mean, vari
 before normalising, and sums the backward reductions for the input gradient, as ``torch.nn.SyncBatchNorm`` does
 (the weight and bias gradients stay local: DDP averages them).
 
-Anything else (eval mode, GroupNorm, FrozenBatchNorm2d, a folded ``nn.Identity``) runs the module as is, then the
-residual add and ReLU. Under torch.func transforms the plain-PyTorch specification (resnest_cuda.reference.
-batch_norm) runs instead. Higher derivatives (``create_graph=True``) are exact: the backward then differentiates the
-specification; with a synchronised SyncBatchNorm they are refused with a clear error.
+With fixed statistics (an eval-mode BatchNorm, a FrozenBatchNorm2d: frozen stages, inference) and nothing needing a
+gradient it is the one elementwise pass of ``batch_norm_act``. Anything else (eval mode with gradients, GroupNorm, a
+folded ``nn.Identity``) runs the module as is, then the residual add and ReLU. Under torch.func transforms the
+plain-PyTorch specification (resnest_cuda.reference.batch_norm) runs instead. Higher derivatives
+(``create_graph=True``) are exact: the backward then differentiates the specification; with a synchronised
+SyncBatchNorm they are refused with a clear error.
 """
 
 import torch
@@ -29,9 +31,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _library  # noqa: F401  (loads the ops)
+from .norm import FrozenBatchNorm2d
 from .reference import batch_norm as reference
 
-__all__ = ["batch_norm_act", "fused_applies"]
+__all__ = ["batch_norm_act", "fused_applies", "frozen_applies"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -66,6 +69,50 @@ def fused_applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None 
     )
 
 
+def _stats_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def frozen_applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
+    """True when :func:`batch_norm_act` runs the one-pass op with fixed statistics: an eval-mode BatchNorm (running
+    statistics) or a FrozenBatchNorm2d, when nothing needs a gradient (frozen stages, inference)."""
+    if isinstance(bn, FrozenBatchNorm2d):
+        weight = bn.weight
+    elif isinstance(bn, _BatchNorm) and not bn.training and bn.running_mean is not None:
+        weight = bn.weight if bn.affine else None
+    else:
+        return False
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad
+        or (residual is not None and residual.requires_grad)
+        or (weight is not None and weight.requires_grad)
+        or (isinstance(bn, _BatchNorm) and bn.affine and bn.bias.requires_grad)
+    )
+    return (
+        not needs_grad
+        and x.dim() >= 2
+        and x.dtype in _DTYPES
+        and (weight is None or weight.dtype in (_stats_dtype(x), x.dtype))
+        and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype))
+        and not torch._C._are_functorch_transforms_active()
+    )
+
+
+def _frozen(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
+    stats = _stats_dtype(x)
+    affine = isinstance(bn, FrozenBatchNorm2d) or bn.affine
+    return torch.ops.resnest_cuda.batch_norm_act(
+        x,
+        bn.running_mean.to(stats),
+        bn.running_var.to(stats),
+        bn.weight if affine else None,
+        bn.bias if affine else None,
+        residual,
+        bn.eps,
+        relu,
+    )
+
+
 def _check_batch(x: torch.Tensor, rows: torch.Tensor | None) -> None:
     # BatchNorm's own rule: one value per channel has no variance (a masked batch is judged on the device instead).
     if rows is None and x.dim() >= 2 and x.numel() == x.shape[1] and x.shape[1] > 0:
@@ -79,18 +126,19 @@ class _BatchNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, mean, var, count, rows, eps, relu, group):
         y = torch.ops.resnest_cuda.batch_norm_act(x, mean, var, weight, bias, residual, eps, relu)
-        ctx.save_for_backward(x, y if relu else None, weight, bias, residual, mean, var, count, rows)
+        # The residual is not kept: its gradient is g, and ReLU's mask comes from y.
+        ctx.save_for_backward(x, y if relu else None, weight, bias, mean, var, count, rows)
         ctx.eps, ctx.relu, ctx.group = eps, relu, group
         ctx.has_residual = residual is not None
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, y, weight, bias, residual, mean, var, count, rows = ctx.saved_tensors
+        x, y, weight, bias, mean, var, count, rows = ctx.saved_tensors
         eps, relu, group = ctx.eps, ctx.relu, ctx.group
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():
-            return _differentiable_backward(ctx, grad_y, x, weight, bias, residual, rows)
+            return _differentiable_backward(ctx, grad_y, x, y, weight, bias, rows)
         grad_y = grad_y.contiguous(memory_format=_format_of(y if y is not None else x))
         sum_dy, sum_dy_xhat = torch.ops.resnest_cuda.batch_norm_act_backward_reduce(grad_y, x, y, mean, var, eps, relu)
         grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
@@ -117,21 +165,26 @@ def _format_of(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _differentiable_backward(ctx, grad_y, x, weight, bias, residual, rows):
-    """The backward as a graph (create_graph=True): the gradient of the plain-PyTorch specification, built from the
-    saved inputs themselves so that it stays connected to them (exact higher derivatives)."""
+def _differentiable_backward(ctx, grad_y, x, y, weight, bias, rows):
+    """The backward as a graph (create_graph=True), built from the saved inputs so that it stays connected to them:
+    g = grad_y where the ReLU passed (y <= 0 is false; the mask is constant almost everywhere), the gradient of the
+    plain-PyTorch specification of the normalisation for x, weight and bias, and g itself for the residual."""
     if ctx.group is not None:
         raise RuntimeError(
             "batch_norm_act: higher derivatives (create_graph=True) through a SyncBatchNorm synchronised over "
             "several processes are not supported; use BatchNorm, or compute them in one process"
         )
-    candidates = (x, weight, bias, residual)
+    g = torch.where(y <= 0, torch.zeros_like(grad_y), grad_y) if ctx.relu else grad_y
+    candidates = (x, weight, bias)
     wanted = [i for i, t in enumerate(candidates) if t is not None and ctx.needs_input_grad[i]]
-    y_ref = reference.batch_norm_act(x, weight, bias, residual, rows, ctx.eps, ctx.relu)[0]
-    grads = torch.autograd.grad(y_ref, [candidates[i] for i in wanted], grad_y, create_graph=True, allow_unused=True)
     out = [None] * 4
-    for i, g in zip(wanted, grads):
-        out[i] = g
+    if wanted:
+        y_lin = reference.batch_norm_act(x, weight, bias, None, rows, ctx.eps, relu=False)[0]
+        grads = torch.autograd.grad(y_lin, [candidates[i] for i in wanted], g, create_graph=True, allow_unused=True)
+        for i, grad in zip(wanted, grads):
+            out[i] = grad
+    if ctx.needs_input_grad[3]:
+        out[3] = g
     return (*out, None, None, None, None, None, None, None)
 
 
@@ -162,6 +215,8 @@ def batch_norm_act(
     uses (every row is normalised with them; other norms ignore it). With no row selected, or one value in all,
     the running statistics stay as they are (BatchNorm would refuse such a batch)."""
     if not fused_applies(bn, x, residual):
+        if frozen_applies(bn, x, residual):
+            return _frozen(bn, x, residual, relu)
         if rows is not None and _batch_statistics(bn):
             y = _reference_module(bn, x, residual, relu, rows)
         else:

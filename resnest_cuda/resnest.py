@@ -30,6 +30,61 @@ STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (4, 8, 16, 32)  # output stride of layer1..layer4 relative to the input
 
 
+class _AvgPool(torch.autograd.Function):
+    """avg_pool2d (count_include_pad, floor mode) that keeps only its input's shape for backward. torch's saves the
+    input itself, which in a bottleneck is the split-attention output: nothing else keeps it, and the backward of an
+    average pool reads only its shape."""
+
+    @staticmethod
+    def forward(ctx, x, kernel: int, stride: int, padding: int):
+        ctx.like = (x.shape, x.dtype, x.device, _memory_format(x))
+        ctx.args = (kernel, stride, padding)
+        return nn.functional.avg_pool2d(x, kernel, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AvgPoolBackward.apply(grad, ctx.like, ctx.args), None, None, None
+
+
+class _AvgPoolBackward(torch.autograd.Function):
+    """The average pool's backward (linear in grad; its own backward is the pool), differentiable to any order."""
+
+    @staticmethod
+    def forward(ctx, grad, like, args):
+        ctx.args = args
+        shape, dtype, device, memory_format = like
+        kernel, stride, padding = args
+        # Only the sizes and layout of `self` are read.
+        template = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+        return torch.ops.aten.avg_pool2d_backward(grad, template, [kernel] * 2, [stride] * 2, [padding] * 2, False,
+                                                  True, None)
+
+    @staticmethod
+    def backward(ctx, grad_grad):
+        kernel, stride, padding = ctx.args
+        return nn.functional.avg_pool2d(grad_grad, kernel, stride, padding), None, None
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _avd(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The bottleneck's AvgPool2d(3, stride, 1) through _AvgPool (nn.Identity for stride 1 as is)."""
+    plain = (
+        isinstance(pool, nn.AvgPool2d)
+        and all(isinstance(v, int) for v in (pool.kernel_size, pool.stride, pool.padding))
+        and not pool.ceil_mode
+        and pool.count_include_pad
+        and pool.divisor_override is None
+    )
+    if plain and torch.is_grad_enabled() and x.requires_grad:
+        return _AvgPool.apply(x, pool.kernel_size, pool.stride, pool.padding)
+    return pool(x)
+
+
 def avg_down_shortcut(in_channels: int, out_channels: int, stride: int, norm: NormLayer) -> nn.Sequential:
     """ResNet-D shortcut: AvgPool(stride) (identity when stride is 1) -> 1x1 conv (no bias) -> norm.
 
@@ -91,7 +146,10 @@ class Bottleneck(nn.Module):
             out = batch_norm_act(self.bn1, self.conv1(x))
         else:
             out = self.relu(self.bn1(self.conv1(x)))
-        out = self.conv2(self.avd(out)) if self.avd_first else self.avd(self.conv2(out))
+        if self.fused_norms:  # the pool after split attention keeps no copy of its input for backward
+            out = self.conv2(_avd(self.avd, out)) if self.avd_first else _avd(self.avd, self.conv2(out))
+        else:
+            out = self.conv2(self.avd(out)) if self.avd_first else self.avd(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         if self.fused_norms:
             return batch_norm_act(self.bn3, self.conv3(out), shortcut)

@@ -334,3 +334,32 @@ def test_torch_func_uses_the_specification():
     xr = x.clone().requires_grad_(True)
     f(xr).backward()
     torch.testing.assert_close(g_func, xr.grad)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fixed_statistics_one_pass(device, dtype):
+    """Eval-mode BatchNorm and FrozenBatchNorm2d with nothing needing a gradient (frozen stages, inference) run the
+    one-pass op with their running statistics: the modules' result, in both layouts; with gradients, the modules."""
+    from resnest_cuda.norm import FrozenBatchNorm2d
+
+    x, res, _, _ = _case((3, 6, 5, 4), dtype, device, seed=7)
+    bn = _bn(6, device).eval()
+    bn.running_var.uniform_(0.5, 2.0)
+    frozen = FrozenBatchNorm2d(6).to(device)
+    frozen.load_state_dict(bn.state_dict())
+    for norm in (bn, frozen):
+        for layout in ("nchw", "channels_last"):
+            xl, rl = _layout(x, layout), _layout(res, layout)
+            with torch.no_grad():
+                assert fused.frozen_applies(norm, xl, rl)
+                got = fused.batch_norm_act(norm, xl, rl)
+                want = torch.relu(norm(xl.float()).double() + rl.double())
+            assert got.dtype == dtype
+            assert_matches_reference(got, want, name=f"{type(norm).__name__} {layout}")
+            if layout == "channels_last":
+                assert got.is_contiguous(memory_format=torch.channels_last)
+    xg = x.detach().requires_grad_(True)
+    assert not fused.frozen_applies(bn, xg)  # a gradient is needed: the module path
+    fused.batch_norm_act(bn, xg).sum().backward()
+    assert xg.grad is not None

@@ -232,3 +232,39 @@ def test_avd_position(avd_first):
     model.layer2[0].conv2.register_forward_hook(lambda m, inp, out: seen.append(tuple(out.shape[2:])))
     assert model(torch.randn(2, 3, 32, 32))[0].shape == (2, 512, 4, 4)
     assert seen == [(4, 4) if avd_first else (8, 8)]
+
+
+def test_bottleneck_pool_keeps_only_the_shape_for_backward():
+    """The avd pool after split attention (impl="fused") equals nn.AvgPool2d forward, backward (both layouts) and
+    to second order, and the block saves less for backward than the same block with the plain modules."""
+    from resnest_cuda.resnest import Bottleneck, _AvgPool
+
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 3, 9, 7, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
+        y = _AvgPool.apply(x, 3, 2, 1)
+        ref = torch.nn.functional.avg_pool2d(x, 3, 2, 1)
+        g = torch.randn_like(ref)
+        assert torch.equal(y, ref)
+        assert torch.equal(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(ref, x, g)[0])
+        assert torch.autograd.gradgradcheck(lambda t: _AvgPool.apply(t, 3, 2, 1), (x,))
+
+    def saved_bytes(impl):
+        torch.manual_seed(0)
+        block = Bottleneck(64, 16, stride=2, downsample=nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(64, 64, 1),
+                                                                       nn.BatchNorm2d(64)), impl=impl)
+        x = torch.randn(2, 64, 16, 16, requires_grad=True)
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = block(x)
+        params = {p.untyped_storage().data_ptr() for p in block.parameters()}
+        return out, sum(v for k, v in storages.items() if k not in params)
+
+    fused_out, fused_saved = saved_bytes("fused")
+    ref_out, ref_saved = saved_bytes("reference")
+    torch.testing.assert_close(fused_out, ref_out, rtol=1e-5, atol=1e-5)
+    assert fused_saved <= ref_saved - 2 * 16 * 16 * 16 * 4  # at least the split-attention output [2, 16, 16, 16]
