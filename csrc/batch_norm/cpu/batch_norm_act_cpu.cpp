@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../batch_norm_act.h"
@@ -19,6 +20,13 @@ namespace {
 std::vector<double> to_vector(const std::optional<at::Tensor>& t, int64_t C, double fill) {
   std::vector<double> v(C, fill);
   if (!t.has_value()) return v;
+  if (t->is_contiguous() && (t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble)) {
+    AT_DISPATCH_FLOATING_TYPES(t->scalar_type(), "to_vector", [&] {
+      const scalar_t* p = t->data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) v[c] = static_cast<double>(p[c]);
+    });
+    return v;
+  }
   const at::Tensor d = t->to(at::kDouble).contiguous();
   std::copy(d.data_ptr<double>(), d.data_ptr<double>() + C, v.begin());
   return v;
@@ -89,6 +97,175 @@ void channel_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use, std
   }
 }
 
+// Per-channel sums of two terms, s1[c] = sum u and s2[c] = sum v over the elements of the rows n with use[n], where
+// terms(i, center, u, v) gives the terms of element i of channel c from center[c]. fp32 (opmath) partial sums in
+// kLanes independent lanes (the inner loops vectorise) are added to fp64 totals every kFlush elements, so long sums
+// keep their precision. NCHW: parallel over channels, the lanes kept across the channel's runs. channels_last:
+// parallel over blocks of positions, a partial sum per channel and block, blocks combined in a fixed order.
+template <typename acc_t, typename Terms>
+void lane_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use, const acc_t* center,
+               std::vector<double>& s1, std::vector<double>& s2, const Terms& terms) {
+  constexpr int kLanes = 16;
+  constexpr int64_t kFlush = 4096;
+  s1.assign(d.C, 0.0);
+  s2.assign(d.C, 0.0);
+  if (d.N == 0 || d.C == 0 || d.L == 0) return;
+  if (!cl && d.L < 1024) {
+    // Short runs (RoI heads, small maps): rows in memory order, each (row, channel) run summed in fp32 lanes and
+    // added to its channel's fp32 partial sum; parallel over blocks of rows, blocks combined in a fixed order.
+    const int64_t blocks = std::min<int64_t>(d.N, std::max<int64_t>(1, at::get_num_threads() * 4));
+    std::vector<double> p1(blocks * d.C, 0.0), p2(blocks * d.C, 0.0);
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> fa(d.C), fb(d.C);
+      for (int64_t blk = begin; blk < end; ++blk) {
+        std::fill(fa.begin(), fa.end(), acc_t(0));
+        std::fill(fb.begin(), fb.end(), acc_t(0));
+        double* qa = p1.data() + blk * d.C;
+        double* qb = p2.data() + blk * d.C;
+        int64_t pending = 0;
+        for (int64_t n = blk * d.N / blocks; n < (blk + 1) * d.N / blocks; ++n) {
+          if (!use[n]) continue;
+          for (int64_t c = 0; c < d.C; ++c) {
+            const int64_t base = (n * d.C + c) * d.L;
+            const acc_t m = center[c];
+            acc_t la[kLanes] = {}, lb[kLanes] = {};
+            int64_t l = 0;
+            for (; l + kLanes <= d.L; l += kLanes) {
+              for (int j = 0; j < kLanes; ++j) {
+                acc_t u, v;
+                terms(base + l + j, m, u, v);
+                la[j] += u;
+                lb[j] += v;
+              }
+            }
+            acc_t ra = 0, rb = 0;
+            for (; l < d.L; ++l) {
+              acc_t u, v;
+              terms(base + l, m, u, v);
+              ra += u;
+              rb += v;
+            }
+            for (int j = 0; j < kLanes; ++j) {
+              ra += la[j];
+              rb += lb[j];
+            }
+            fa[c] += ra;
+            fb[c] += rb;
+          }
+          pending += d.L;
+          if (pending >= kFlush) {
+            for (int64_t c = 0; c < d.C; ++c) {
+              qa[c] += fa[c];
+              qb[c] += fb[c];
+              fa[c] = fb[c] = 0;
+            }
+            pending = 0;
+          }
+        }
+        for (int64_t c = 0; c < d.C; ++c) {
+          qa[c] += fa[c];
+          qb[c] += fb[c];
+        }
+      }
+    });
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      for (int64_t c = 0; c < d.C; ++c) {
+        s1[c] += p1[blk * d.C + c];
+        s2[c] += p2[blk * d.C + c];
+      }
+    }
+    return;
+  }
+  if (!cl) {
+    at::parallel_for(0, d.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const acc_t m = center[c];
+        acc_t la[kLanes] = {}, lb[kLanes] = {};
+        double ta = 0, tb = 0;
+        int64_t pending = 0;
+        for (int64_t n = 0; n < d.N; ++n) {
+          if (!use[n]) continue;
+          const int64_t base = (n * d.C + c) * d.L;
+          int64_t l = 0;
+          for (; l + kLanes <= d.L; l += kLanes) {
+            for (int j = 0; j < kLanes; ++j) {
+              acc_t u, v;
+              terms(base + l + j, m, u, v);
+              la[j] += u;
+              lb[j] += v;
+            }
+          }
+          for (; l < d.L; ++l) {
+            acc_t u, v;
+            terms(base + l, m, u, v);
+            la[l % kLanes] += u;
+            lb[l % kLanes] += v;
+          }
+          pending += d.L;
+          if (pending >= kFlush) {
+            for (int j = 0; j < kLanes; ++j) {
+              ta += la[j];
+              tb += lb[j];
+              la[j] = lb[j] = 0;
+            }
+            pending = 0;
+          }
+        }
+        for (int j = 0; j < kLanes; ++j) {
+          ta += la[j];
+          tb += lb[j];
+        }
+        s1[c] = ta;
+        s2[c] = tb;
+      }
+    });
+    return;
+  }
+  const int64_t M = d.N * d.L;  // positions
+  const int64_t blocks = std::min<int64_t>(M, std::max<int64_t>(1, at::get_num_threads() * 4));
+  std::vector<double> p1(blocks * d.C, 0.0), p2(blocks * d.C, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> fa(d.C), fb(d.C);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      std::fill(fa.begin(), fa.end(), acc_t(0));
+      std::fill(fb.begin(), fb.end(), acc_t(0));
+      acc_t* __restrict__ pa = fa.data();
+      acc_t* __restrict__ pb = fb.data();
+      double* qa = p1.data() + blk * d.C;
+      double* qb = p2.data() + blk * d.C;
+      int64_t pending = 0;
+      for (int64_t pos = blk * M / blocks; pos < (blk + 1) * M / blocks; ++pos) {
+        if (!use[pos / d.L]) continue;
+        const int64_t base = pos * d.C;
+        for (int64_t c = 0; c < d.C; ++c) {
+          acc_t u, v;
+          terms(base + c, center[c], u, v);
+          pa[c] += u;
+          pb[c] += v;
+        }
+        if (++pending >= kFlush / kLanes) {
+          for (int64_t c = 0; c < d.C; ++c) {
+            qa[c] += pa[c];
+            qb[c] += pb[c];
+            pa[c] = pb[c] = 0;
+          }
+          pending = 0;
+        }
+      }
+      for (int64_t c = 0; c < d.C; ++c) {
+        qa[c] += pa[c];
+        qb[c] += pb[c];
+      }
+    }
+  });
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    for (int64_t c = 0; c < d.C; ++c) {
+      s1[c] += p1[blk * d.C + c];
+      s2[c] += p2[blk * d.C + c];
+    }
+  }
+}
+
 // body(n, c, offset, length) over every run, parallel over runs (c = -1: a channels_last run of all C channels).
 template <typename Body>
 void for_each_run(const BnDims& d, bool cl, const Body& body) {
@@ -119,21 +296,56 @@ inline void run_sums(int64_t length, bool per_element, double* s1, double* s2, c
     }
     return;
   }
+  constexpr int kLanes = 16;  // independent partial sums: the loop over lanes vectorises
   for (int64_t start = 0; start < length; start += 1024) {
     const int64_t stop = std::min<int64_t>(length, start + 1024);
-    acc_t a = 0, b = 0;
-    for (int64_t i = start; i < stop; ++i) {
+    acc_t a[kLanes] = {}, b[kLanes] = {};
+    int64_t i = start;
+    for (; i + kLanes <= stop; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) {
+        acc_t u, v;
+        terms(i + j, u, v);
+        a[j] += u;
+        b[j] += v;
+      }
+    }
+    for (; i < stop; ++i) {
       acc_t u, v;
       terms(i, u, v);
-      a += u;
-      b += v;
+      a[0] += u;
+      b[0] += v;
     }
-    *s1 += a;
-    *s2 += b;
+    acc_t sa = 0, sb = 0;
+    for (int j = 0; j < kLanes; ++j) {
+      sa += a[j];
+      sb += b[j];
+    }
+    *s1 += sa;
+    *s2 += sb;
   }
 }
 
 at::Tensor in_format(const at::Tensor& t, at::MemoryFormat format) { return t.contiguous(format); }
+
+// f(std::true_type) for a channels_last run (one channel per element), f(std::false_type) for an NCHW run (one
+// channel): the layout is a compile-time constant in the loops, which then vectorise.
+template <typename F>
+inline void with_flag(bool flag, const F& f) {
+  if (flag) {
+    f(std::true_type());
+  } else {
+    f(std::false_type());
+  }
+}
+
+template <typename F>
+inline void with_layout(bool channels_last, const F& f) {
+  if (channels_last) {
+    f(std::true_type());
+  } else {
+    f(std::false_type());
+  }
+}
 
 // ReLU that keeps NaN, as torch.relu; the backward passes grad where y <= 0 is false, as torch's ReLU backward.
 template <typename acc_t>
@@ -169,23 +381,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_stats_cpu(
       for (int64_t c = 0; c < d.C; ++c) shift[c] = static_cast<double>(px[cl ? c : c * d.L]);
     }
     std::vector<acc_t> shift_a(shift.begin(), shift.end());
-    channel_sums(d, cl, use, s1, s2, [&](int64_t offset, int64_t length, int64_t c, double* a, double* b) {
-      const scalar_t* __restrict__ p = px + offset;
-      if (cl) {
-        const acc_t* __restrict__ sh = shift_a.data();
-        run_sums<acc_t>(length, true, a, b, [&](int64_t i, acc_t& u, acc_t& v) {
-          const acc_t t = static_cast<acc_t>(p[i]) - sh[i];
-          u = t;
-          v = t * t;
-        });
-      } else {
-        const acc_t sh = shift_a[c];
-        run_sums<acc_t>(length, false, a, b, [&](int64_t i, acc_t& u, acc_t& v) {
-          const acc_t t = static_cast<acc_t>(p[i]) - sh;
-          u = t;
-          v = t * t;
-        });
-      }
+    lane_sums<acc_t>(d, cl, use, shift_a.data(), s1, s2, [px](int64_t i, acc_t center, acc_t& u, acc_t& v) {
+      const acc_t t = static_cast<acc_t>(px[i]) - center;
+      u = t;
+      v = t * t;
     });
   });
   const auto options = x.options().dtype(at::kDouble);
@@ -201,7 +400,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_stats_cpu(
   }
   const at::ScalarType out = bn_stats_dtype(x);
   at::Tensor count_t = at::scalar_tensor(count, options);
-  update_running_stats(mean, var, count_t, running_mean, running_var, num_batches_tracked, momentum);
+  const bool plain = running_mean.has_value() && running_mean->is_contiguous() && running_var->is_contiguous() &&
+                     running_mean->scalar_type() == running_var->scalar_type() &&
+                     (running_mean->scalar_type() == at::kFloat || running_mean->scalar_type() == at::kDouble);
+  if (plain) {
+    // update_running_stats (batch_norm_act.h) as one loop over the channels.
+    int64_t tracked = 1;
+    if (num_batches_tracked.has_value()) {
+      num_batches_tracked->add_(1);
+      tracked = num_batches_tracked->item<int64_t>();
+    }
+    const double factor = count > 1 ? (momentum >= 0 ? momentum : 1.0 / double(tracked)) : 0.0;
+    const double unbias = count > 1 ? count / (count - 1) : 1.0;
+    AT_DISPATCH_FLOATING_TYPES(running_mean->scalar_type(), "batch_norm_running_stats", [&] {
+      scalar_t* rm = running_mean->data_ptr<scalar_t>();
+      scalar_t* rv = running_var->data_ptr<scalar_t>();
+      for (int64_t c = 0; c < d.C; ++c) {
+        rm[c] = static_cast<scalar_t>(rm[c] + factor * (pm[c] - rm[c]));
+        rv[c] = static_cast<scalar_t>(rv[c] + factor * (pv[c] * unbias - rv[c]));
+      }
+    });
+  } else {
+    update_running_stats(mean, var, count_t, running_mean, running_var, num_batches_tracked, momentum);
+  }
+  if (out == at::kDouble) return {mean, var, count_t};
   return {mean.to(out), var.to(out), count_t.to(out)};
 }
 
@@ -234,31 +456,33 @@ at::Tensor batch_norm_act_cpu(const at::Tensor& x_in, const at::Tensor& mean, co
       scalar_t* __restrict__ yr = py + offset;
       const acc_t* __restrict__ scp = sc.data();
       const acc_t* __restrict__ shp = sh.data();
-      // One loop per case, constants hoisted: the compiler vectorises each.
-      const int64_t step = c < 0 ? 1 : 0;  // channels_last: one channel per element
-      const int64_t c0 = c < 0 ? 0 : c;
-      if (rr != nullptr && relu) {
-        for (int64_t i = 0; i < length; ++i) {
-          const int64_t k = c0 + step * i;
-          yr[i] = static_cast<scalar_t>(
-              relu_of<acc_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k] + static_cast<acc_t>(rr[i])));
+      // One loop per case, the layout a compile-time constant: the compiler vectorises each.
+      with_layout(c < 0, [&](auto layout) {
+        constexpr bool CL = decltype(layout)::value;
+        const int64_t c0 = c < 0 ? 0 : c;
+        if (rr != nullptr && relu) {
+          for (int64_t i = 0; i < length; ++i) {
+            const int64_t k = c0 + (CL ? i : 0);
+            yr[i] = static_cast<scalar_t>(
+                relu_of<acc_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k] + static_cast<acc_t>(rr[i])));
+          }
+        } else if (rr != nullptr) {
+          for (int64_t i = 0; i < length; ++i) {
+            const int64_t k = c0 + (CL ? i : 0);
+            yr[i] = static_cast<scalar_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k] + static_cast<acc_t>(rr[i]));
+          }
+        } else if (relu) {
+          for (int64_t i = 0; i < length; ++i) {
+            const int64_t k = c0 + (CL ? i : 0);
+            yr[i] = static_cast<scalar_t>(relu_of<acc_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k]));
+          }
+        } else {
+          for (int64_t i = 0; i < length; ++i) {
+            const int64_t k = c0 + (CL ? i : 0);
+            yr[i] = static_cast<scalar_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k]);
+          }
         }
-      } else if (rr != nullptr) {
-        for (int64_t i = 0; i < length; ++i) {
-          const int64_t k = c0 + step * i;
-          yr[i] = static_cast<scalar_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k] + static_cast<acc_t>(rr[i]));
-        }
-      } else if (relu) {
-        for (int64_t i = 0; i < length; ++i) {
-          const int64_t k = c0 + step * i;
-          yr[i] = static_cast<scalar_t>(relu_of<acc_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k]));
-        }
-      } else {
-        for (int64_t i = 0; i < length; ++i) {
-          const int64_t k = c0 + step * i;
-          yr[i] = static_cast<scalar_t>(static_cast<acc_t>(xr[i]) * scp[k] + shp[k]);
-        }
-      }
+      });
     });
   });
   return y;
@@ -284,19 +508,14 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(const at::
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pg = go.data_ptr<scalar_t>();
     const scalar_t* py = relu ? y.data_ptr<scalar_t>() : nullptr;
-    channel_sums(d, cl, every, s1, s2, [&](int64_t offset, int64_t length, int64_t c, double* a, double* b) {
-      const scalar_t* __restrict__ xr = px + offset;
-      const scalar_t* __restrict__ gr = pg + offset;
-      const scalar_t* __restrict__ yr = relu ? py + offset : nullptr;
-      const acc_t* __restrict__ mp = m_a.data() + (cl ? 0 : c);
-      const int64_t step = cl ? 1 : 0;
-      auto terms = [&](int64_t i, acc_t& u, acc_t& w) {
-        acc_t g = static_cast<acc_t>(gr[i]);
-        if (yr != nullptr) g = relu_grad(g, static_cast<acc_t>(yr[i]));
+    with_flag(relu, [&](auto relu_flag) {
+      constexpr bool RELU = decltype(relu_flag)::value;
+      lane_sums<acc_t>(d, cl, every, m_a.data(), s1, s2, [px, pg, py](int64_t i, acc_t center, acc_t& u, acc_t& w) {
+        const acc_t gy = static_cast<acc_t>(pg[i]);
+        const acc_t g = RELU && static_cast<acc_t>(py[i]) <= acc_t(0) ? acc_t(0) : gy;
         u = g;
-        w = g * (static_cast<acc_t>(xr[i]) - mp[step * i]);
-      };
-      run_sums<acc_t>(length, cl, a, b, terms);
+        w = g * (static_cast<acc_t>(px[i]) - center);
+      });
     });
   });
   const auto options = x.options().dtype(at::kDouble);
@@ -323,7 +542,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_input_cpu(
   const std::vector<double> m = to_vector(mean), v = to_vector(var), w = to_vector(weight, d.C, 1.0);
   const std::vector<double> sdy = to_vector(sum_dy), sdx = to_vector(sum_dy_xhat);
   const std::vector<uint8_t> use = row_flags(rows, d.N);
-  const double n = std::max(count.to(at::kDouble).item<double>(), 1.0);
+  const double n = std::max(count.item<double>(), 1.0);
   // grad_x = wi * (g - [row used] * (k1 + (x - mean) * k2)), wi = weight * invstd; for a row that is not used
   // k1 = k2 = 0 (the second half of each table).
   std::vector<double> wi(d.C), k1(2 * d.C, 0.0), k2(2 * d.C, 0.0);
@@ -351,20 +570,47 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_input_cpu(
       const scalar_t* __restrict__ yr = py != nullptr ? py + offset : nullptr;
       scalar_t* __restrict__ dxr = pdx + offset;
       scalar_t* __restrict__ drr = pdr != nullptr ? pdr + offset : nullptr;
-      const int64_t step = c < 0 ? 1 : 0;
       const int64_t c0 = c < 0 ? 0 : c;
       const int64_t unused = use[row] ? 0 : d.C;  // k1, k2 from the zero half for an unused row
       const acc_t* __restrict__ wp = wi_a.data() + c0;
       const acc_t* __restrict__ mp = m_a.data() + c0;
       const acc_t* __restrict__ k1p = k1_a.data() + c0 + unused;
       const acc_t* __restrict__ k2p = k2_a.data() + c0 + unused;
-      for (int64_t i = 0; i < length; ++i) {
-        const int64_t k = step * i;
-        acc_t g = static_cast<acc_t>(gr[i]);
-        if (yr != nullptr) g = relu_grad(g, static_cast<acc_t>(yr[i]));
-        dxr[i] = static_cast<scalar_t>(wp[k] * (g - (k1p[k] + (static_cast<acc_t>(xr[i]) - mp[k]) * k2p[k])));
-        if (drr != nullptr) drr[i] = static_cast<scalar_t>(g);
-      }
+      // g = grad where the ReLU passed; grad_x = wi * (g - (k1 + (x - mean) * k2)); the layout is a compile-time
+      // constant and every pointer a local restrict pointer, so each loop vectorises.
+      with_layout(c < 0, [&](auto layout) {
+        constexpr bool CL = decltype(layout)::value;
+        const scalar_t* __restrict__ xa = xr;
+        const scalar_t* __restrict__ ga = gr;
+        const scalar_t* __restrict__ ya = yr;
+        scalar_t* __restrict__ dxa = dxr;
+        scalar_t* __restrict__ dra = drr;
+        const acc_t* __restrict__ wa = wp;
+        const acc_t* __restrict__ ma = mp;
+        const acc_t* __restrict__ k1a = k1p;
+        const acc_t* __restrict__ k2a = k2p;
+        with_flag(ya != nullptr, [&](auto relu_flag) {
+          constexpr bool RELU = decltype(relu_flag)::value;
+          auto g_at = [&](int64_t i) {
+            const acc_t gy = static_cast<acc_t>(ga[i]);
+            return RELU && static_cast<acc_t>(ya[i]) <= acc_t(0) ? acc_t(0) : gy;
+          };
+          if (dra != nullptr) {
+            for (int64_t i = 0; i < length; ++i) {
+              const int64_t k = CL ? i : 0;
+              const acc_t g = g_at(i);
+              dxa[i] = static_cast<scalar_t>(wa[k] * (g - (k1a[k] + (static_cast<acc_t>(xa[i]) - ma[k]) * k2a[k])));
+              dra[i] = static_cast<scalar_t>(g);
+            }
+          } else {
+            for (int64_t i = 0; i < length; ++i) {
+              const int64_t k = CL ? i : 0;
+              const acc_t g = g_at(i);
+              dxa[i] = static_cast<scalar_t>(wa[k] * (g - (k1a[k] + (static_cast<acc_t>(xa[i]) - ma[k]) * k2a[k])));
+            }
+          }
+        });
+      });
     });
   });
   return {grad_x, grad_res};
