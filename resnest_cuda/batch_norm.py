@@ -125,6 +125,9 @@ class _BatchNormAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, residual, mean, var, count, rows, eps, relu, group):
+        # An undefined output gradient stays undefined (no zeros, no work): the split-attention tail differentiates
+        # its attention branch itself, and the outer backward then reaches this node without a gradient.
+        ctx.set_materialize_grads(False)
         y = torch.ops.resnest_cuda.batch_norm_act(x, mean, var, weight, bias, residual, eps, relu)
         # The residual is not kept: its gradient is g, and ReLU's mask comes from y.
         ctx.save_for_backward(x, y if relu else None, weight, bias, mean, var, count, rows)
@@ -134,6 +137,8 @@ class _BatchNormAct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
+        if grad_y is None:
+            return (None,) * 11
         x, y, weight, bias, mean, var, count, rows = ctx.saved_tensors
         eps, relu, group = ctx.eps, ctx.relu, ctx.group
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]

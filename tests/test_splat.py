@@ -144,3 +144,29 @@ def test_fused_training_under_torch_compile_fullgraph():
     torch.testing.assert_close(out, eager_out)
     for a, b in zip(grads, eager_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_fused_norms_add_no_backward_work_to_the_attention_branch():
+    """The split-attention tail differentiates its attention branch itself; the outer backward must not run that
+    branch again (a norm that materialised zeros for its undefined gradient would add a conv backward and a pool
+    backward per block)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    m = SplitAttentionConv2d(16, 16, radix=2).train()
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    y = m(x)
+    with Ops() as ops_seen:
+        y.sum().backward()
+    assert "resnest_cuda.split_attention_pool_backward" not in ops_seen.names
+    assert "aten.zeros" not in ops_seen.names
+    assert ops_seen.names.count("aten.convolution_backward") == 3  # fc2, fc1 (in the tail's backward), conv
