@@ -60,210 +60,128 @@ struct Runs {
   }
 };
 
-// Per-channel sums of two terms over the selected rows: term(n, c, offset, length, s1, s2) adds a run's terms to
-// s1[c], s2[c] (channels_last: to s1[0..C), s2[0..C)). NCHW: parallel over channels; channels_last: parallel over
-// blocks of positions, partial sums combined in a fixed order.
-template <typename Term>
-void channel_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use, std::vector<double>& s1,
-                  std::vector<double>& s2, const Term& term) {
-  s1.assign(d.C, 0.0);
-  s2.assign(d.C, 0.0);
-  if (d.N == 0 || d.C == 0 || d.L == 0) return;
-  if (!cl) {
-    at::parallel_for(0, d.C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        for (int64_t n = 0; n < d.N; ++n) {
-          if (use[n]) term((n * d.C + c) * d.L, d.L, c, &s1[c], &s2[c]);
+constexpr int kLanes = 16;         // independent fp32 partial sums in the reduction loops (they vectorise)
+constexpr int64_t kFlush = 4096;   // elements summed in fp32 before they are added to the fp64 totals
+
+// Per-channel fp64 sums over `units` (rows or positions), parallel over blocks of units: add(unit, fa, fb) adds one
+// unit's terms to the block's fp32 per-channel sums fa, fb and returns how many elements it added; the fp32 sums go
+// to the block's fp64 sums every kFlush elements, and the blocks' sums are added in a fixed order.
+template <typename acc_t, typename AddUnit>
+void blocked_channel_sums(int64_t units, int64_t C, std::vector<double>& s1, std::vector<double>& s2,
+                          const AddUnit& add) {
+  const int64_t blocks = std::min<int64_t>(units, std::max<int64_t>(1, at::get_num_threads() * 4));
+  std::vector<double> p1(blocks * C, 0.0), p2(blocks * C, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> fa(C), fb(C);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      double* qa = p1.data() + blk * C;
+      double* qb = p2.data() + blk * C;
+      auto flush = [&] {
+        for (int64_t c = 0; c < C; ++c) {
+          qa[c] += fa[c];
+          qb[c] += fb[c];
+          fa[c] = fb[c] = 0;
+        }
+      };
+      std::fill(fa.begin(), fa.end(), acc_t(0));
+      std::fill(fb.begin(), fb.end(), acc_t(0));
+      int64_t pending = 0;
+      for (int64_t unit = blk * units / blocks; unit < (blk + 1) * units / blocks; ++unit) {
+        pending += add(unit, fa.data(), fb.data());
+        if (pending >= kFlush) {
+          flush();
+          pending = 0;
         }
       }
-    });
-    return;
-  }
-  const int64_t M = d.N * d.L;  // positions
-  const int64_t blocks = std::min<int64_t>(M, std::max<int64_t>(1, at::get_num_threads() * 4));
-  std::vector<double> p1(blocks * d.C, 0.0), p2(blocks * d.C, 0.0);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      for (int64_t m = blk * M / blocks; m < (blk + 1) * M / blocks; ++m) {
-        if (use[m / d.L]) term(m * d.C, d.C, 0, p1.data() + blk * d.C, p2.data() + blk * d.C);
-      }
+      flush();
     }
   });
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    for (int64_t c = 0; c < d.C; ++c) {
-      s1[c] += p1[blk * d.C + c];
-      s2[c] += p2[blk * d.C + c];
+    for (int64_t c = 0; c < C; ++c) {
+      s1[c] += p1[blk * C + c];
+      s2[c] += p2[blk * C + c];
     }
   }
 }
 
+// Sum of terms(base + l, m, u, v) over l in [0, length), in kLanes fp32 lanes, added to *ra, *rb.
+template <typename acc_t, typename Terms>
+inline void run_lane_sums(int64_t base, int64_t length, acc_t m, const Terms& terms, acc_t* ra, acc_t* rb) {
+  acc_t la[kLanes] = {}, lb[kLanes] = {};
+  int64_t l = 0;
+  for (; l + kLanes <= length; l += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      acc_t u, v;
+      terms(base + l + j, m, u, v);
+      la[j] += u;
+      lb[j] += v;
+    }
+  }
+  acc_t a = 0, b = 0;
+  for (; l < length; ++l) {
+    acc_t u, v;
+    terms(base + l, m, u, v);
+    a += u;
+    b += v;
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    a += la[j];
+    b += lb[j];
+  }
+  *ra += a;
+  *rb += b;
+}
+
 // Per-channel sums of two terms, s1[c] = sum u and s2[c] = sum v over the elements of the rows n with use[n], where
-// terms(i, center, u, v) gives the terms of element i of channel c from center[c]. fp32 (opmath) partial sums in
-// kLanes independent lanes (the inner loops vectorise) are added to fp64 totals every kFlush elements, so long sums
-// keep their precision. NCHW: parallel over channels, the lanes kept across the channel's runs. channels_last:
-// parallel over blocks of positions, a partial sum per channel and block, blocks combined in a fixed order.
+// terms(i, center, u, v) gives the terms of element i of channel c from center[c], accumulated in fp32 lanes and
+// fp32 partial sums flushed to fp64 (long sums keep their precision). NCHW with long runs: parallel over channels,
+// each channel's lanes kept across its runs; NCHW with short runs (RoI heads, small maps): rows in memory order,
+// each (row, channel) run summed in lanes; channels_last: positions in memory order, one term per channel.
 template <typename acc_t, typename Terms>
 void lane_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use, const acc_t* center,
                std::vector<double>& s1, std::vector<double>& s2, const Terms& terms) {
-  constexpr int kLanes = 16;
-  constexpr int64_t kFlush = 4096;
   s1.assign(d.C, 0.0);
   s2.assign(d.C, 0.0);
   if (d.N == 0 || d.C == 0 || d.L == 0) return;
-  if (!cl && d.L < 1024) {
-    // Short runs (RoI heads, small maps): rows in memory order, each (row, channel) run summed in fp32 lanes and
-    // added to its channel's fp32 partial sum; parallel over blocks of rows, blocks combined in a fixed order.
-    const int64_t blocks = std::min<int64_t>(d.N, std::max<int64_t>(1, at::get_num_threads() * 4));
-    std::vector<double> p1(blocks * d.C, 0.0), p2(blocks * d.C, 0.0);
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> fa(d.C), fb(d.C);
-      for (int64_t blk = begin; blk < end; ++blk) {
-        std::fill(fa.begin(), fa.end(), acc_t(0));
-        std::fill(fb.begin(), fb.end(), acc_t(0));
-        double* qa = p1.data() + blk * d.C;
-        double* qb = p2.data() + blk * d.C;
-        int64_t pending = 0;
-        for (int64_t n = blk * d.N / blocks; n < (blk + 1) * d.N / blocks; ++n) {
-          if (!use[n]) continue;
-          for (int64_t c = 0; c < d.C; ++c) {
-            const int64_t base = (n * d.C + c) * d.L;
-            const acc_t m = center[c];
-            acc_t la[kLanes] = {}, lb[kLanes] = {};
-            int64_t l = 0;
-            for (; l + kLanes <= d.L; l += kLanes) {
-              for (int j = 0; j < kLanes; ++j) {
-                acc_t u, v;
-                terms(base + l + j, m, u, v);
-                la[j] += u;
-                lb[j] += v;
-              }
-            }
-            acc_t ra = 0, rb = 0;
-            for (; l < d.L; ++l) {
-              acc_t u, v;
-              terms(base + l, m, u, v);
-              ra += u;
-              rb += v;
-            }
-            for (int j = 0; j < kLanes; ++j) {
-              ra += la[j];
-              rb += lb[j];
-            }
-            fa[c] += ra;
-            fb[c] += rb;
-          }
-          pending += d.L;
-          if (pending >= kFlush) {
-            for (int64_t c = 0; c < d.C; ++c) {
-              qa[c] += fa[c];
-              qb[c] += fb[c];
-              fa[c] = fb[c] = 0;
-            }
-            pending = 0;
-          }
-        }
-        for (int64_t c = 0; c < d.C; ++c) {
-          qa[c] += fa[c];
-          qb[c] += fb[c];
-        }
-      }
-    });
-    for (int64_t blk = 0; blk < blocks; ++blk) {
+  if (cl) {
+    blocked_channel_sums<acc_t>(d.N * d.L, d.C, s1, s2, [&](int64_t pos, acc_t* fa, acc_t* fb) -> int64_t {
+      if (!use[pos / d.L]) return 0;
+      const int64_t base = pos * d.C;
       for (int64_t c = 0; c < d.C; ++c) {
-        s1[c] += p1[blk * d.C + c];
-        s2[c] += p2[blk * d.C + c];
+        acc_t u, v;
+        terms(base + c, center[c], u, v);
+        fa[c] += u;
+        fb[c] += v;
       }
-    }
-    return;
-  }
-  if (!cl) {
-    at::parallel_for(0, d.C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        const acc_t m = center[c];
-        acc_t la[kLanes] = {}, lb[kLanes] = {};
-        double ta = 0, tb = 0;
-        int64_t pending = 0;
-        for (int64_t n = 0; n < d.N; ++n) {
-          if (!use[n]) continue;
-          const int64_t base = (n * d.C + c) * d.L;
-          int64_t l = 0;
-          for (; l + kLanes <= d.L; l += kLanes) {
-            for (int j = 0; j < kLanes; ++j) {
-              acc_t u, v;
-              terms(base + l + j, m, u, v);
-              la[j] += u;
-              lb[j] += v;
-            }
-          }
-          for (; l < d.L; ++l) {
-            acc_t u, v;
-            terms(base + l, m, u, v);
-            la[l % kLanes] += u;
-            lb[l % kLanes] += v;
-          }
-          pending += d.L;
-          if (pending >= kFlush) {
-            for (int j = 0; j < kLanes; ++j) {
-              ta += la[j];
-              tb += lb[j];
-              la[j] = lb[j] = 0;
-            }
-            pending = 0;
-          }
-        }
-        for (int j = 0; j < kLanes; ++j) {
-          ta += la[j];
-          tb += lb[j];
-        }
-        s1[c] = ta;
-        s2[c] = tb;
-      }
+      return d.C;
     });
     return;
   }
-  const int64_t M = d.N * d.L;  // positions
-  const int64_t blocks = std::min<int64_t>(M, std::max<int64_t>(1, at::get_num_threads() * 4));
-  std::vector<double> p1(blocks * d.C, 0.0), p2(blocks * d.C, 0.0);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> fa(d.C), fb(d.C);
-    for (int64_t blk = begin; blk < end; ++blk) {
-      std::fill(fa.begin(), fa.end(), acc_t(0));
-      std::fill(fb.begin(), fb.end(), acc_t(0));
-      acc_t* __restrict__ pa = fa.data();
-      acc_t* __restrict__ pb = fb.data();
-      double* qa = p1.data() + blk * d.C;
-      double* qb = p2.data() + blk * d.C;
-      int64_t pending = 0;
-      for (int64_t pos = blk * M / blocks; pos < (blk + 1) * M / blocks; ++pos) {
-        if (!use[pos / d.L]) continue;
-        const int64_t base = pos * d.C;
-        for (int64_t c = 0; c < d.C; ++c) {
-          acc_t u, v;
-          terms(base + c, center[c], u, v);
-          pa[c] += u;
-          pb[c] += v;
-        }
-        if (++pending >= kFlush / kLanes) {
-          for (int64_t c = 0; c < d.C; ++c) {
-            qa[c] += pa[c];
-            qb[c] += pb[c];
-            pa[c] = pb[c] = 0;
-          }
-          pending = 0;
+  if (d.L < 1024) {
+    blocked_channel_sums<acc_t>(d.N, d.C, s1, s2, [&](int64_t n, acc_t* fa, acc_t* fb) -> int64_t {
+      if (!use[n]) return 0;
+      for (int64_t c = 0; c < d.C; ++c) run_lane_sums<acc_t>((n * d.C + c) * d.L, d.L, center[c], terms, fa + c, fb + c);
+      return d.C * d.L;
+    });
+    return;
+  }
+  at::parallel_for(0, d.C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double ta = 0, tb = 0;
+      for (int64_t n = 0; n < d.N; ++n) {
+        if (!use[n]) continue;
+        for (int64_t start = 0; start < d.L; start += kFlush) {  // kFlush elements per fp32 partial sum
+          acc_t a = 0, b = 0;
+          run_lane_sums<acc_t>((n * d.C + c) * d.L + start, std::min<int64_t>(kFlush, d.L - start), center[c], terms,
+                               &a, &b);
+          ta += a;
+          tb += b;
         }
       }
-      for (int64_t c = 0; c < d.C; ++c) {
-        qa[c] += pa[c];
-        qb[c] += pb[c];
-      }
+      s1[c] = ta;
+      s2[c] = tb;
     }
   });
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    for (int64_t c = 0; c < d.C; ++c) {
-      s1[c] += p1[blk * d.C + c];
-      s2[c] += p2[blk * d.C + c];
-    }
-  }
 }
 
 // body(n, c, offset, length) over every run, parallel over runs (c = -1: a channels_last run of all C channels).
@@ -279,50 +197,6 @@ void for_each_run(const BnDims& d, bool cl, const Body& body) {
       body(n, c, offset, runs.length());
     }
   });
-}
-
-// A run's sums in fp64, from fp32 (opmath) partial sums over blocks of at most 1024 elements: the inner loop
-// vectorises, the long sums keep their precision. u(i) and v(i) give the two terms of element i of the run, and
-// `channel_step` is 1 when the run holds one channel per element (channels_last: accumulate per element into
-// s1[i], s2[i]) and 0 when the run is one channel (accumulate into s1[0], s2[0]).
-template <typename acc_t, typename Terms>
-inline void run_sums(int64_t length, bool per_element, double* s1, double* s2, const Terms& terms) {
-  if (per_element) {
-    for (int64_t i = 0; i < length; ++i) {
-      acc_t u, v;
-      terms(i, u, v);
-      s1[i] += u;
-      s2[i] += v;
-    }
-    return;
-  }
-  constexpr int kLanes = 16;  // independent partial sums: the loop over lanes vectorises
-  for (int64_t start = 0; start < length; start += 1024) {
-    const int64_t stop = std::min<int64_t>(length, start + 1024);
-    acc_t a[kLanes] = {}, b[kLanes] = {};
-    int64_t i = start;
-    for (; i + kLanes <= stop; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) {
-        acc_t u, v;
-        terms(i + j, u, v);
-        a[j] += u;
-        b[j] += v;
-      }
-    }
-    for (; i < stop; ++i) {
-      acc_t u, v;
-      terms(i, u, v);
-      a[0] += u;
-      b[0] += v;
-    }
-    acc_t sa = 0, sb = 0;
-    for (int j = 0; j < kLanes; ++j) {
-      sa += a[j];
-      sb += b[j];
-    }
-    *s1 += sa;
-    *s2 += sb;
-  }
 }
 
 at::Tensor in_format(const at::Tensor& t, at::MemoryFormat format) { return t.contiguous(format); }
