@@ -31,46 +31,48 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _library  # noqa: F401  (loads the ops)
-from .norm import FrozenBatchNorm2d
+from .norm import FrozenBatchNorm2d, process_group_of, syncs_statistics, uses_batch_statistics
 from .reference import batch_norm as reference
 
-__all__ = ["batch_norm_act", "fused_applies", "frozen_applies"]
+__all__ = ["batch_norm_act", "fused_applies", "frozen_applies", "memory_format_of"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _sync_group(bn: nn.Module):
     """The process group a training-mode SyncBatchNorm reduces over, or None (one process: plain BatchNorm)."""
-    if not (isinstance(bn, nn.SyncBatchNorm) and bn.training and dist.is_available() and dist.is_initialized()):
-        return None
-    group = bn.process_group if bn.process_group is not None else dist.group.WORLD
-    return group if dist.get_world_size(group) > 1 else None
+    return process_group_of(bn) if bn.training and syncs_statistics(bn) else None
 
 
-def _batch_statistics(bn: nn.Module) -> bool:
-    return isinstance(bn, _BatchNorm) and (bn.training or bn.running_mean is None)
+def _stats_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _parameter_dtype_ok(bn: nn.Module, x: torch.Tensor) -> bool:
-    # fp32 parameters (fp64 for fp64 x), or parameters of x's own dtype; anything else runs (and fails) as torch's.
-    stats = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return not bn.affine or bn.weight.dtype in (stats, x.dtype)
-
-
-def fused_applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
-    """True when :func:`batch_norm_act` runs the fused ops for this norm and input."""
+def _inputs_ok(weight: torch.Tensor | None, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+    """What both fused paths accept: a floating x of at least 2 dimensions; parameters of the statistics dtype (fp32,
+    fp64 for fp64 x) or of x's own (anything else runs, and fails, as torch's modules do); a residual like x; no
+    torch.func transform."""
     return (
-        _batch_statistics(bn)
-        and x.dim() >= 2
+        x.dim() >= 2
         and x.dtype in _DTYPES
-        and _parameter_dtype_ok(bn, x)
+        and (weight is None or weight.dtype in (_stats_dtype(x), x.dtype))
         and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype))
         and not torch._C._are_functorch_transforms_active()
     )
 
 
-def _stats_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """channels_last for a channels_last-contiguous 4-D tensor that is not also NCHW-contiguous, else NCHW: the
+    layout rule of the kernels (bn_format in csrc/batch_norm/batch_norm_act.h, activation_format for split
+    attention)."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def fused_applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
+    """True when :func:`batch_norm_act` runs the fused ops for this norm and input."""
+    return uses_batch_statistics(bn) and _inputs_ok(bn.weight if bn.affine else None, x, residual)
 
 
 def frozen_applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> bool:
@@ -88,14 +90,7 @@ def frozen_applies(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None
         or (weight is not None and weight.requires_grad)
         or (isinstance(bn, _BatchNorm) and bn.affine and bn.bias.requires_grad)
     )
-    return (
-        not needs_grad
-        and x.dim() >= 2
-        and x.dtype in _DTYPES
-        and (weight is None or weight.dtype in (_stats_dtype(x), x.dtype))
-        and (residual is None or (residual.shape == x.shape and residual.dtype == x.dtype))
-        and not torch._C._are_functorch_transforms_active()
-    )
+    return not needs_grad and _inputs_ok(weight, x, residual)
 
 
 def _frozen(bn: nn.Module, x: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
@@ -132,7 +127,6 @@ class _BatchNormAct(torch.autograd.Function):
         # The residual is not kept: its gradient is g, and ReLU's mask comes from y.
         ctx.save_for_backward(x, y if relu else None, weight, bias, mean, var, count, rows)
         ctx.eps, ctx.relu, ctx.group = eps, relu, group
-        ctx.has_residual = residual is not None
         return y
 
     @staticmethod
@@ -144,7 +138,7 @@ class _BatchNormAct(torch.autograd.Function):
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():
             return _differentiable_backward(ctx, grad_y, x, y, weight, bias, rows)
-        grad_y = grad_y.contiguous(memory_format=_format_of(y if y is not None else x))
+        grad_y = grad_y.contiguous(memory_format=memory_format_of(x))  # converted once for both ops
         sum_dy, sum_dy_xhat = torch.ops.resnest_cuda.batch_norm_act_backward_reduce(grad_y, x, y, mean, var, eps, relu)
         grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
         grad_b = sum_dy.to(bias.dtype) if need_b else None
@@ -162,12 +156,6 @@ class _BatchNormAct(torch.autograd.Function):
             if not need_x:
                 grad_x = None
         return grad_x, grad_w, grad_b, grad_r if need_r else None, None, None, None, None, None, None, None
-
-
-def _format_of(t: torch.Tensor) -> torch.memory_format:
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _differentiable_backward(ctx, grad_y, x, y, weight, bias, rows):
@@ -222,7 +210,7 @@ def batch_norm_act(
     if not fused_applies(bn, x, residual):
         if frozen_applies(bn, x, residual):
             return _frozen(bn, x, residual, relu)
-        if rows is not None and _batch_statistics(bn):
+        if rows is not None and uses_batch_statistics(bn):
             y = _reference_module(bn, x, residual, relu, rows)
         else:
             y = bn(x)

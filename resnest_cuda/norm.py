@@ -18,6 +18,8 @@ __all__ = [
     "build_norm_layer",
     "uses_batch_statistics",
     "batch_statistics_are_local",
+    "process_group_of",
+    "syncs_statistics",
     "is_norm",
     "fold_norm_into_conv",
 ]
@@ -73,10 +75,7 @@ class SyncBatchNorm(nn.SyncBatchNorm):
     """
 
     def _needs_sync(self) -> bool:
-        if not (self.training and dist.is_available() and dist.is_initialized()):
-            return False
-        group = self.process_group if self.process_group is not None else dist.group.WORLD
-        return dist.get_world_size(group) > 1
+        return self.training and syncs_statistics(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._needs_sync():
@@ -119,17 +118,28 @@ def uses_batch_statistics(module: nn.Module) -> bool:
     return isinstance(module, _BatchNorm) and (module.training or module.running_mean is None)
 
 
+def process_group_of(module: nn.SyncBatchNorm):
+    """The process group a SyncBatchNorm reduces over: its ``process_group``, or WORLD."""
+    return module.process_group if module.process_group is not None else dist.group.WORLD
+
+
+def syncs_statistics(module: nn.Module) -> bool:
+    """True for a ``torch.nn.SyncBatchNorm`` (ours included) whose process group has several members in an
+    initialized torch.distributed; otherwise it behaves as BatchNorm."""
+    return (
+        isinstance(module, nn.SyncBatchNorm)
+        and dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size(process_group_of(module)) > 1
+    )
+
+
 def batch_statistics_are_local(module: nn.Module) -> bool:
     """True when ``module`` normalizes with statistics of this process's batch alone.
 
     BatchNorm in training mode, except a SyncBatchNorm that reduces over a process group of several members.
     """
-    if not uses_batch_statistics(module):
-        return False
-    if isinstance(module, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized():
-        group = module.process_group if module.process_group is not None else dist.group.WORLD
-        return dist.get_world_size(group) == 1
-    return True
+    return uses_batch_statistics(module) and not syncs_statistics(module)
 
 
 def _norm_scale_shift(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:

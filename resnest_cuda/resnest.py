@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .batch_norm import batch_norm_act
+from .batch_norm import batch_norm_act, memory_format_of
 from .norm import NormLayer, build_norm_layer, fold_norm_into_conv, is_norm
 from .splat import SplitAttentionConv2d, check_impl
 
@@ -37,7 +37,7 @@ class _AvgPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kernel: int, stride: int, padding: int):
-        ctx.like = (x.shape, x.dtype, x.device, _memory_format(x))
+        ctx.like = (x.shape, x.dtype, x.device, memory_format_of(x))
         ctx.args = (kernel, stride, padding)
         return nn.functional.avg_pool2d(x, kernel, stride, padding)
 
@@ -63,12 +63,6 @@ class _AvgPoolBackward(torch.autograd.Function):
     def backward(ctx, grad_grad):
         kernel, stride, padding = ctx.args
         return nn.functional.avg_pool2d(grad_grad, kernel, stride, padding), None, None
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _avd(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:

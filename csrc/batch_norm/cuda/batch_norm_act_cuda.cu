@@ -24,13 +24,6 @@ constexpr int kThreads = 256;
 constexpr int kTileChannels = 32;                   // channels_last reductions: channels per block (one warp)
 constexpr int kTileRows = kThreads / kTileChannels;  // rows per block
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 // Sum over the kThreads threads of a 1-D block; the result is valid in thread 0. shared: kThreads / 32 values.
 template <typename acc_t>
 __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* shared) {

@@ -83,13 +83,6 @@ struct Attention {
   }
 };
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 // Sum over a group of GROUP consecutive threads (GROUP = 32 or kThreads); the result is valid in the group's
 // first thread. `shared` holds kThreads / 32 values.
 template <int GROUP, typename acc_t>
