@@ -199,22 +199,12 @@ void for_each_run(const BnDims& d, bool cl, const Body& body) {
   });
 }
 
-at::Tensor in_format(const at::Tensor& t, at::MemoryFormat format) { return t.contiguous(format); }
 
-// f(std::true_type) for a channels_last run (one channel per element), f(std::false_type) for an NCHW run (one
-// channel): the layout is a compile-time constant in the loops, which then vectorise.
+// f(std::true_type) or f(std::false_type) as `flag`: a layout (channels_last run: one channel per element) or ReLU
+// becomes a compile-time constant in the loops, which then vectorise.
 template <typename F>
 inline void with_flag(bool flag, const F& f) {
   if (flag) {
-    f(std::true_type());
-  } else {
-    f(std::false_type());
-  }
-}
-
-template <typename F>
-inline void with_layout(bool channels_last, const F& f) {
-  if (channels_last) {
     f(std::true_type());
   } else {
     f(std::false_type());
@@ -239,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_stats_cpu(
   check_stats_args(x_in, rows, running_mean, running_var, num_batches_tracked, momentum);
   const at::MemoryFormat format = bn_format(x_in);
   const bool cl = format == at::MemoryFormat::ChannelsLast;
-  const at::Tensor x = in_format(x_in, format);
+  const at::Tensor x = x_in.contiguous(format);
   const BnDims d = bn_dims(x);
   const std::vector<uint8_t> use = row_flags(rows, d.N);
   int64_t valid = 0;
@@ -307,8 +297,8 @@ at::Tensor batch_norm_act_cpu(const at::Tensor& x_in, const at::Tensor& mean, co
   check_act_args(x_in, mean, var, weight, bias, residual, eps);
   const at::MemoryFormat format = bn_format(x_in);
   const bool cl = format == at::MemoryFormat::ChannelsLast;
-  const at::Tensor x = in_format(x_in, format);
-  const at::Tensor res = residual.has_value() ? in_format(*residual, format) : at::Tensor();
+  const at::Tensor x = x_in.contiguous(format);
+  const at::Tensor res = residual.has_value() ? residual->contiguous(format) : at::Tensor();
   const BnDims d = bn_dims(x);
   const std::vector<double> m = to_vector(mean), v = to_vector(var);
   const std::vector<double> w = to_vector(weight, d.C, 1.0), b = to_vector(bias, d.C, 0.0);
@@ -331,7 +321,7 @@ at::Tensor batch_norm_act_cpu(const at::Tensor& x_in, const at::Tensor& mean, co
       const acc_t* __restrict__ scp = sc.data();
       const acc_t* __restrict__ shp = sh.data();
       // One loop per case, the layout a compile-time constant: the compiler vectorises each.
-      with_layout(c < 0, [&](auto layout) {
+      with_flag(c < 0, [&](auto layout) {
         constexpr bool CL = decltype(layout)::value;
         const int64_t c0 = c < 0 ? 0 : c;
         if (rr != nullptr && relu) {
@@ -370,8 +360,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(const at::
   check_backward_args("batch_norm_act_backward_reduce", grad_out_in, x_in, y_in, mean, var, eps, relu);
   const at::MemoryFormat format = bn_format(x_in);
   const bool cl = format == at::MemoryFormat::ChannelsLast;
-  const at::Tensor x = in_format(x_in, format), go = in_format(grad_out_in, format);
-  const at::Tensor y = relu ? in_format(*y_in, format) : at::Tensor();
+  const at::Tensor x = x_in.contiguous(format), go = grad_out_in.contiguous(format);
+  const at::Tensor y = relu ? y_in->contiguous(format) : at::Tensor();
   const BnDims d = bn_dims(x);
   const std::vector<double> m = to_vector(mean), v = to_vector(var);
   const std::vector<uint8_t> every(d.N, 1);
@@ -410,8 +400,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_input_cpu(
   check_backward_input_args(grad_out_in, x_in, y_in, mean, var, weight, sum_dy, sum_dy_xhat, count, rows, eps, relu);
   const at::MemoryFormat format = bn_format(x_in);
   const bool cl = format == at::MemoryFormat::ChannelsLast;
-  const at::Tensor x = in_format(x_in, format), go = in_format(grad_out_in, format);
-  const at::Tensor y = relu ? in_format(*y_in, format) : at::Tensor();
+  const at::Tensor x = x_in.contiguous(format), go = grad_out_in.contiguous(format);
+  const at::Tensor y = relu ? y_in->contiguous(format) : at::Tensor();
   const BnDims d = bn_dims(x);
   const std::vector<double> m = to_vector(mean), v = to_vector(var), w = to_vector(weight, d.C, 1.0);
   const std::vector<double> sdy = to_vector(sum_dy), sdx = to_vector(sum_dy_xhat);
@@ -452,7 +442,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_input_cpu(
       const acc_t* __restrict__ k2p = k2_a.data() + c0 + unused;
       // g = grad where the ReLU passed; grad_x = wi * (g - (k1 + (x - mean) * k2)); the layout is a compile-time
       // constant and every pointer a local restrict pointer, so each loop vectorises.
-      with_layout(c < 0, [&](auto layout) {
+      with_flag(c < 0, [&](auto layout) {
         constexpr bool CL = decltype(layout)::value;
         const scalar_t* __restrict__ xa = xr;
         const scalar_t* __restrict__ ga = gr;
