@@ -168,6 +168,13 @@ class MaskRoIs(NamedTuple):
     dropped: torch.Tensor | None  # int64 [], positives left without a row (None: no cap, none ever is)
 
 
+def _check_mask_slots(mask_slots_per_image: int | None) -> None:
+    if mask_slots_per_image is not None and (
+        not isinstance(mask_slots_per_image, int) or isinstance(mask_slots_per_image, bool) or mask_slots_per_image < 1
+    ):
+        raise ValueError(f"mask_slots_per_image: expected a positive integer or None, got {mask_slots_per_image!r}")
+
+
 def select_mask_rois(
     samples: SampledRoIs, num_images: int, pos_limit: int, mask_slots_per_image: int | None = None
 ) -> MaskRoIs:
@@ -193,8 +200,7 @@ def select_mask_rois(
         slots = torch.nonzero(samples.pos).squeeze(1)
         counts = torch.bincount(samples.rois[slots, 0].long(), minlength=num_images).tolist()
         return MaskRoIs(slots, samples.pos[slots], counts, None)
-    if mask_slots_per_image < 1:
-        raise ValueError(f"mask_slots_per_image: expected a positive integer or None, got {mask_slots_per_image!r}")
+    _check_mask_slots(mask_slots_per_image)
     capacity = num_images * min(mask_slots_per_image, pos_limit)
     kept = random_subset_mask(samples.pos, capacity, keys=mask_keep_keys(samples.rois))
     dropped = samples.pos.sum() - kept.sum()
@@ -274,13 +280,6 @@ def detections_per_image(
         det_boxes, det_scores, det_labels = postprocess_detections(per_class, scores_i, score_thr, nms_iou, max_per_img)
         detections.append({"boxes": det_boxes, "scores": det_scores, "labels": det_labels})
     return detections
-
-
-def _check_mask_slots(mask_slots_per_image: int | None) -> None:
-    if mask_slots_per_image is not None and (
-        not isinstance(mask_slots_per_image, int) or isinstance(mask_slots_per_image, bool) or mask_slots_per_image < 1
-    ):
-        raise ValueError(f"mask_slots_per_image: expected a positive integer or None, got {mask_slots_per_image!r}")
 
 
 class StandardRoIHeads(nn.Module):
