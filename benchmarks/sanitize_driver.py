@@ -250,17 +250,21 @@ def batch_norm_cases(check, device, tiny):
             check.close(
                 f"{name} act", ops.batch_norm_act(dev[0], dmean, dvar, dev[2], dev[3], dev[4], 1e-5, True), y, tol
             )
-            s = ops.batch_norm_act_backward_reduce(grad, x, y, mean, var, 1e-5, True)
             y_d = place(y, device, layout) if y.dim() == 4 else y.to(device)
-            s_d = ops.batch_norm_act_backward_reduce(dev[5], dev[0], y_d, dmean, dvar, 1e-5, True)
-            for i, (a, e) in enumerate(zip(s_d, s)):
-                check.close(f"{name} backward_reduce {i}", a, e, 1e-3 if dtype != torch.float64 else 1e-9)
-            want_in = ops.batch_norm_act_backward_input(grad, x, y, mean, var, w, *s, count, rows, 1e-5, True, True)
-            got_in = ops.batch_norm_act_backward_input(
-                dev[5], dev[0], y_d, dmean, dvar, dev[2], *(t.to(device) for t in s), dcount, dev[1], 1e-5, True, True
-            )
-            for i, (a, e) in enumerate(zip(got_in, want_in)):
-                check.close(f"{name} backward_input {i}", a, e, tol)
+            d_stats = (dmean, dvar, dev[2], dev[3])
+            # The residual's form (mask read from y, g written) and the plain form (mask recomputed from x).
+            for y_cpu, y_dev in ((y, y_d), (None, None)):
+                s = ops.batch_norm_act_backward_reduce(grad, x, y_cpu, mean, var, w, b, 1e-5, True)
+                s_d = ops.batch_norm_act_backward_reduce(dev[5], dev[0], y_dev, *d_stats, 1e-5, True)
+                for i, (a, e) in enumerate(zip(s_d, s)):
+                    check.close(f"{name} backward_reduce {i}", a, e, 1e-3 if dtype != torch.float64 else 1e-9)
+                relu = y_cpu is None
+                g_cpu, g_dev = (grad, dev[5]) if relu else (s[2], s_d[2])
+                want_in = ops.batch_norm_act_backward_input(g_cpu, x, mean, var, w, b, *s[:2], count, rows, 1e-5, relu)
+                got_in = ops.batch_norm_act_backward_input(
+                    g_dev, dev[0], *d_stats, *(t.to(device) for t in s[:2]), dcount, dev[1], 1e-5, relu
+                )
+                check.close(f"{name} backward_input relu={relu}", got_in, want_in, tol)
 
 
 def main(argv=None):

@@ -7,15 +7,17 @@ step is two passes over x forward and two backward, whatever the number of ops i
 - forward: ``batch_norm_stats`` (one reduction; it also updates the running statistics on the device) and
   ``batch_norm_act`` (one elementwise pass writing ``y``);
 - backward: ``batch_norm_act_backward_reduce`` (one reduction: sum of g and of g * xhat, g = grad_y masked by the
-  ReLU) and ``batch_norm_act_backward_input`` (one elementwise pass writing grad_x and, with a residual under ReLU,
-  grad_residual).
+  ReLU) and ``batch_norm_act_backward_input`` (one elementwise pass writing grad_x). Without a residual the ReLU mask
+  is recomputed from x and the statistics, so the backward reads neither y nor a stored mask: two tensors read by
+  the reduction (grad_y, x), two read and one written by the elementwise pass. With a residual under ReLU the
+  reduction reads y for the mask and writes g, which is the residual's gradient and what the elementwise pass reads.
 
-It saves x, y (the output, which the next convolution saves anyway: one storage) and per-channel statistics: no
-fp32 copy of a 16-bit tensor. ``rows`` (bool [N]) restricts the statistics to the rows where it is True (the
-padding slots of fixed-size RoI batches must not move them); every row is normalised. A ``SyncBatchNorm`` whose
-process group has several members gathers the per-process statistics (mean, variance, count) and combines them
-before normalising, and sums the backward reductions for the input gradient, as ``torch.nn.SyncBatchNorm`` does
-(the weight and bias gradients stay local: DDP averages them).
+It saves x, per-channel statistics and, with a residual under ReLU, y (the output, which the next convolution
+saves anyway: one storage): no fp32 copy of a 16-bit tensor. ``rows`` (bool [N]) restricts the statistics to the
+rows where it is True (the padding slots of fixed-size RoI batches must not move them); every row is normalised.
+A ``SyncBatchNorm`` whose process group has several members gathers the per-process statistics (mean, variance,
+count) and combines them before normalising, and sums the backward reductions for the input gradient, as
+``torch.nn.SyncBatchNorm`` does (the weight and bias gradients stay local: DDP averages them).
 
 With fixed statistics (an eval-mode BatchNorm, a FrozenBatchNorm2d: frozen stages, inference) and nothing needing a
 gradient it is the one elementwise pass of ``batch_norm_act``. Anything else (eval mode with gradients, GroupNorm, a
@@ -124,8 +126,9 @@ class _BatchNormAct(torch.autograd.Function):
         # its attention branch itself, and the outer backward then reaches this node without a gradient.
         ctx.set_materialize_grads(False)
         y = torch.ops.resnest_cuda.batch_norm_act(x, mean, var, weight, bias, residual, eps, relu)
-        # The residual is not kept: its gradient is g, and ReLU's mask comes from y.
-        ctx.save_for_backward(x, y if relu else None, weight, bias, mean, var, count, rows)
+        # The residual is not kept (its gradient is g). y is kept only where the ReLU mask cannot be recomputed
+        # from x and the statistics: with a residual.
+        ctx.save_for_backward(x, y if relu and residual is not None else None, weight, bias, mean, var, count, rows)
         ctx.eps, ctx.relu, ctx.group = eps, relu, group
         return y
 
@@ -137,37 +140,46 @@ class _BatchNormAct(torch.autograd.Function):
         eps, relu, group = ctx.eps, ctx.relu, ctx.group
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():
-            return _differentiable_backward(ctx, grad_y, x, y, weight, bias, rows)
+            return _differentiable_backward(ctx, grad_y, x, y, weight, bias, mean, var, rows)
         grad_y = grad_y.contiguous(memory_format=memory_format_of(x))  # converted once for both ops
-        sum_dy, sum_dy_xhat = torch.ops.resnest_cuda.batch_norm_act_backward_reduce(grad_y, x, y, mean, var, eps, relu)
+        sum_dy, sum_dy_xhat, g = torch.ops.resnest_cuda.batch_norm_act_backward_reduce(
+            grad_y, x, y, mean, var, weight, bias, eps, relu
+        )
+        # y given: g is grad_y through the ReLU; input_relu: the elementwise pass masks grad_y itself.
+        input_relu = relu and y is None
+        if not relu:
+            g = grad_y
         grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
         grad_b = sum_dy.to(bias.dtype) if need_b else None
-        grad_x = grad_r = None
-        if need_x or need_r:
-            if group is not None and need_x:
+        grad_x = None
+        if need_x:
+            if group is not None:
                 both = torch.cat([sum_dy, sum_dy_xhat])
                 dist.all_reduce(both, group=group)
                 sum_dy, sum_dy_xhat = both.chunk(2)
-            grad_x, grad_r = torch.ops.resnest_cuda.batch_norm_act_backward_input(
-                grad_y, x, y, mean, var, weight, sum_dy, sum_dy_xhat, count, rows, eps, relu, need_r
+            grad_x = torch.ops.resnest_cuda.batch_norm_act_backward_input(
+                grad_y if input_relu else g, x, mean, var, weight, bias, sum_dy, sum_dy_xhat, count, rows, eps,
+                input_relu,
             )
-            if need_r and not relu:
-                grad_r = grad_y
-            if not need_x:
-                grad_x = None
-        return grad_x, grad_w, grad_b, grad_r if need_r else None, None, None, None, None, None, None, None
+        return grad_x, grad_w, grad_b, g if need_r else None, None, None, None, None, None, None, None
 
 
-def _differentiable_backward(ctx, grad_y, x, y, weight, bias, rows):
+def _differentiable_backward(ctx, grad_y, x, y, weight, bias, mean, var, rows):
     """The backward as a graph (create_graph=True), built from the saved inputs so that it stays connected to them:
-    g = grad_y where the ReLU passed (y <= 0 is false; the mask is constant almost everywhere), the gradient of the
-    plain-PyTorch specification of the normalisation for x, weight and bias, and g itself for the residual."""
+    g = grad_y where the ReLU passed (y <= 0 is false, y recomputed by the forward op when it was not kept; the mask
+    is constant almost everywhere), the gradient of the plain-PyTorch specification of the normalisation for x,
+    weight and bias, and g itself for the residual."""
     if ctx.group is not None:
         raise RuntimeError(
             "batch_norm_act: higher derivatives (create_graph=True) through a SyncBatchNorm synchronised over "
             "several processes are not supported; use BatchNorm, or compute them in one process"
         )
-    g = torch.where(y <= 0, torch.zeros_like(grad_y), grad_y) if ctx.relu else grad_y
+    g = grad_y
+    if ctx.relu:
+        if y is None:
+            with torch.no_grad():
+                y = torch.ops.resnest_cuda.batch_norm_act(x, mean, var, weight, bias, None, ctx.eps, True)
+        g = torch.where(y <= 0, torch.zeros_like(grad_y), grad_y)
     candidates = (x, weight, bias)
     wanted = [i for i, t in enumerate(candidates) if t is not None and ctx.needs_input_grad[i]]
     out = [None] * 4

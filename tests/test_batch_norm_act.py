@@ -231,6 +231,44 @@ def test_gradcheck_and_gradgradcheck(device):
 
 
 @pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_recomputed_relu_mask_equals_the_forward(device, dtype):
+    """Without a residual the backward recomputes the ReLU mask from x and the statistics; with y it reads the mask
+    from the forward output. On inputs packed around the ReLU's threshold (x * scale + shift within a few ulps of 0,
+    and below the 16-bit types' smallest values) both give bitwise the same sums and input gradient, and the
+    masked gradient matches torch's ReLU backward on the forward's y."""
+    ops = torch.ops.resnest_cuda
+    stats = torch.float64 if dtype == torch.float64 else torch.float32
+    c = 6
+    g = torch.Generator().manual_seed(3)
+    mean = torch.linspace(-0.7, 0.9, c, dtype=stats)
+    var = torch.linspace(0.3, 2.5, c, dtype=stats)
+    w = torch.linspace(0.4, 1.7, c, dtype=stats)
+    b = torch.linspace(-0.5, 0.6, c, dtype=stats)
+    scale = w.double() / torch.sqrt(var.double() + 1e-5)
+    root = mean.double() - b.double() / scale  # x * scale + shift = 0 here
+    spread = torch.tensor([1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 0.0], dtype=torch.float64)
+    noise = torch.randn(16, c, 5, 7, generator=g, dtype=torch.float64)
+    picks = spread[torch.randint(0, len(spread), (16, 1, 5, 7), generator=g)]
+    x = (root.view(1, c, 1, 1) + noise * picks).to(dtype).to(device)
+    grad = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+    mean, var, w, b = (t.to(device) for t in (mean, var, w, b))
+    y = ops.batch_norm_act(x, mean, var, w, b, None, 1e-5, True)
+    assert (y == 0).any() and (y > 0).any()
+    s_read = ops.batch_norm_act_backward_reduce(grad, x, y, mean, var, w, b, 1e-5, True)
+    s_comp = ops.batch_norm_act_backward_reduce(grad, x, None, mean, var, w, b, 1e-5, True)
+    masked = torch.ops.aten.threshold_backward(grad, y, 0)  # torch's ReLU backward on the forward's output
+    assert torch.equal(s_read[2], masked)
+    assert s_comp[2].numel() == 0
+    assert torch.equal(s_read[0], s_comp[0]) and torch.equal(s_read[1], s_comp[1])
+    count = torch.tensor(float(x.numel() // c), dtype=stats, device=device)
+    args = (mean, var, w, b, s_read[0], s_read[1], count, None, 1e-5)
+    dx_comp = ops.batch_norm_act_backward_input(grad, x, *args, True)
+    dx_read = ops.batch_norm_act_backward_input(s_read[2], x, *args, False)
+    assert torch.equal(dx_comp, dx_read)
+
+
+@pytest.mark.parametrize("device", devices())
 def test_opcheck(device):
     ops = torch.ops.resnest_cuda
     for dtype in (torch.float32, torch.bfloat16):
@@ -245,11 +283,13 @@ def test_opcheck(device):
         torch.library.opcheck(ops.batch_norm_act, (x, mean, var, w, b, res, 1e-5, True))
         y = ops.batch_norm_act(x, mean, var, w, b, res, 1e-5, True)
         g = torch.randn_like(x)
-        torch.library.opcheck(ops.batch_norm_act_backward_reduce, (g, x, y, mean, var, 1e-5, True))
-        sdy, sdx = ops.batch_norm_act_backward_reduce(g, x, y, mean, var, 1e-5, True)
-        torch.library.opcheck(
-            ops.batch_norm_act_backward_input, (g, x, y, mean, var, w, sdy, sdx, count, rows, 1e-5, True, True)
-        )
+        for y_read in (y, None):  # mask read from y (g written) or recomputed from x
+            torch.library.opcheck(ops.batch_norm_act_backward_reduce, (g, x, y_read, mean, var, w, b, 1e-5, True))
+        sdy, sdx, _ = ops.batch_norm_act_backward_reduce(g, x, None, mean, var, w, b, 1e-5, True)
+        for relu in (True, False):
+            torch.library.opcheck(
+                ops.batch_norm_act_backward_input, (g, x, mean, var, w, b, sdy, sdx, count, rows, 1e-5, relu)
+            )
 
 
 @pytest.mark.parametrize("device", devices())
@@ -304,8 +344,12 @@ def test_bad_arguments_raise_clear_errors(device):
         ops.batch_norm_act(x, mean, var, None, None, torch.ones(3, 4, device=device), 1e-5, True)
     with pytest.raises(ValueError, match="eps must be >= 0"):
         ops.batch_norm_act(x, mean, var, None, None, None, -1.0, True)
-    with pytest.raises(ValueError, match="y \\(the forward output\\) is needed"):
-        ops.batch_norm_act_backward_reduce(x, x, None, mean, var, 1e-5, True)
+    with pytest.raises(ValueError, match="y \\(the forward output\\) is only read with relu=True"):
+        ops.batch_norm_act_backward_reduce(x, x, x, mean, var, None, None, 1e-5, False)
+    with pytest.raises(ValueError, match="bias must have shape \\[4\\]"):
+        ops.batch_norm_act_backward_reduce(x, x, None, mean, var, None, torch.ones(3, device=device), 1e-5, True)
+    with pytest.raises(ValueError, match="count must be a 0-d tensor"):
+        ops.batch_norm_act_backward_input(x, x, mean, var, None, None, mean, var, mean, None, 1e-5, True)
     with pytest.raises(ValueError, match="running_mean and running_var must be given together"):
         ops.batch_norm_stats(x, None, torch.zeros(4, device=device), None)
     with pytest.raises(ValueError, match="rows must be a bool tensor of shape"):

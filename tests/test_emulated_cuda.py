@@ -436,18 +436,40 @@ def test_batch_norm_kernels(case, dtype):
     mean, var, count = compare_everywhere("batch_norm_stats", (x, rows), dtype, settings=settings, sm_count=8)
     y = compare_everywhere("batch_norm_act", (x, mean, var, weight, bias, res, 1e-5, True), dtype, settings=settings)[0]
     compare_everywhere("batch_norm_act", (x, mean, var, None, None, None, 1e-5, False), dtype, settings=settings[:1])
-    sum_dy, sum_dy_xhat = compare_everywhere(
-        "batch_norm_act_backward_reduce", (grad, x, y, mean, var, 1e-5, True), dtype, settings=settings, sm_count=8
+    # The residual's form (mask read from y, g written) and the plain form (mask recomputed from x).
+    sum_dy, sum_dy_xhat, g = compare_everywhere(
+        "batch_norm_act_backward_reduce",
+        (grad, x, y, mean, var, weight, bias, 1e-5, True),
+        dtype,
+        settings=settings,
+        sm_count=8,
     )
+    y_plain = compare_everywhere(
+        "batch_norm_act", (x, mean, var, weight, bias, None, 1e-5, True), dtype, settings=settings[:1]
+    )[0]
+    plain = compare_everywhere(
+        "batch_norm_act_backward_reduce",
+        (grad, x, None, mean, var, weight, bias, 1e-5, True),
+        dtype,
+        settings=settings,
+        sm_count=8,
+    )
+    assert (y_plain == 0).any() and (y_plain > 0).any()
     compare_everywhere(
         "batch_norm_act_backward_input",
-        (grad, x, y, mean, var, weight, sum_dy, sum_dy_xhat, count, rows, 1e-5, True, True),
+        (g, x, mean, var, weight, bias, sum_dy, sum_dy_xhat, count, rows, 1e-5, False),
         dtype,
         settings=settings,
     )
     compare_everywhere(
         "batch_norm_act_backward_input",
-        (grad, x, None, mean, var, None, sum_dy, sum_dy_xhat, count, None, 1e-5, False, False),
+        (grad, x, mean, var, weight, bias, plain[0], plain[1], count, rows, 1e-5, True),
+        dtype,
+        settings=settings,
+    )
+    compare_everywhere(
+        "batch_norm_act_backward_input",
+        (grad, x, mean, var, None, None, sum_dy, sum_dy_xhat, count, None, 1e-5, False),
         dtype,
         settings=settings[:1],
     )
@@ -479,12 +501,15 @@ def test_batch_norm_empty_and_zero_channel_inputs():
         mean, var, count = compare_everywhere("batch_norm_stats", (x, None), settings=SETTINGS[:1])
         assert count.item() == shape[0] * shape[2] * shape[3]
         y = compare_everywhere("batch_norm_act", (x, mean, var, None, None, None, 1e-5, True), settings=SETTINGS[:1])
-        sums = compare_everywhere(
-            "batch_norm_act_backward_reduce", (x, x, y[0], mean, var, 1e-5, True), settings=SETTINGS[:1]
-        )
+        for y_read in (y[0], None):
+            sums = compare_everywhere(
+                "batch_norm_act_backward_reduce",
+                (x, x, y_read, mean, var, None, None, 1e-5, True),
+                settings=SETTINGS[:1],
+            )
         compare_everywhere(
             "batch_norm_act_backward_input",
-            (x, x, y[0], mean, var, None, *sums, count, None, 1e-5, True, True),
+            (x, x, mean, var, None, None, sums[0], sums[1], count, None, 1e-5, True),
             settings=SETTINGS[:1],
         )
 

@@ -27,21 +27,23 @@ at::Tensor act_meta(const at::Tensor& x, const at::Tensor& mean, const at::Tenso
   return empty_like_x(x);
 }
 
-std::tuple<at::Tensor, at::Tensor> backward_reduce_meta(const at::Tensor& grad_out, const at::Tensor& x,
-                                                        const std::optional<at::Tensor>& y, const at::Tensor& mean,
-                                                        const at::Tensor& var, double eps, bool relu) {
-  check_backward_args("batch_norm_act_backward_reduce", grad_out, x, y, mean, var, eps, relu);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_reduce_meta(
+    const at::Tensor& grad_out, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& mean,
+    const at::Tensor& var, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+    bool relu) {
+  check_backward_reduce_args(grad_out, x, y, mean, var, weight, bias, eps, relu);
   const auto options = x.options().dtype(bn_stats_dtype(x));
-  return {at::empty_symint({x.sym_size(1)}, options), at::empty_symint({x.sym_size(1)}, options)};
+  return {at::empty_symint({x.sym_size(1)}, options), at::empty_symint({x.sym_size(1)}, options),
+          y.has_value() ? empty_like_x(x) : at::empty({0}, x.options())};
 }
 
-std::tuple<at::Tensor, at::Tensor> backward_input_meta(
-    const at::Tensor& grad_out, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& mean,
-    const at::Tensor& var, const std::optional<at::Tensor>& weight, const at::Tensor& sum_dy,
-    const at::Tensor& sum_dy_xhat, const at::Tensor& count, const std::optional<at::Tensor>& rows, double eps,
-    bool relu, bool residual_grad) {
-  check_backward_input_args(grad_out, x, y, mean, var, weight, sum_dy, sum_dy_xhat, count, rows, eps, relu);
-  return {empty_like_x(x), residual_grad && relu ? empty_like_x(x) : at::empty({0}, x.options())};
+at::Tensor backward_input_meta(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,
+                               const at::Tensor& var, const std::optional<at::Tensor>& weight,
+                               const std::optional<at::Tensor>& bias, const at::Tensor& sum_dy,
+                               const at::Tensor& sum_dy_xhat, const at::Tensor& count,
+                               const std::optional<at::Tensor>& rows, double eps, bool relu) {
+  check_backward_input_args(grad_out, x, mean, var, weight, bias, sum_dy, sum_dy_xhat, count, rows, eps);
+  return empty_like_x(x);
 }
 
 }  // namespace
@@ -56,15 +58,19 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
   m.def(
       "batch_norm_act(Tensor x, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, Tensor? residual, float eps,"
       " bool relu) -> Tensor");
+  // g = grad_out where the ReLU passed (grad_out itself with relu=False). With y, the forward output (a residual was
+  // added before the ReLU), the mask is read from y and g is written as grad_act (the residual's gradient, and the
+  // grad_out of batch_norm_act_backward_input with relu=False); without it the mask is recomputed from x, mean, var,
+  // weight and bias as the forward computed y, and grad_act is empty.
   m.def(
-      "batch_norm_act_backward_reduce(Tensor grad_out, Tensor x, Tensor? y, Tensor mean, Tensor var, float eps,"
-      " bool relu) -> (Tensor sum_dy, Tensor sum_dy_xhat)");
-  // grad_residual is g = grad_out * (y > 0), written in the same pass as grad_x, when residual_grad and relu
-  // (without ReLU the residual's gradient is grad_out itself); otherwise an empty tensor.
+      "batch_norm_act_backward_reduce(Tensor grad_out, Tensor x, Tensor? y, Tensor mean, Tensor var, Tensor? weight,"
+      " Tensor? bias, float eps, bool relu) -> (Tensor sum_dy, Tensor sum_dy_xhat, Tensor grad_act)");
+  // relu=True: grad_out is the gradient of y = relu(bn(x)) (no residual), the mask recomputed from x; relu=False:
+  // grad_out is the gradient of bn(x) itself (g).
   m.def(
-      "batch_norm_act_backward_input(Tensor grad_out, Tensor x, Tensor? y, Tensor mean, Tensor var, Tensor? weight,"
-      " Tensor sum_dy, Tensor sum_dy_xhat, Tensor count, Tensor? rows, float eps, bool relu, bool residual_grad)"
-      " -> (Tensor grad_x, Tensor grad_residual)");
+      "batch_norm_act_backward_input(Tensor grad_out, Tensor x, Tensor mean, Tensor var, Tensor? weight,"
+      " Tensor? bias, Tensor sum_dy, Tensor sum_dy_xhat, Tensor count, Tensor? rows, float eps, bool relu)"
+      " -> Tensor grad_x");
 }
 
 TORCH_LIBRARY_IMPL(resnest_cuda, Meta, m) {

@@ -10,11 +10,13 @@
 //   batch_norm_act            y = act(((x - mean) * rsqrt(var + eps)) * weight + bias (+ residual)), act = ReLU or
 //                             identity (one pass)
 //   batch_norm_act_backward_reduce
-//                             g = grad_y * (y > 0) (grad_y without ReLU): sum_dy = sum g, sum_dy_xhat =
-//                             sum g * xhat, over every row (one pass)
+//                             g = grad_y * (y > 0) (grad_y itself without ReLU): sum_dy = sum g, sum_dy_xhat =
+//                             sum g * xhat, over every row (one pass). With the forward output y (a residual was
+//                             added before the ReLU) it also writes g, the residual's gradient; without it the ReLU
+//                             mask is recomputed from x, the statistics, weight and bias, so y is not read
 //   batch_norm_act_backward_input
-//                             grad_x = weight * invstd * (g - [row selected] (sum_dy + xhat * sum_dy_xhat) / count),
-//                             and grad_residual = g when asked for (one pass)
+//                             grad_x = weight * invstd * (g - [row selected] (sum_dy + xhat * sum_dy_xhat) / count)
+//                             (one pass), g as above with the mask recomputed from x, or grad_out itself
 //
 // Statistics and the per-channel tensors are fp32 (fp64 for fp64 x); x, y, residual and the gradients of x and
 // residual keep x's dtype (fp32, fp16, bf16 or fp64). Between the reduction and the elementwise pass a
@@ -154,25 +156,36 @@ inline void check_act_args(const at::Tensor& x, const at::Tensor& mean, const at
 }
 
 inline void check_backward_args(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
-                                const std::optional<at::Tensor>& y, const at::Tensor& mean, const at::Tensor& var,
-                                double eps, bool relu) {
+                                const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& weight,
+                                const std::optional<at::Tensor>& bias, double eps) {
   check_bn_input(x, op);
   check_like_x(grad_out, x, op, "grad_out");
-  TORCH_CHECK_VALUE(!relu || y.has_value(), op, ": y (the forward output) is needed with relu=True");
-  if (y.has_value()) check_like_x(*y, x, op, "y");
   check_channel_vector(mean, x, op, "mean", false);
   check_channel_vector(var, x, op, "var", false);
+  if (weight.has_value()) check_channel_vector(*weight, x, op, "weight", true);
+  if (bias.has_value()) check_channel_vector(*bias, x, op, "bias", true);
   check_eps(eps, op);
 }
 
-inline void check_backward_input_args(const at::Tensor& grad_out, const at::Tensor& x,
-                                      const std::optional<at::Tensor>& y, const at::Tensor& mean,
+inline void check_backward_reduce_args(const at::Tensor& grad_out, const at::Tensor& x,
+                                       const std::optional<at::Tensor>& y, const at::Tensor& mean,
+                                       const at::Tensor& var, const std::optional<at::Tensor>& weight,
+                                       const std::optional<at::Tensor>& bias, double eps, bool relu) {
+  const char* op = "batch_norm_act_backward_reduce";
+  check_backward_args(op, grad_out, x, mean, var, weight, bias, eps);
+  if (y.has_value()) {
+    TORCH_CHECK_VALUE(relu, op, ": y (the forward output) is only read with relu=True");
+    check_like_x(*y, x, op, "y");
+  }
+}
+
+inline void check_backward_input_args(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,
                                       const at::Tensor& var, const std::optional<at::Tensor>& weight,
-                                      const at::Tensor& sum_dy, const at::Tensor& sum_dy_xhat, const at::Tensor& count,
-                                      const std::optional<at::Tensor>& rows, double eps, bool relu) {
+                                      const std::optional<at::Tensor>& bias, const at::Tensor& sum_dy,
+                                      const at::Tensor& sum_dy_xhat, const at::Tensor& count,
+                                      const std::optional<at::Tensor>& rows, double eps) {
   const char* op = "batch_norm_act_backward_input";
-  check_backward_args(op, grad_out, x, y, mean, var, eps, relu);
-  if (weight.has_value()) check_channel_vector(*weight, x, op, "weight", true);
+  check_backward_args(op, grad_out, x, mean, var, weight, bias, eps);
   check_channel_vector(sum_dy, x, op, "sum_dy", false);
   check_channel_vector(sum_dy_xhat, x, op, "sum_dy_xhat", false);
   check_count(count, x, op);

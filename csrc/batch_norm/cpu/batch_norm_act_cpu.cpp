@@ -105,8 +105,8 @@ void blocked_channel_sums(int64_t units, int64_t C, std::vector<double>& s1, std
 }
 
 // Sum of terms(base + l, m, u, v) over l in [0, length), in kLanes fp32 lanes, added to *ra, *rb.
-template <typename acc_t, typename Terms>
-inline void run_lane_sums(int64_t base, int64_t length, acc_t m, const Terms& terms, acc_t* ra, acc_t* rb) {
+template <typename acc_t, typename Center, typename Terms>
+inline void run_lane_sums(int64_t base, int64_t length, const Center& m, const Terms& terms, acc_t* ra, acc_t* rb) {
   acc_t la[kLanes] = {}, lb[kLanes] = {};
   int64_t l = 0;
   for (; l + kLanes <= length; l += kLanes) {
@@ -133,12 +133,12 @@ inline void run_lane_sums(int64_t base, int64_t length, acc_t m, const Terms& te
 }
 
 // Per-channel sums of two terms, s1[c] = sum u and s2[c] = sum v over the elements of the rows n with use[n], where
-// terms(i, center, u, v) gives the terms of element i of channel c from center[c], accumulated in fp32 lanes and
+// terms(i, center[c], u, v) gives the terms of element i of channel c (center: the channel's constants), accumulated in fp32 lanes and
 // fp32 partial sums flushed to fp64 (long sums keep their precision). NCHW with long runs: parallel over channels,
 // each channel's lanes kept across its runs; NCHW with short runs (RoI heads, small maps): rows in memory order,
 // each (row, channel) run summed in lanes; channels_last: positions in memory order, one term per channel.
-template <typename acc_t, typename Terms>
-void lane_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use, const acc_t* center,
+template <typename acc_t, typename Center, typename Terms>
+void lane_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use, const Center* center,
                std::vector<double>& s1, std::vector<double>& s2, const Terms& terms) {
   s1.assign(d.C, 0.0);
   s2.assign(d.C, 0.0);
@@ -222,6 +222,29 @@ inline acc_t relu_grad(acc_t g, acc_t y) {
   return y <= acc_t(0) ? acc_t(0) : g;
 }
 
+// The forward's per-channel affine map, y = act(x * scale_c + shift_c (+ residual)): scale_c = weight_c /
+// sqrt(var_c + eps), shift_c = bias_c - mean_c * scale_c, in fp64, used in the computation's dtype. The backward
+// recomputes the ReLU mask with the same numbers, so the mask equals the forward's exactly.
+void affine_of(const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& weight,
+               const std::optional<at::Tensor>& bias, double eps, int64_t C, std::vector<double>& scale,
+               std::vector<double>& shift) {
+  const std::vector<double> m = to_vector(mean), v = to_vector(var);
+  const std::vector<double> w = to_vector(weight, C, 1.0), b = to_vector(bias, C, 0.0);
+  scale.resize(C);
+  shift.resize(C);
+  for (int64_t c = 0; c < C; ++c) {
+    scale[c] = w[c] / std::sqrt(v[c] + eps);
+    shift[c] = b[c] - m[c] * scale[c];
+  }
+}
+
+// The forward's ReLU mask at x from the affine map: y <= 0 for y = relu(x * scale + shift) in scalar_t (the cast
+// keeps the sign, so this is the cast value's sign; NaN passes, as torch's ReLU backward).
+template <typename scalar_t, typename acc_t>
+inline bool relu_blocked(acc_t x, acc_t scale, acc_t shift) {
+  return static_cast<acc_t>(static_cast<scalar_t>(x * scale + shift)) <= acc_t(0);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_stats_cpu(
     const at::Tensor& x_in, const std::optional<at::Tensor>& rows, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, const std::optional<at::Tensor>& num_batches_tracked,
@@ -245,7 +268,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_stats_cpu(
       for (int64_t c = 0; c < d.C; ++c) shift[c] = static_cast<double>(px[cl ? c : c * d.L]);
     }
     std::vector<acc_t> shift_a(shift.begin(), shift.end());
-    lane_sums<acc_t>(d, cl, use, shift_a.data(), s1, s2, [px](int64_t i, acc_t center, acc_t& u, acc_t& v) {
+    lane_sums<acc_t>(d, cl, use, shift_a.data(), s1, s2, [px](int64_t i, const acc_t& center, acc_t& u, acc_t& v) {
       const acc_t t = static_cast<acc_t>(px[i]) - center;
       u = t;
       v = t * t;
@@ -300,13 +323,8 @@ at::Tensor batch_norm_act_cpu(const at::Tensor& x_in, const at::Tensor& mean, co
   const at::Tensor x = x_in.contiguous(format);
   const at::Tensor res = residual.has_value() ? residual->contiguous(format) : at::Tensor();
   const BnDims d = bn_dims(x);
-  const std::vector<double> m = to_vector(mean), v = to_vector(var);
-  const std::vector<double> w = to_vector(weight, d.C, 1.0), b = to_vector(bias, d.C, 0.0);
-  std::vector<double> scale(d.C), shift(d.C);
-  for (int64_t c = 0; c < d.C; ++c) {
-    scale[c] = w[c] / std::sqrt(v[c] + eps);
-    shift[c] = b[c] - m[c] * scale[c];
-  }
+  std::vector<double> scale, shift;
+  affine_of(mean, var, weight, bias, eps, d.C, scale, shift);
   at::Tensor y = empty_like_x(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_act_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -352,35 +370,65 @@ at::Tensor batch_norm_act_cpu(const at::Tensor& x_in, const at::Tensor& mean, co
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(const at::Tensor& grad_out_in,
-                                                                      const at::Tensor& x_in,
-                                                                      const std::optional<at::Tensor>& y_in,
-                                                                      const at::Tensor& mean, const at::Tensor& var,
-                                                                      double eps, bool relu) {
-  check_backward_args("batch_norm_act_backward_reduce", grad_out_in, x_in, y_in, mean, var, eps, relu);
+// The per-channel constants of the backward reduction: the mean (the terms are centred on it) and the forward's
+// affine map (the recomputed ReLU mask).
+template <typename acc_t>
+struct GradCenter {
+  acc_t mean, scale, shift;
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
+    const at::Tensor& grad_out_in, const at::Tensor& x_in, const std::optional<at::Tensor>& y_in,
+    const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, double eps, bool relu) {
+  check_backward_reduce_args(grad_out_in, x_in, y_in, mean, var, weight, bias, eps, relu);
   const at::MemoryFormat format = bn_format(x_in);
   const bool cl = format == at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(format), go = grad_out_in.contiguous(format);
-  const at::Tensor y = relu ? y_in->contiguous(format) : at::Tensor();
+  const bool from_y = y_in.has_value();
+  const at::Tensor y = from_y ? y_in->contiguous(format) : at::Tensor();
+  at::Tensor grad_act = from_y ? empty_like_x(x) : at::empty({0}, x.options());
   const BnDims d = bn_dims(x);
   const std::vector<double> m = to_vector(mean), v = to_vector(var);
+  std::vector<double> scale, shift;
+  affine_of(mean, var, weight, bias, eps, d.C, scale, shift);
   const std::vector<uint8_t> every(d.N, 1);
   std::vector<double> s1, s2;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_act_backward_reduce", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const std::vector<acc_t> m_a(m.begin(), m.end());
+    std::vector<GradCenter<acc_t>> centers(d.C);
+    for (int64_t c = 0; c < d.C; ++c) {
+      centers[c] = {static_cast<acc_t>(m[c]), static_cast<acc_t>(scale[c]), static_cast<acc_t>(shift[c])};
+    }
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pg = go.data_ptr<scalar_t>();
-    const scalar_t* py = relu ? y.data_ptr<scalar_t>() : nullptr;
-    with_flag(relu, [&](auto relu_flag) {
-      constexpr bool RELU = decltype(relu_flag)::value;
-      lane_sums<acc_t>(d, cl, every, m_a.data(), s1, s2, [px, pg, py](int64_t i, acc_t center, acc_t& u, acc_t& w) {
-        const acc_t gy = static_cast<acc_t>(pg[i]);
-        const acc_t g = RELU && static_cast<acc_t>(py[i]) <= acc_t(0) ? acc_t(0) : gy;
-        u = g;
-        w = g * (static_cast<acc_t>(px[i]) - center);
-      });
-    });
+    const scalar_t* py = from_y ? y.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pa = from_y ? grad_act.data_ptr<scalar_t>() : nullptr;
+    // 0: no ReLU; 1: mask recomputed from x; 2: mask read from y, g written.
+    const int mode = !relu ? 0 : (from_y ? 2 : 1);
+    auto sums = [&](auto mode_constant) {
+      constexpr int MODE = decltype(mode_constant)::value;
+      lane_sums<acc_t>(d, cl, every, centers.data(), s1, s2,
+                       [px, pg, py, pa](int64_t i, const GradCenter<acc_t>& k, acc_t& u, acc_t& w) {
+                         const acc_t xi = static_cast<acc_t>(px[i]);
+                         acc_t g = static_cast<acc_t>(pg[i]);
+                         if constexpr (MODE == 1) {
+                           if (relu_blocked<scalar_t>(xi, k.scale, k.shift)) g = acc_t(0);
+                         } else if constexpr (MODE == 2) {
+                           g = relu_grad<acc_t>(g, static_cast<acc_t>(py[i]));
+                           pa[i] = static_cast<scalar_t>(g);
+                         }
+                         u = g;
+                         w = g * (xi - k.mean);
+                       });
+    };
+    if (mode == 0) {
+      sums(std::integral_constant<int, 0>());
+    } else if (mode == 1) {
+      sums(std::integral_constant<int, 1>());
+    } else {
+      sums(std::integral_constant<int, 2>());
+    }
   });
   const auto options = x.options().dtype(at::kDouble);
   at::Tensor sum_dy = at::empty({d.C}, options), sum_dy_xhat = at::empty({d.C}, options);
@@ -389,22 +437,24 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(const at::
     sum_dy_xhat.data_ptr<double>()[c] = s2[c] / std::sqrt(v[c] + eps);
   }
   const at::ScalarType out = bn_stats_dtype(x);
-  return {sum_dy.to(out), sum_dy_xhat.to(out)};
+  return {sum_dy.to(out), sum_dy_xhat.to(out), grad_act};
 }
 
-std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_input_cpu(
-    const at::Tensor& grad_out_in, const at::Tensor& x_in, const std::optional<at::Tensor>& y_in,
-    const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& weight, const at::Tensor& sum_dy,
-    const at::Tensor& sum_dy_xhat, const at::Tensor& count, const std::optional<at::Tensor>& rows, double eps,
-    bool relu, bool residual_grad) {
-  check_backward_input_args(grad_out_in, x_in, y_in, mean, var, weight, sum_dy, sum_dy_xhat, count, rows, eps, relu);
+at::Tensor batch_norm_act_backward_input_cpu(const at::Tensor& grad_out_in, const at::Tensor& x_in,
+                                             const at::Tensor& mean, const at::Tensor& var,
+                                             const std::optional<at::Tensor>& weight,
+                                             const std::optional<at::Tensor>& bias, const at::Tensor& sum_dy,
+                                             const at::Tensor& sum_dy_xhat, const at::Tensor& count,
+                                             const std::optional<at::Tensor>& rows, double eps, bool relu) {
+  check_backward_input_args(grad_out_in, x_in, mean, var, weight, bias, sum_dy, sum_dy_xhat, count, rows, eps);
   const at::MemoryFormat format = bn_format(x_in);
   const bool cl = format == at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(format), go = grad_out_in.contiguous(format);
-  const at::Tensor y = relu ? y_in->contiguous(format) : at::Tensor();
   const BnDims d = bn_dims(x);
   const std::vector<double> m = to_vector(mean), v = to_vector(var), w = to_vector(weight, d.C, 1.0);
   const std::vector<double> sdy = to_vector(sum_dy), sdx = to_vector(sum_dy_xhat);
+  std::vector<double> scale, shift;
+  affine_of(mean, var, weight, bias, eps, d.C, scale, shift);
   const std::vector<uint8_t> use = row_flags(rows, d.N);
   const double n = std::max(count.item<double>(), 1.0);
   // grad_x = wi * (g - [row used] * (k1 + (x - mean) * k2)), wi = weight * invstd; for a row that is not used
@@ -417,67 +467,44 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_input_cpu(
     k2[c] = sdx[c] / n * invstd;
   }
   at::Tensor grad_x = empty_like_x(x);
-  const bool write_residual = residual_grad && relu;
-  at::Tensor grad_res = write_residual ? empty_like_x(x) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_act_backward_input", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const std::vector<acc_t> wi_a(wi.begin(), wi.end()), k1_a(k1.begin(), k1.end()), k2_a(k2.begin(), k2.end()),
-        m_a(m.begin(), m.end());
+        m_a(m.begin(), m.end()), sc_a(scale.begin(), scale.end()), sh_a(shift.begin(), shift.end());
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pg = go.data_ptr<scalar_t>();
-    const scalar_t* py = relu ? y.data_ptr<scalar_t>() : nullptr;
     scalar_t* pdx = grad_x.data_ptr<scalar_t>();
-    scalar_t* pdr = write_residual ? grad_res.data_ptr<scalar_t>() : nullptr;
     for_each_run(d, cl, [&](int64_t row, int64_t c, int64_t offset, int64_t length) {
-      const scalar_t* __restrict__ xr = px + offset;
-      const scalar_t* __restrict__ gr = pg + offset;
-      const scalar_t* __restrict__ yr = py != nullptr ? py + offset : nullptr;
-      scalar_t* __restrict__ dxr = pdx + offset;
-      scalar_t* __restrict__ drr = pdr != nullptr ? pdr + offset : nullptr;
       const int64_t c0 = c < 0 ? 0 : c;
       const int64_t unused = use[row] ? 0 : d.C;  // k1, k2 from the zero half for an unused row
-      const acc_t* __restrict__ wp = wi_a.data() + c0;
-      const acc_t* __restrict__ mp = m_a.data() + c0;
-      const acc_t* __restrict__ k1p = k1_a.data() + c0 + unused;
-      const acc_t* __restrict__ k2p = k2_a.data() + c0 + unused;
-      // g = grad where the ReLU passed; grad_x = wi * (g - (k1 + (x - mean) * k2)); the layout is a compile-time
-      // constant and every pointer a local restrict pointer, so each loop vectorises.
+      // g = grad where the ReLU passed (mask recomputed from x); grad_x = wi * (g - (k1 + (x - mean) * k2)); the
+      // layout and ReLU are compile-time constants and every pointer a local restrict pointer, so the loop
+      // vectorises.
       with_flag(c < 0, [&](auto layout) {
         constexpr bool CL = decltype(layout)::value;
-        const scalar_t* __restrict__ xa = xr;
-        const scalar_t* __restrict__ ga = gr;
-        const scalar_t* __restrict__ ya = yr;
-        scalar_t* __restrict__ dxa = dxr;
-        scalar_t* __restrict__ dra = drr;
-        const acc_t* __restrict__ wa = wp;
-        const acc_t* __restrict__ ma = mp;
-        const acc_t* __restrict__ k1a = k1p;
-        const acc_t* __restrict__ k2a = k2p;
-        with_flag(ya != nullptr, [&](auto relu_flag) {
+        const scalar_t* __restrict__ xa = px + offset;
+        const scalar_t* __restrict__ ga = pg + offset;
+        scalar_t* __restrict__ dxa = pdx + offset;
+        const acc_t* __restrict__ wa = wi_a.data() + c0;
+        const acc_t* __restrict__ ma = m_a.data() + c0;
+        const acc_t* __restrict__ sca = sc_a.data() + c0;
+        const acc_t* __restrict__ sha = sh_a.data() + c0;
+        const acc_t* __restrict__ k1a = k1_a.data() + c0 + unused;
+        const acc_t* __restrict__ k2a = k2_a.data() + c0 + unused;
+        with_flag(relu, [&](auto relu_flag) {
           constexpr bool RELU = decltype(relu_flag)::value;
-          auto g_at = [&](int64_t i) {
-            const acc_t gy = static_cast<acc_t>(ga[i]);
-            return RELU && static_cast<acc_t>(ya[i]) <= acc_t(0) ? acc_t(0) : gy;
-          };
-          if (dra != nullptr) {
-            for (int64_t i = 0; i < length; ++i) {
-              const int64_t k = CL ? i : 0;
-              const acc_t g = g_at(i);
-              dxa[i] = static_cast<scalar_t>(wa[k] * (g - (k1a[k] + (static_cast<acc_t>(xa[i]) - ma[k]) * k2a[k])));
-              dra[i] = static_cast<scalar_t>(g);
-            }
-          } else {
-            for (int64_t i = 0; i < length; ++i) {
-              const int64_t k = CL ? i : 0;
-              const acc_t g = g_at(i);
-              dxa[i] = static_cast<scalar_t>(wa[k] * (g - (k1a[k] + (static_cast<acc_t>(xa[i]) - ma[k]) * k2a[k])));
-            }
+          for (int64_t i = 0; i < length; ++i) {
+            const int64_t k = CL ? i : 0;
+            const acc_t xi = static_cast<acc_t>(xa[i]);
+            acc_t g = static_cast<acc_t>(ga[i]);
+            if (RELU && relu_blocked<scalar_t>(xi, sca[k], sha[k])) g = acc_t(0);
+            dxa[i] = static_cast<scalar_t>(wa[k] * (g - (k1a[k] + (xi - ma[k]) * k2a[k])));
           }
         });
       });
     });
   });
-  return {grad_x, grad_res};
+  return grad_x;
 }
 
 }  // namespace

@@ -39,9 +39,38 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* shared) {
   return total;
 }
 
-// The two per-element terms of a reduction, and the value each channel's terms are centred on.
+// a * b + c rounded once (an FMA): the forward output and the backward's recomputed ReLU mask are computed with
+// exactly the same operations whatever the compiler would contract.
+__device__ __forceinline__ float fused_madd(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double fused_madd(double a, double b, double c) { return fma(a, b, c); }
+
+// The forward's per-channel affine map, y = act(x * scale_c + shift_c (+ residual)): scale_c = w_c * rsqrt(var_c +
+// eps), shift_c = b_c - mean_c * scale_c (weight, bias: nullptr for 1, 0).
+template <typename acc_t>
+struct AffineMap {
+  const acc_t* mean;
+  const acc_t* var;
+  const acc_t* weight;
+  const acc_t* bias;
+  double eps;
+  __device__ __forceinline__ void at(int64_t c, acc_t& scale, acc_t& shift) const {
+    const acc_t invstd = acc_t(1) / ::sqrt(var[c] + static_cast<acc_t>(eps));
+    scale = (weight != nullptr ? weight[c] : acc_t(1)) * invstd;
+    shift = fused_madd(-mean[c], scale, bias != nullptr ? bias[c] : acc_t(0));
+  }
+};
+
+// Whether the forward's ReLU blocked element x of a channel with this affine map: y <= 0 for
+// y = relu(x * scale + shift) in scalar_t (the cast keeps the sign; NaN passes, as torch's ReLU backward).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ bool relu_blocked(acc_t x, acc_t scale, acc_t shift) {
+  return static_cast<acc_t>(static_cast<scalar_t>(fused_madd(x, scale, shift))) <= acc_t(0);
+}
+
+// The two per-element terms of a reduction, and the constants each channel's terms use (center).
 // Stats:    u = x - shift_c, v = u * u, over the selected rows (shift_c = the channel's first element).
-// Backward: u = g, v = g * (x - mean_c), over every row (g = grad_out, zero where the ReLU output y <= 0).
+// Backward: u = g, v = g * (x - mean_c), over every row (g = grad_out, zero where the forward's ReLU blocked: read
+//           from y, then g is also written to grad_act, or recomputed from x and the affine map).
 template <typename scalar_t>
 struct StatsTerms {
   using acc_t = at::opmath_type<scalar_t>;
@@ -60,16 +89,34 @@ struct StatsTerms {
 template <typename scalar_t>
 struct GradTerms {
   using acc_t = at::opmath_type<scalar_t>;
+  struct Center {
+    acc_t mean, scale, shift;
+  };
   const scalar_t* x;
   const scalar_t* grad;
-  const scalar_t* y;  // nullptr: no ReLU
-  const acc_t* mean;
+  const scalar_t* y;   // the forward output (mask read from it), or nullptr
+  scalar_t* grad_act;  // g written here when y is given
+  bool relu;
+  AffineMap<acc_t> affine;
   __device__ __forceinline__ bool row_used(int64_t) const { return true; }
-  __device__ __forceinline__ acc_t center(int64_t c) const { return mean[c]; }
-  __device__ __forceinline__ void terms(int64_t i, acc_t center, acc_t& u, acc_t& v) const {
-    const acc_t g = y != nullptr && static_cast<acc_t>(y[i]) <= acc_t(0) ? acc_t(0) : static_cast<acc_t>(grad[i]);
+  __device__ __forceinline__ Center center(int64_t c) const {
+    Center k;
+    k.mean = affine.mean[c];
+    k.scale = k.shift = 0;
+    if (relu && y == nullptr) affine.at(c, k.scale, k.shift);
+    return k;
+  }
+  __device__ __forceinline__ void terms(int64_t i, const Center& k, acc_t& u, acc_t& v) const {
+    const acc_t xi = static_cast<acc_t>(x[i]);
+    acc_t g = static_cast<acc_t>(grad[i]);
+    if (y != nullptr) {
+      if (static_cast<acc_t>(y[i]) <= acc_t(0)) g = 0;
+      grad_act[i] = static_cast<scalar_t>(g);
+    } else if (relu && relu_blocked<scalar_t>(xi, k.scale, k.shift)) {
+      g = 0;
+    }
     u = g;
-    v = g * (static_cast<acc_t>(x[i]) - center);
+    v = g * (xi - k.mean);
   }
 };
 
@@ -82,7 +129,7 @@ __global__ void partial_nchw_kernel(Terms t, int64_t N, int64_t C, int64_t L, in
   RESNEST_SHARED(acc_t, shared, kThreads / 32);
   const int64_t c = blockIdx.x, s = blockIdx.y;
   const int64_t begin = s * chunk, end = ::min(begin + chunk, N * L);
-  const acc_t center = t.center(c);
+  const auto center = t.center(c);
   acc_t u_sum = 0, v_sum = 0;
   // Position p = begin + threadIdx.x + k * kThreads, walked as (n, l) without a division per element.
   const int64_t step_n = kThreads / L, step_l = kThreads % L;
@@ -121,7 +168,7 @@ __global__ void partial_nhwc_kernel(Terms t, int64_t N, int64_t C, int64_t L, in
   const int64_t begin = s * chunk, end = ::min(begin + chunk, N * L);
   acc_t u_sum = 0, v_sum = 0;
   if (c < C) {
-    const acc_t center = t.center(c);
+    const auto center = t.center(c);
     for (int64_t m = begin + threadIdx.y; m < end; m += kTileRows) {
       if (!t.row_used(m / L)) continue;
       acc_t u, v;
@@ -254,54 +301,53 @@ struct ElementIndex {
   }
 };
 
-// y = act(x * scale_c + shift_c (+ residual)), scale_c = w_c * rsqrt(var_c + eps), shift_c = b_c - mean_c * scale_c.
+// y = act(x * scale_c + shift_c (+ residual)) with the affine map of AffineMap.
 template <typename scalar_t, typename index_t>
 __global__ void act_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ residual,
-                           const at::opmath_type<scalar_t>* __restrict__ mean,
-                           const at::opmath_type<scalar_t>* __restrict__ var,
-                           const at::opmath_type<scalar_t>* __restrict__ weight,
-                           const at::opmath_type<scalar_t>* __restrict__ bias, double eps, bool relu, index_t numel,
+                           AffineMap<at::opmath_type<scalar_t>> affine, bool relu, index_t numel,
                            ElementIndex<index_t> ix, scalar_t* __restrict__ y) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t stride = index_t(gridDim.x) * blockDim.x;
   for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
     index_t c, n;
     ix.at(i, c, n);
-    const acc_t invstd = acc_t(1) / ::sqrt(var[c] + static_cast<acc_t>(eps));
-    const acc_t scale = (weight != nullptr ? weight[c] : acc_t(1)) * invstd;
-    const acc_t shift = (bias != nullptr ? bias[c] : acc_t(0)) - mean[c] * scale;
-    acc_t t = static_cast<acc_t>(x[i]) * scale + shift;
+    acc_t scale, shift;
+    affine.at(c, scale, shift);
+    acc_t t = fused_madd(static_cast<acc_t>(x[i]), scale, shift);
     if (residual != nullptr) t += static_cast<acc_t>(residual[i]);
     if (relu && !(t > acc_t(0)) && t == t) t = 0;  // ReLU keeps NaN, as torch.relu
     y[i] = static_cast<scalar_t>(t);
   }
 }
 
-// grad_x = w_c * invstd_c * (g - [row used] (sum_dy_c + xhat * sum_dy_xhat_c) / count), grad_residual = g.
+// grad_x = w_c * invstd_c * (g - [row used] (sum_dy_c + xhat * sum_dy_xhat_c) / count); g = grad, zero where the
+// forward's ReLU blocked (recomputed from x) when relu.
 template <typename scalar_t, typename index_t>
 __global__ void backward_input_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
-                                      const scalar_t* __restrict__ y, const at::opmath_type<scalar_t>* __restrict__ mean,
-                                      const at::opmath_type<scalar_t>* __restrict__ var,
-                                      const at::opmath_type<scalar_t>* __restrict__ weight,
+                                      AffineMap<at::opmath_type<scalar_t>> affine, bool relu,
                                       const at::opmath_type<scalar_t>* __restrict__ sum_dy,
                                       const at::opmath_type<scalar_t>* __restrict__ sum_dy_xhat,
                                       const at::opmath_type<scalar_t>* __restrict__ count, const bool* rows,
-                                      double eps, index_t numel, ElementIndex<index_t> ix, scalar_t* __restrict__ dx,
-                                      scalar_t* __restrict__ dres) {
+                                      index_t numel, ElementIndex<index_t> ix, scalar_t* __restrict__ dx) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t inv_count = acc_t(1) / ::max(count[0], acc_t(1));
   const index_t stride = index_t(gridDim.x) * blockDim.x;
   for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
     index_t c, n;
     ix.at(i, c, n);
-    const acc_t g = y != nullptr && static_cast<acc_t>(y[i]) <= acc_t(0) ? acc_t(0) : static_cast<acc_t>(grad[i]);
-    const acc_t invstd = acc_t(1) / ::sqrt(var[c] + static_cast<acc_t>(eps));
+    const acc_t xi = static_cast<acc_t>(x[i]);
+    acc_t g = static_cast<acc_t>(grad[i]);
+    if (relu) {
+      acc_t scale, shift;
+      affine.at(c, scale, shift);
+      if (relu_blocked<scalar_t>(xi, scale, shift)) g = 0;
+    }
+    const acc_t invstd = acc_t(1) / ::sqrt(affine.var[c] + static_cast<acc_t>(affine.eps));
     acc_t t = g;
     if (rows == nullptr || rows[n]) {
-      t -= (sum_dy[c] + (static_cast<acc_t>(x[i]) - mean[c]) * invstd * sum_dy_xhat[c]) * inv_count;
+      t -= (sum_dy[c] + (xi - affine.mean[c]) * invstd * sum_dy_xhat[c]) * inv_count;
     }
-    dx[i] = static_cast<scalar_t>((weight != nullptr ? weight[c] : acc_t(1)) * invstd * t);
-    if (dres != nullptr) dres[i] = static_cast<scalar_t>(g);
+    dx[i] = static_cast<scalar_t>((affine.weight != nullptr ? affine.weight[c] : acc_t(1)) * invstd * t);
   }
 }
 
@@ -402,37 +448,42 @@ at::Tensor batch_norm_act_cuda(const at::Tensor& x_in, const at::Tensor& mean, c
     with_index_type(numel, [&](auto zero) {
       using index_t = decltype(zero);
       const ElementIndex<index_t> ix{index_t(p.d.C), index_t(p.d.L), p.cl};
+      const AffineMap<acc_t> affine{m.const_data_ptr<acc_t>(), v.const_data_ptr<acc_t>(), optional_ptr<acc_t>(w),
+                                    optional_ptr<acc_t>(b), eps};
       launch_elementwise(act_kernel<scalar_t, index_t>, numel, p.x.const_data_ptr<scalar_t>(),
-                         optional_ptr<scalar_t>(res), m.const_data_ptr<acc_t>(), v.const_data_ptr<acc_t>(),
-                         optional_ptr<acc_t>(w), optional_ptr<acc_t>(b), eps, relu, index_t(numel), ix,
+                         optional_ptr<scalar_t>(res), affine, relu, index_t(numel), ix,
                          y.mutable_data_ptr<scalar_t>());
     });
   });
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cuda(const at::Tensor& grad_out,
-                                                                       const at::Tensor& x_in,
-                                                                       const std::optional<at::Tensor>& y_in,
-                                                                       const at::Tensor& mean, const at::Tensor& var,
-                                                                       double eps, bool relu) {
-  check_backward_args("batch_norm_act_backward_reduce", grad_out, x_in, y_in, mean, var, eps, relu);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x_in, const std::optional<at::Tensor>& y_in, const at::Tensor& mean,
+    const at::Tensor& var, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+    bool relu) {
+  check_backward_reduce_args(grad_out, x_in, y_in, mean, var, weight, bias, eps, relu);
   const DeviceGuard guard(x_in.device());
   const Prepared p = prepare(x_in, "batch_norm_act_backward_reduce");
   const at::MemoryFormat format = p.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor g = grad_out.contiguous(format);
-  const at::Tensor y = relu ? y_in->contiguous(format) : at::Tensor();
+  const at::Tensor y = y_in.has_value() ? y_in->contiguous(format) : at::Tensor();
+  const at::Tensor w = stats_vector(weight, p.x), b = stats_vector(bias, p.x);
   const at::Tensor m = mean.contiguous(), v = var.contiguous();
   const auto options = p.x.options().dtype(bn_stats_dtype(p.x));
   at::Tensor sum_dy = at::empty({p.d.C}, options), sum_dy_xhat = at::empty({p.d.C}, options);
-  if (p.d.C == 0) return {sum_dy, sum_dy_xhat};
+  at::Tensor grad_act = y.defined() ? empty_like_x(p.x) : at::empty({0}, p.x.options());
+  if (p.d.C == 0) return {sum_dy, sum_dy_xhat, grad_act};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "batch_norm_act_backward_reduce", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     at::Tensor partial;
     int64_t splits = 0;
     if (p.d.N * p.d.L > 0) {
+      const AffineMap<acc_t> affine{m.const_data_ptr<acc_t>(), v.const_data_ptr<acc_t>(), optional_ptr<acc_t>(w),
+                                    optional_ptr<acc_t>(b), eps};
       const GradTerms<scalar_t> terms{p.x.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
-                                      optional_ptr<scalar_t>(y), m.const_data_ptr<acc_t>()};
+                                      optional_ptr<scalar_t>(y),
+                                      y.defined() ? grad_act.mutable_data_ptr<scalar_t>() : nullptr, relu, affine};
       partial = launch_partials(terms, p.d, p.cl, p.x);
       splits = partial.size(0);
     }
@@ -440,43 +491,41 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cuda(const at:
            splits > 0 ? partial.const_data_ptr<acc_t>() : nullptr, v.const_data_ptr<acc_t>(), eps, p.d.C, splits,
            sum_dy.mutable_data_ptr<acc_t>(), sum_dy_xhat.mutable_data_ptr<acc_t>());
   });
-  return {sum_dy, sum_dy_xhat};
+  return {sum_dy, sum_dy_xhat, grad_act};
 }
 
-std::tuple<at::Tensor, at::Tensor> batch_norm_act_backward_input_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x_in, const std::optional<at::Tensor>& y_in, const at::Tensor& mean,
-    const at::Tensor& var, const std::optional<at::Tensor>& weight, const at::Tensor& sum_dy,
-    const at::Tensor& sum_dy_xhat, const at::Tensor& count, const std::optional<at::Tensor>& rows_in, double eps,
-    bool relu, bool residual_grad) {
-  check_backward_input_args(grad_out, x_in, y_in, mean, var, weight, sum_dy, sum_dy_xhat, count, rows_in, eps, relu);
+at::Tensor batch_norm_act_backward_input_cuda(const at::Tensor& grad_out, const at::Tensor& x_in,
+                                              const at::Tensor& mean, const at::Tensor& var,
+                                              const std::optional<at::Tensor>& weight,
+                                              const std::optional<at::Tensor>& bias, const at::Tensor& sum_dy,
+                                              const at::Tensor& sum_dy_xhat, const at::Tensor& count,
+                                              const std::optional<at::Tensor>& rows_in, double eps, bool relu) {
+  check_backward_input_args(grad_out, x_in, mean, var, weight, bias, sum_dy, sum_dy_xhat, count, rows_in, eps);
   const DeviceGuard guard(x_in.device());
   const Prepared p = prepare(x_in, "batch_norm_act_backward_input");
   const at::MemoryFormat format = p.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor g = grad_out.contiguous(format);
-  const at::Tensor y = relu ? y_in->contiguous(format) : at::Tensor();
-  const at::Tensor w = stats_vector(weight, p.x);
+  const at::Tensor w = stats_vector(weight, p.x), b = stats_vector(bias, p.x);
   const at::Tensor m = mean.contiguous(), v = var.contiguous(), sdy = sum_dy.contiguous(),
                    sdx = sum_dy_xhat.contiguous();
   const at::Tensor rows = rows_in.has_value() ? rows_in->contiguous() : at::Tensor();
-  const bool write_residual = residual_grad && relu;
   at::Tensor dx = empty_like_x(p.x);
-  at::Tensor dres = write_residual ? empty_like_x(p.x) : at::empty({0}, p.x.options());
   const int64_t numel = p.x.numel();
-  if (numel == 0) return {dx, dres};
+  if (numel == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "batch_norm_act_backward_input", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     with_index_type(numel, [&](auto zero) {
       using index_t = decltype(zero);
       const ElementIndex<index_t> ix{index_t(p.d.C), index_t(p.d.L), p.cl};
+      const AffineMap<acc_t> affine{m.const_data_ptr<acc_t>(), v.const_data_ptr<acc_t>(), optional_ptr<acc_t>(w),
+                                    optional_ptr<acc_t>(b), eps};
       launch_elementwise(backward_input_kernel<scalar_t, index_t>, numel, g.const_data_ptr<scalar_t>(),
-                         p.x.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(y), m.const_data_ptr<acc_t>(),
-                         v.const_data_ptr<acc_t>(), optional_ptr<acc_t>(w), sdy.const_data_ptr<acc_t>(),
-                         sdx.const_data_ptr<acc_t>(), count.const_data_ptr<acc_t>(), optional_ptr<bool>(rows), eps,
-                         index_t(numel), ix, dx.mutable_data_ptr<scalar_t>(),
-                         write_residual ? dres.mutable_data_ptr<scalar_t>() : nullptr);
+                         p.x.const_data_ptr<scalar_t>(), affine, relu, sdy.const_data_ptr<acc_t>(),
+                         sdx.const_data_ptr<acc_t>(), count.const_data_ptr<acc_t>(), optional_ptr<bool>(rows),
+                         index_t(numel), ix, dx.mutable_data_ptr<scalar_t>());
     });
   });
-  return {dx, dres};
+  return dx;
 }
 
 }  // namespace
