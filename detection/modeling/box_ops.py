@@ -27,6 +27,21 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6) -> to
     return inter / union.clamp(min=eps)
 
 
+def _normalise(t: torch.Tensor, means: tuple[float, float], stds: tuple[float, float], inverse: bool) -> torch.Tensor:
+    """(t - mean) / std (inverse: t * std + mean) on a coordinate pair t [..., 2], with Python scalars (no copy of
+    host data to the device, which a CUDA graph forbids): one op per step for the pair when its two coordinates
+    share their mean and std, none where mean = 0 or std = 1 (the same values: x - 0, x / 1 and x * 1 are exact)."""
+    if means[0] != means[1] or stds[0] != stds[1]:
+        return torch.stack([_normalise(t[..., i : i + 1], (means[i],) * 2, (stds[i],) * 2, inverse)[..., 0]
+                            for i in range(2)], dim=-1)
+    mean, std = means[0], stds[0]
+    if inverse:
+        t = t * std if std != 1 else t
+        return t + mean if mean != 0 else t
+    t = t - mean if mean != 0 else t
+    return t / std if std != 1 else t
+
+
 def encode_boxes(
     boxes: torch.Tensor,
     gt_boxes: torch.Tensor,
@@ -37,21 +52,18 @@ def encode_boxes(
     (delta - means) / stds. Computed in fp32; returns fp32 [N, 4].
 
     Widths and heights below MIN_ENCODE_SIZE (zero, negative or tiny boxes, which a dataset of one's own may hold)
-    count as MIN_ENCODE_SIZE, so every target is finite; boxes of a pixel and more are encoded exactly."""
+    count as MIN_ENCODE_SIZE, so every target is finite; boxes of a pixel and more are encoded exactly.
+    Coordinates are handled in (x, y) pairs: a dozen small ops per call, not one chain per coordinate."""
     boxes = boxes.float()
     gt_boxes = gt_boxes.float()
-    pw = boxes[:, 2] - boxes[:, 0]
-    ph = boxes[:, 3] - boxes[:, 1]
-    px = boxes[:, 0] + 0.5 * pw
-    py = boxes[:, 1] + 0.5 * ph
-    gw = gt_boxes[:, 2] - gt_boxes[:, 0]
-    gh = gt_boxes[:, 3] - gt_boxes[:, 1]
-    gx = gt_boxes[:, 0] + 0.5 * gw
-    gy = gt_boxes[:, 1] + 0.5 * gh
-    pw, ph, gw, gh = (side.clamp(min=MIN_ENCODE_SIZE) for side in (pw, ph, gw, gh))
-    raw = ((gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph))
-    # Python scalars, not tensors made from them: no copy of host data to the device (which a CUDA graph forbids).
-    return torch.stack([(d - m) / s for d, m, s in zip(raw, means, stds)], dim=1)
+    p_wh = boxes[:, 2:] - boxes[:, :2]
+    p_ctr = boxes[:, :2] + 0.5 * p_wh
+    g_wh = gt_boxes[:, 2:] - gt_boxes[:, :2]
+    g_ctr = gt_boxes[:, :2] + 0.5 * g_wh
+    p_wh, g_wh = p_wh.clamp(min=MIN_ENCODE_SIZE), g_wh.clamp(min=MIN_ENCODE_SIZE)
+    d_xy = _normalise((g_ctr - p_ctr) / p_wh, means[:2], stds[:2], inverse=False)
+    d_wh = _normalise(torch.log(g_wh / p_wh), means[2:], stds[2:], inverse=False)
+    return torch.cat([d_xy, d_wh], dim=1)
 
 
 def decode_boxes(
@@ -65,22 +77,17 @@ def decode_boxes(
 
     Decoding runs in fp32 (exp of half-precision deltas overflows) and clamps dw, dh to +-log(1000/16) so one bad
     prediction cannot produce an inf box. With `max_shape` = (h, w) the result is clipped to the image.
-    Returns fp32 boxes of the broadcast shape.
+    Returns fp32 boxes of the broadcast shape. Coordinates are handled in (x, y) pairs, as in `encode_boxes`.
     """
     boxes = boxes.float()
     deltas = deltas.float()
-    deltas = torch.stack([deltas[..., i] * stds[i] + means[i] for i in range(4)], dim=-1)
-    pw = boxes[..., 2] - boxes[..., 0]
-    ph = boxes[..., 3] - boxes[..., 1]
-    px = boxes[..., 0] + 0.5 * pw
-    py = boxes[..., 1] + 0.5 * ph
-    dw = deltas[..., 2].clamp(min=-MAX_LOG_SCALE, max=MAX_LOG_SCALE)
-    dh = deltas[..., 3].clamp(min=-MAX_LOG_SCALE, max=MAX_LOG_SCALE)
-    gx = px + pw * deltas[..., 0]
-    gy = py + ph * deltas[..., 1]
-    gw = pw * torch.exp(dw)
-    gh = ph * torch.exp(dh)
-    out = torch.stack([gx - 0.5 * gw, gy - 0.5 * gh, gx + 0.5 * gw, gy + 0.5 * gh], dim=-1)
+    d_xy = _normalise(deltas[..., :2], means[:2], stds[:2], inverse=True)
+    d_wh = _normalise(deltas[..., 2:], means[2:], stds[2:], inverse=True).clamp(min=-MAX_LOG_SCALE, max=MAX_LOG_SCALE)
+    p_wh = boxes[..., 2:] - boxes[..., :2]
+    p_ctr = boxes[..., :2] + 0.5 * p_wh
+    g_ctr = p_ctr + p_wh * d_xy
+    half = 0.5 * (p_wh * torch.exp(d_wh))
+    out = torch.cat([g_ctr - half, g_ctr + half], dim=-1)
     if max_shape is not None:
         out = clip_boxes(out, max_shape)
     return out

@@ -9,7 +9,7 @@ from torch import nn
 
 import resnest_cuda
 
-from .anchors import AnchorGenerator, inside_image_mask, valid_anchor_mask
+from .anchors import AnchorGenerator, in_grid_mask, inside_image_mask
 from .box_ops import BoxCoder, box_iou, clip_boxes, nonempty_box_mask
 from .losses import box_regression_loss, sigmoid_ce_loss
 from .matcher import Matcher
@@ -78,7 +78,9 @@ class RPNHead(nn.Module):
         static_shapes: bool = False,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, dict[str, torch.Tensor]]:
         logits_per_level, deltas_per_level = self._forward_head(features)
-        anchors_per_level = self.anchor_generator([tuple(f.shape[-2:]) for f in features])
+        anchors_per_level, cells_per_level = self.anchor_generator.anchors_and_cells(
+            [tuple(f.shape[-2:]) for f in features], with_cells=self.training
+        )
         settings = self.train_settings if self.training else self.test_settings
         with torch.no_grad():
             proposals, proposal_valid = self._generate_proposals(
@@ -89,10 +91,10 @@ class RPNHead(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets: required in training mode")
-            valid = self._valid_anchors(anchors_per_level, features, image_sizes, padded_sizes or image_sizes)
+            anchors = torch.cat(anchors_per_level)
+            valid = self._valid_anchors(anchors, torch.cat(cells_per_level), image_sizes, padded_sizes or image_sizes)
             losses = self._losses(
-                torch.cat(anchors_per_level), valid, torch.cat(logits_per_level, 1), torch.cat(deltas_per_level, 1),
-                targets,
+                anchors, valid, torch.cat(logits_per_level, 1), torch.cat(deltas_per_level, 1), targets
             )
         return proposals, proposal_valid, losses
 
@@ -143,22 +145,19 @@ class RPNHead(nn.Module):
 
     def _valid_anchors(
         self,
-        anchors_per_level: list[torch.Tensor],
-        features: list[torch.Tensor],
+        anchors: torch.Tensor,
+        cells: torch.Tensor,
         image_sizes: list[tuple[int, int]],
         padded_sizes: list[tuple[int, int]],
     ) -> torch.Tensor:
-        """bool [N, K]: anchors that may be assigned (not in batch padding; inside the image ± allowed_border)."""
-        anchors = torch.cat(anchors_per_level)
+        """bool [N, K]: anchors that may be assigned (not in batch padding; inside the image ± allowed_border).
+        anchors [K, 4] and their cell origins [K, 2], every level."""
         valid = []
         for image_size, padded_size in zip(image_sizes, padded_sizes):
-            in_grid = torch.cat([
-                valid_anchor_mask(
-                    tuple(f.shape[-2:]), padded_size, stride, self.anchor_generator.num_anchors, anchors.device
-                )
-                for f, stride in zip(features, self.anchor_generator.strides)
-            ])
-            valid.append(in_grid & inside_image_mask(anchors, image_size, self.allowed_border))
+            in_grid = in_grid_mask(cells, padded_size)
+            if self.allowed_border >= 0:
+                in_grid = in_grid & inside_image_mask(anchors, image_size, self.allowed_border)
+            valid.append(in_grid)
         return torch.stack(valid)
 
     def _losses(

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from detection.modeling.anchors import AnchorGenerator, base_anchors, inside_image_mask, valid_anchor_mask
+from detection.modeling.anchors import AnchorGenerator, base_anchors, in_grid_mask, inside_image_mask
 
 
 def test_base_anchors_hand_computed():
@@ -27,9 +27,21 @@ def test_grid_order_and_centres():
 
 
 def test_valid_and_inside_masks():
-    valid = valid_anchor_mask((2, 3), valid_size=(8, 5), stride=4, num_anchors=2, device=torch.device("cpu"))
-    # ceil(8/4) = 2 rows, ceil(5/4) = 2 columns valid
-    assert valid.view(2, 3, 2)[:, :, 0].tolist() == [[True, True, False], [True, True, False]]
+    gen = AnchorGenerator(strides=(4, 16), scales=(8.0,), ratios=(0.5, 2.0))
+    (_, _), (cells0, cells1) = gen.anchors_and_cells([(2, 3), (1, 2)])
+    valid = in_grid_mask(torch.cat([cells0, cells1]), valid_size=(8, 5))
+    # level 0: ceil(8/4) = 2 rows, ceil(5/4) = 2 columns valid; level 1: ceil(8/16) = 1 row, ceil(5/16) = 1 column
+    assert valid[:12].view(2, 3, 2)[:, :, 0].tolist() == [[True, True, False], [True, True, False]]
+    assert valid[:12].view(2, 3, 2).all(-1).eq(valid[:12].view(2, 3, 2).any(-1)).all()  # both anchors of a cell
+    assert valid[12:].tolist() == [True, True, False, False]
+    # the rule i < min(ceil(h / s), H), j < min(ceil(w / s), W) over sizes and strides
+    for stride, (fh, fw) in ((4, (5, 7)), (8, (3, 4)), (32, (2, 2))):
+        (_,), (cells,) = AnchorGenerator(strides=(stride,), scales=(1.0,), ratios=(1.0,)).anchors_and_cells([(fh, fw)])
+        for h in range(1, fh * stride + 3, 3):
+            for w in range(1, fw * stride + 3, 5):
+                rows, cols = min(math.ceil(h / stride), fh), min(math.ceil(w / stride), fw)
+                expected = (torch.arange(fh)[:, None] < rows) & (torch.arange(fw)[None, :] < cols)
+                assert torch.equal(in_grid_mask(cells, (h, w)), expected.reshape(-1))
     anchors = torch.tensor([[-1.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 20.0, 10.0]])
     assert inside_image_mask(anchors, (10, 20), allowed_border=-1).tolist() == [True, True, True]
     assert inside_image_mask(anchors, (11, 20), allowed_border=0).tolist() == [False, True, False]
