@@ -104,15 +104,21 @@ void blocked_channel_sums(int64_t units, int64_t C, std::vector<double>& s1, std
   }
 }
 
-// Sum of terms(base + l, m, u, v) over l in [0, length), in kLanes fp32 lanes, added to *ra, *rb.
-template <typename acc_t, typename Center, typename Terms>
-inline void run_lane_sums(int64_t base, int64_t length, const Center& m, const Terms& terms, acc_t* ra, acc_t* rb) {
+// Sum of terms(base + l, c, u, v) over l in [0, length) (a run of channel c), in kLanes fp32 lanes, added to *ra,
+// *rb.
+template <typename acc_t, typename Terms>
+inline void run_lane_sums(int64_t base, int64_t length, int64_t c, const Terms& terms, acc_t* ra, acc_t* rb) {
   acc_t la[kLanes] = {}, lb[kLanes] = {};
   int64_t l = 0;
   for (; l + kLanes <= length; l += kLanes) {
+    // Kept a loop: fully unrolled, the compiler vectorises the outer loop instead, across runs of kLanes elements
+    // (a 16-way interleaved access, several times slower); as a loop it is kLanes contiguous elements in vectors.
+    // ivdep: a term that also writes an output (the backward's g) writes element i alone, so nothing aliases.
+#pragma GCC unroll 1
+#pragma GCC ivdep
     for (int j = 0; j < kLanes; ++j) {
       acc_t u, v;
-      terms(base + l + j, m, u, v);
+      terms(base + l + j, c, u, v);
       la[j] += u;
       lb[j] += v;
     }
@@ -120,7 +126,7 @@ inline void run_lane_sums(int64_t base, int64_t length, const Center& m, const T
   acc_t a = 0, b = 0;
   for (; l < length; ++l) {
     acc_t u, v;
-    terms(base + l, m, u, v);
+    terms(base + l, c, u, v);
     a += u;
     b += v;
   }
@@ -133,12 +139,12 @@ inline void run_lane_sums(int64_t base, int64_t length, const Center& m, const T
 }
 
 // Per-channel sums of two terms, s1[c] = sum u and s2[c] = sum v over the elements of the rows n with use[n], where
-// terms(i, center[c], u, v) gives the terms of element i of channel c (center: the channel's constants), accumulated in fp32 lanes and
-// fp32 partial sums flushed to fp64 (long sums keep their precision). NCHW with long runs: parallel over channels,
+// terms(i, c, u, v) gives the terms of element i of channel c (the terms read their per-channel constants from
+// arrays indexed by c: contiguous for the channels_last loop), accumulated in fp32 lanes and fp32 partial sums flushed to fp64 (long sums keep their precision). NCHW with long runs: parallel over channels,
 // each channel's lanes kept across its runs; NCHW with short runs (RoI heads, small maps): rows in memory order,
 // each (row, channel) run summed in lanes; channels_last: positions in memory order, one term per channel.
-template <typename acc_t, typename Center, typename Terms>
-void lane_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use, const Center* center,
+template <typename acc_t, typename Terms>
+void lane_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use,
                std::vector<double>& s1, std::vector<double>& s2, const Terms& terms) {
   s1.assign(d.C, 0.0);
   s2.assign(d.C, 0.0);
@@ -147,9 +153,10 @@ void lane_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use, const 
     blocked_channel_sums<acc_t>(d.N * d.L, d.C, s1, s2, [&](int64_t pos, acc_t* fa, acc_t* fb) -> int64_t {
       if (!use[pos / d.L]) return 0;
       const int64_t base = pos * d.C;
+#pragma GCC ivdep
       for (int64_t c = 0; c < d.C; ++c) {
         acc_t u, v;
-        terms(base + c, center[c], u, v);
+        terms(base + c, c, u, v);
         fa[c] += u;
         fb[c] += v;
       }
@@ -160,7 +167,7 @@ void lane_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use, const 
   if (d.L < 1024) {
     blocked_channel_sums<acc_t>(d.N, d.C, s1, s2, [&](int64_t n, acc_t* fa, acc_t* fb) -> int64_t {
       if (!use[n]) return 0;
-      for (int64_t c = 0; c < d.C; ++c) run_lane_sums<acc_t>((n * d.C + c) * d.L, d.L, center[c], terms, fa + c, fb + c);
+      for (int64_t c = 0; c < d.C; ++c) run_lane_sums<acc_t>((n * d.C + c) * d.L, d.L, c, terms, fa + c, fb + c);
       return d.C * d.L;
     });
     return;
@@ -172,7 +179,7 @@ void lane_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use, const 
         if (!use[n]) continue;
         for (int64_t start = 0; start < d.L; start += kFlush) {  // kFlush elements per fp32 partial sum
           acc_t a = 0, b = 0;
-          run_lane_sums<acc_t>((n * d.C + c) * d.L + start, std::min<int64_t>(kFlush, d.L - start), center[c], terms,
+          run_lane_sums<acc_t>((n * d.C + c) * d.L + start, std::min<int64_t>(kFlush, d.L - start), c, terms,
                                &a, &b);
           ta += a;
           tb += b;
@@ -268,8 +275,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_stats_cpu(
       for (int64_t c = 0; c < d.C; ++c) shift[c] = static_cast<double>(px[cl ? c : c * d.L]);
     }
     std::vector<acc_t> shift_a(shift.begin(), shift.end());
-    lane_sums<acc_t>(d, cl, use, shift_a.data(), s1, s2, [px](int64_t i, const acc_t& center, acc_t& u, acc_t& v) {
-      const acc_t t = static_cast<acc_t>(px[i]) - center;
+    const acc_t* sa = shift_a.data();
+    lane_sums<acc_t>(d, cl, use, s1, s2, [px, sa](int64_t i, int64_t c, acc_t& u, acc_t& v) {
+      const acc_t t = static_cast<acc_t>(px[i]) - sa[c];
       u = t;
       v = t * t;
     });
@@ -370,13 +378,6 @@ at::Tensor batch_norm_act_cpu(const at::Tensor& x_in, const at::Tensor& mean, co
   return y;
 }
 
-// The per-channel constants of the backward reduction: the mean (the terms are centred on it) and the forward's
-// affine map (the recomputed ReLU mask).
-template <typename acc_t>
-struct GradCenter {
-  acc_t mean, scale, shift;
-};
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& x_in, const std::optional<at::Tensor>& y_in,
     const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& weight,
@@ -396,10 +397,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cp
   std::vector<double> s1, s2;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_act_backward_reduce", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    std::vector<GradCenter<acc_t>> centers(d.C);
-    for (int64_t c = 0; c < d.C; ++c) {
-      centers[c] = {static_cast<acc_t>(m[c]), static_cast<acc_t>(scale[c]), static_cast<acc_t>(shift[c])};
-    }
+    const std::vector<acc_t> m_a(m.begin(), m.end()), sc_a(scale.begin(), scale.end()),
+        sh_a(shift.begin(), shift.end());
+    const acc_t* ma = m_a.data();
+    const acc_t* sca = sc_a.data();
+    const acc_t* sha = sh_a.data();
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pg = go.data_ptr<scalar_t>();
     const scalar_t* py = from_y ? y.data_ptr<scalar_t>() : nullptr;
@@ -408,19 +410,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cp
     const int mode = !relu ? 0 : (from_y ? 2 : 1);
     auto sums = [&](auto mode_constant) {
       constexpr int MODE = decltype(mode_constant)::value;
-      lane_sums<acc_t>(d, cl, every, centers.data(), s1, s2,
-                       [px, pg, py, pa](int64_t i, const GradCenter<acc_t>& k, acc_t& u, acc_t& w) {
-                         const acc_t xi = static_cast<acc_t>(px[i]);
-                         acc_t g = static_cast<acc_t>(pg[i]);
-                         if constexpr (MODE == 1) {
-                           if (relu_blocked<scalar_t>(xi, k.scale, k.shift)) g = acc_t(0);
-                         } else if constexpr (MODE == 2) {
-                           g = relu_grad<acc_t>(g, static_cast<acc_t>(py[i]));
-                           pa[i] = static_cast<scalar_t>(g);
-                         }
-                         u = g;
-                         w = g * (xi - k.mean);
-                       });
+      lane_sums<acc_t>(d, cl, every, s1, s2, [px, pg, py, pa, ma, sca, sha](int64_t i, int64_t c, acc_t& u, acc_t& w) {
+        const acc_t xi = static_cast<acc_t>(px[i]);
+        acc_t g = static_cast<acc_t>(pg[i]);
+        if constexpr (MODE == 1) {
+          if (relu_blocked<scalar_t>(xi, sca[c], sha[c])) g = acc_t(0);
+        } else if constexpr (MODE == 2) {
+          g = relu_grad<acc_t>(g, static_cast<acc_t>(py[i]));
+          pa[i] = static_cast<scalar_t>(g);
+        }
+        u = g;
+        w = g * (xi - ma[c]);
+      });
     };
     if (mode == 0) {
       sums(std::integral_constant<int, 0>());
