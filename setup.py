@@ -42,6 +42,15 @@ def cuda_sources():
     return sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
 
 
+def openmp_flags():
+    """-fopenmp where torch parallelises with OpenMP (its Linux builds): at::parallel_for is a header template whose
+    `#pragma omp parallel` is compiled into the extension, so without the flag every CPU kernel runs on one thread.
+    The extension then uses the OpenMP runtime torch has loaded (the same libgomp.so.1), and its thread count."""
+    if sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info():
+        return ["-fopenmp"]
+    return []
+
+
 def emulated_extension(asan: bool):
     """_C_emu: each .cu compiled as C++ through a one-line wrapper (the build tools send .cu files to nvcc)."""
     wrapper_dir = os.path.join("build", "emulated_sources")
@@ -81,7 +90,7 @@ def get_extensions():
         if not p.startswith(EMULATION + os.sep)
     )
     kernel_sources = [p for p in cuda_sources() if not p.startswith(EMULATION + os.sep)]
-    cxx_flags = ["-O3"]
+    cxx_flags = ["-O3"] + openmp_flags()
     extensions = []
     if build_cuda():
         arch_list, message = choose_arch_list(os.environ, torch.cuda.device_count())
@@ -95,10 +104,15 @@ def get_extensions():
                 cpp_sources + kernel_sources,
                 define_macros=[("WITH_CUDA", None)],
                 extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+                extra_link_args=openmp_flags(),
             )
         )
     else:
-        extensions.append(CppExtension("resnest_cuda._C", cpp_sources, extra_compile_args={"cxx": cxx_flags}))
+        extensions.append(
+            CppExtension(
+                "resnest_cuda._C", cpp_sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=openmp_flags()
+            )
+        )
     if mode == "1":
         extensions.append(emulated_extension(asan=False))
     return extensions
