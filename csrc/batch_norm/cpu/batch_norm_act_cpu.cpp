@@ -1,7 +1,9 @@
 // CPU kernels of the fused BatchNorm ops (batch_norm_act.h). x is read as [N, C, L] in its own layout: NCHW
 // (a run of L values per row and channel) or channels_last (a run of C channels per row and position). Reductions
-// accumulate in fp64 and are parallel over channels (NCHW) or over row blocks with per-block partial sums combined
-// in a fixed order (channels_last); the elementwise passes are parallel over rows.
+// accumulate in fp32 lanes flushed to fp64 sums and are parallel over channels (NCHW, long runs) or over blocks of
+// rows or positions whose partial sums are combined in a fixed order (short runs, channels_last); the elementwise
+// passes are parallel over runs. The split into blocks follows torch.get_num_threads(), not the threads that run
+// it (at::parallel_for; the extension is built with OpenMP where torch uses it).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
