@@ -142,9 +142,10 @@ inline void run_lane_sums(int64_t base, int64_t length, int64_t c, const Terms& 
 
 // Per-channel sums of two terms, s1[c] = sum u and s2[c] = sum v over the elements of the rows n with use[n], where
 // terms(i, c, u, v) gives the terms of element i of channel c (the terms read their per-channel constants from
-// arrays indexed by c: contiguous for the channels_last loop), accumulated in fp32 lanes and fp32 partial sums flushed to fp64 (long sums keep their precision). NCHW with long runs: parallel over channels,
-// each channel's lanes kept across its runs; NCHW with short runs (RoI heads, small maps): rows in memory order,
-// each (row, channel) run summed in lanes; channels_last: positions in memory order, one term per channel.
+// arrays indexed by c: contiguous for the channels_last loop), accumulated in fp32 lanes and fp32 partial sums
+// flushed to fp64 (long sums keep their precision). NCHW with long runs: parallel over channels, each channel's
+// lanes kept across its runs; NCHW with short runs (RoI heads, small maps): rows in memory order, each (row,
+// channel) run summed in lanes; channels_last: positions in memory order, one term per channel.
 template <typename acc_t, typename Terms>
 void lane_sums(const BnDims& d, bool cl, const std::vector<uint8_t>& use,
                std::vector<double>& s1, std::vector<double>& s2, const Terms& terms) {

@@ -53,11 +53,15 @@ struct AffineMap {
   const acc_t* weight;
   const acc_t* bias;
   double eps;
-  __device__ __forceinline__ void at(int64_t c, acc_t& scale, acc_t& shift) const {
-    const acc_t invstd = acc_t(1) / ::sqrt(var[c] + static_cast<acc_t>(eps));
-    scale = (weight != nullptr ? weight[c] : acc_t(1)) * invstd;
+  __device__ __forceinline__ acc_t invstd(int64_t c) const {
+    return acc_t(1) / ::sqrt(var[c] + static_cast<acc_t>(eps));
+  }
+  // scale and shift from the channel's invstd (computed once by a caller that also needs it).
+  __device__ __forceinline__ void at(int64_t c, acc_t inv, acc_t& scale, acc_t& shift) const {
+    scale = (weight != nullptr ? weight[c] : acc_t(1)) * inv;
     shift = fused_madd(-mean[c], scale, bias != nullptr ? bias[c] : acc_t(0));
   }
+  __device__ __forceinline__ void at(int64_t c, acc_t& scale, acc_t& shift) const { at(c, invstd(c), scale, shift); }
 };
 
 // Whether the forward's ReLU blocked element x of a channel with this affine map: y <= 0 for
@@ -337,12 +341,12 @@ __global__ void backward_input_kernel(const scalar_t* __restrict__ grad, const s
     ix.at(i, c, n);
     const acc_t xi = static_cast<acc_t>(x[i]);
     acc_t g = static_cast<acc_t>(grad[i]);
+    const acc_t invstd = affine.invstd(c);
     if (relu) {
       acc_t scale, shift;
-      affine.at(c, scale, shift);
+      affine.at(c, invstd, scale, shift);
       if (relu_blocked<scalar_t>(xi, scale, shift)) g = 0;
     }
-    const acc_t invstd = acc_t(1) / ::sqrt(affine.var[c] + static_cast<acc_t>(affine.eps));
     acc_t t = g;
     if (rows == nullptr || rows[n]) {
       t -= (sum_dy[c] + (xi - affine.mean[c]) * invstd * sum_dy_xhat[c]) * inv_count;
