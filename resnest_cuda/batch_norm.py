@@ -36,7 +36,7 @@ from . import _library  # noqa: F401  (loads the ops)
 from .norm import FrozenBatchNorm2d, process_group_of, syncs_statistics, uses_batch_statistics
 from .reference import batch_norm as reference
 
-__all__ = ["batch_norm_act", "fused_applies", "frozen_applies", "memory_format_of"]
+__all__ = ["batch_norm_act", "batch_statistics", "fused_applies", "frozen_applies", "fused_backward", "memory_format_of"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -137,31 +137,42 @@ class _BatchNormAct(torch.autograd.Function):
         if grad_y is None:
             return (None,) * 11
         x, y, weight, bias, mean, var, count, rows = ctx.saved_tensors
-        eps, relu, group = ctx.eps, ctx.relu, ctx.group
-        need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():
             return _differentiable_backward(ctx, grad_y, x, y, weight, bias, mean, var, rows)
-        grad_y = grad_y.contiguous(memory_format=memory_format_of(x))  # converted once for both ops
-        sum_dy, sum_dy_xhat, g = torch.ops.resnest_cuda.batch_norm_act_backward_reduce(
-            grad_y, x, y, mean, var, weight, bias, eps, relu
+        grad_x, grad_w, grad_b, g = fused_backward(
+            grad_y, x, y, weight, bias, mean, var, count, rows, ctx.eps, ctx.relu, ctx.group, ctx.needs_input_grad[:3]
         )
-        # y given: g is grad_y through the ReLU; input_relu: the elementwise pass masks grad_y itself.
-        input_relu = relu and y is None
-        if not relu:
-            g = grad_y
-        grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
-        grad_b = sum_dy.to(bias.dtype) if need_b else None
-        grad_x = None
-        if need_x:
-            if group is not None:
-                both = torch.cat([sum_dy, sum_dy_xhat])
-                dist.all_reduce(both, group=group)
-                sum_dy, sum_dy_xhat = both.chunk(2)
-            grad_x = torch.ops.resnest_cuda.batch_norm_act_backward_input(
-                grad_y if input_relu else g, x, mean, var, weight, bias, sum_dy, sum_dy_xhat, count, rows, eps,
-                input_relu,
-            )
-        return grad_x, grad_w, grad_b, g if need_r else None, None, None, None, None, None, None, None
+        return grad_x, grad_w, grad_b, g if ctx.needs_input_grad[3] else None, None, None, None, None, None, None, None
+
+
+def fused_backward(grad_y, x, y, weight, bias, mean, var, count, rows, eps, relu, group, needs):
+    """The backward of act(bn(x) (+ residual)) with batch statistics (mean, var, count) as the fused ops compute it:
+    one reduction, then one elementwise pass for grad_x. y: the forward output where the ReLU mask must be read from
+    it (a residual), else None (the mask is recomputed from x). needs: whether (x, weight, bias) want gradients.
+    Returns (grad_x, grad_weight, grad_bias, g), g the residual's gradient: grad_y through the ReLU when y is given,
+    grad_y without ReLU (an empty tensor otherwise)."""
+    need_x, need_w, need_b = needs
+    grad_y = grad_y.contiguous(memory_format=memory_format_of(x))  # converted once for both ops
+    sum_dy, sum_dy_xhat, g = torch.ops.resnest_cuda.batch_norm_act_backward_reduce(
+        grad_y, x, y, mean, var, weight, bias, eps, relu
+    )
+    # y given: g is grad_y through the ReLU; input_relu: the elementwise pass masks grad_y itself.
+    input_relu = relu and y is None
+    if not relu:
+        g = grad_y
+    grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
+    grad_b = sum_dy.to(bias.dtype) if need_b else None
+    grad_x = None
+    if need_x:
+        if group is not None:
+            both = torch.cat([sum_dy, sum_dy_xhat])
+            dist.all_reduce(both, group=group)
+            sum_dy, sum_dy_xhat = both.chunk(2)
+        grad_x = torch.ops.resnest_cuda.batch_norm_act_backward_input(
+            grad_y if input_relu else g, x, mean, var, weight, bias, sum_dy, sum_dy_xhat, count, rows, eps,
+            input_relu,
+        )
+    return grad_x, grad_w, grad_b, g
 
 
 def _differentiable_backward(ctx, grad_y, x, y, weight, bias, mean, var, rows):
@@ -231,6 +242,15 @@ def batch_norm_act(
             if relu:
                 y = torch.relu(y)
         return y
+    mean, var, count, group = batch_statistics(bn, x, rows)
+    weight = bn.weight if bn.affine else None
+    bias = bn.bias if bn.affine else None
+    return _BatchNormAct.apply(x, weight, bias, residual, mean, var, count, rows, bn.eps, relu, group)
+
+
+def batch_statistics(bn: nn.Module, x: torch.Tensor, rows: torch.Tensor | None = None):
+    """(mean, biased var, count, process group or None) of x for a batch-statistics BatchNorm (``fused_applies``):
+    over the selected ``rows``, gathered over a SyncBatchNorm's process group, the running statistics updated once."""
     if rows is not None and (rows.dtype != torch.bool or rows.shape != x.shape[:1]):
         raise ValueError(f"rows must be a bool tensor of shape [{x.shape[0]}], got {rows.dtype} {list(rows.shape)}")
     _check_batch(x, rows)
@@ -253,9 +273,7 @@ def batch_norm_act(
             reference.update_running_stats(
                 bn.running_mean, bn.running_var, bn.num_batches_tracked, bn.momentum, mean, var, count
             )
-    weight = bn.weight if bn.affine else None
-    bias = bn.bias if bn.affine else None
-    return _BatchNormAct.apply(x, weight, bias, residual, mean, var, count, rows, bn.eps, relu, group)
+    return mean, var, count, group
 
 
 def _reference_module(bn, x, residual, relu, rows):

@@ -13,9 +13,19 @@ the wrappers, raw ``torch.ops.resnest_cuda.*`` calls and ``torch.compile`` raise
 import torch
 
 from ._library import has_kernel, refuse_functorch_transforms
+from .batch_norm import batch_statistics, fused_applies, fused_backward
+from .reference import batch_norm as reference_batch_norm
 from .reference.split_attention import radix_softmax
+from .reference.split_attention import split_attention_pool as reference_split_attention_pool
 
-__all__ = ["split_attention_pool", "split_attention_combine", "split_attention", "cuda_kernels_available"]
+__all__ = [
+    "split_attention_pool",
+    "split_attention_combine",
+    "split_attention",
+    "norm_split_attention",
+    "norm_split_attention_applies",
+    "cuda_kernels_available",
+]
 
 
 def cuda_kernels_available() -> bool:
@@ -287,3 +297,150 @@ def split_attention(x: torch.Tensor, radix: int, cardinality: int, attention, pa
         return _SplitAttention.apply(x, logits, gap, radix, cardinality, *params)
     logits = attention(split_attention_pool(x, radix))
     return split_attention_combine(x, logits, radix, cardinality)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The split-attention tail after its BatchNorm + ReLU (eager training): u = relu(bn0(x)) is never written.
+
+
+def _norm_relu_spec(x, weight, bias, eps):
+    """u = relu(bn(x)) with the batch statistics of x, as a differentiable graph of plain PyTorch ops."""
+    return reference_batch_norm.batch_norm_act(x, weight, bias, None, None, eps, relu=True)[0]
+
+
+def _refuse_synced_create_graph(group) -> None:
+    if group is not None:
+        raise RuntimeError(
+            "split attention after a SyncBatchNorm synchronised over several processes: higher derivatives "
+            "(create_graph=True) are not supported; use BatchNorm, or compute them in one process"
+        )
+
+
+class _NormAttentionPool(torch.autograd.Function):
+    """split_attention_norm_pool (the pool of u = relu(bn(x))) for the attention branch of _NormSplitAttention,
+    which accounts for the branch's gradient itself: in a plain backward this node receives none and does nothing.
+    When the backward is differentiated (create_graph) it receives one, and differentiates the specification."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, eps, radix, group):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.eps, ctx.radix, ctx.group = eps, radix, group
+        return torch.ops.resnest_cuda.split_attention_norm_pool(x, mean, var, weight, bias, eps, radix)
+
+    @staticmethod
+    def backward(ctx, grad_gap):
+        if grad_gap is None:
+            return (None,) * 8
+        _refuse_synced_create_graph(ctx.group)
+        x, weight, bias = ctx.saved_tensors
+        wanted = [i for i, t in enumerate((x, weight, bias)) if t is not None and ctx.needs_input_grad[i]]
+        out = [None] * 8
+        with torch.enable_grad():
+            gap = reference_split_attention_pool(_norm_relu_spec(x, weight, bias, ctx.eps), ctx.radix)
+        grads = torch.autograd.grad(
+            gap, [(x, weight, bias)[i] for i in wanted], grad_gap, create_graph=torch.is_grad_enabled(),
+            allow_unused=True,
+        )
+        for i, g in zip(wanted, grads):
+            out[i] = g
+        return tuple(out)
+
+
+class _NormSplitAttention(torch.autograd.Function):
+    """combine(u, logits) with u = relu(bn(x)) (statistics mean, var, count of x, computed outside) and
+    logits = attention(pool(u)), as _SplitAttention but reading x instead of u: u is neither written nor saved.
+
+    Forward: split_attention_norm_combine (one pass over x). Backward: split_attention_norm_logits_backward (one
+    reduction over x and grad_out), autograd through the small attention graph, split_attention_input_backward
+    (grad_u, written once) and the fused BatchNorm + ReLU backward (one reduction, one elementwise pass; the ReLU
+    mask recomputed from x). The same numbers as batch_norm_act followed by split_attention, bit for bit. It saves
+    x, the per-channel statistics, logits and gap; retain_graph works as in _SplitAttention; under create_graph the
+    backward differentiates the plain-PyTorch specification (u recomputed from x), so higher derivatives are exact
+    (refused with a synchronised SyncBatchNorm, as batch_norm_act refuses them)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, count, logits, gap, eps, group, radix, cardinality, *params):
+        out = torch.ops.resnest_cuda.split_attention_norm_combine(
+            x, mean, var, weight, bias, eps, logits, radix, cardinality
+        )
+        ctx.save_for_backward(x, weight, bias, mean, var, count, logits, gap)
+        ctx.eps, ctx.group, ctx.radix, ctx.cardinality = eps, group, radix, cardinality
+        ctx.params_need_grad = [p.requires_grad for p in params]
+        ctx.params = params
+        ctx.out_strides = out.stride()
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, mean, var, count, logits, gap = ctx.saved_tensors
+        radix, cardinality, eps = ctx.radix, ctx.cardinality, ctx.eps
+        create_graph = torch.is_grad_enabled()
+        grad_out = _like_strides(grad_out, ctx.out_strides)
+        u = None
+        if create_graph:
+            _refuse_synced_create_graph(ctx.group)
+            u = _norm_relu_spec(x, weight, bias, eps)
+            grad_u_direct, grad_logits = combine_backward_differentiable(grad_out, u, logits, radix, cardinality)
+        else:
+            grad_logits = torch.ops.resnest_cuda.split_attention_norm_logits_backward(
+                grad_out, x, mean, var, weight, bias, eps, logits.detach(), radix, cardinality
+            )
+        wanted = [i for i, needed in enumerate(ctx.params_need_grad) if needed]
+        with_gap = gap.requires_grad
+        inputs = ([gap] if with_gap else []) + [ctx.params[i] for i in wanted]
+        grads = torch.autograd.grad(
+            logits, inputs, grad_logits, allow_unused=True, retain_graph=True, create_graph=create_graph
+        )
+        grad_gap = grads[0] if with_gap and grads[0] is not None else torch.zeros_like(gap)
+        param_grads = [None] * len(ctx.params)
+        for i, g in zip(wanted, grads[1:] if with_gap else grads):
+            param_grads[i] = g
+        needs = ctx.needs_input_grad[:3]
+        if create_graph:
+            b, rc, h, w = u.shape
+            grad_u = _in_layout_of(grad_u_direct + (grad_gap / (h * w)).repeat(1, radix).reshape(b, rc, 1, 1), u)
+            wanted_bn = [i for i, t in enumerate((x, weight, bias)) if t is not None and needs[i]]
+            bn_grads = [None] * 3
+            if wanted_bn:
+                got = torch.autograd.grad(
+                    u, [(x, weight, bias)[i] for i in wanted_bn], grad_u, create_graph=True, allow_unused=True
+                )
+                for i, g in zip(wanted_bn, got):
+                    bn_grads[i] = g
+            grad_x, grad_w, grad_b = bn_grads
+        else:
+            grad_u = torch.ops.resnest_cuda.split_attention_input_backward(
+                grad_out, logits.detach(), grad_gap, radix, cardinality
+            )
+            grad_x, grad_w, grad_b, _ = fused_backward(
+                grad_u, x, None, weight, bias, mean, var, count, None, eps, True, ctx.group, needs
+            )
+        return (grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None, None, *param_grads)
+
+
+def norm_split_attention_applies(bn, x: torch.Tensor, params=()) -> bool:
+    """True when :func:`norm_split_attention` runs: ``bn`` normalises with batch statistics (``fused_applies``), a
+    gradient is needed, and eager mode (torch.compile traces batch_norm_act and split_attention instead)."""
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in params) or any(p.requires_grad for p in bn.parameters())
+    )
+    return needs_grad and x.dim() == 4 and fused_applies(bn, x) and not torch.compiler.is_compiling()
+
+
+def norm_split_attention(bn, x: torch.Tensor, radix: int, cardinality: int, attention, params=()) -> torch.Tensor:
+    """``split_attention(relu(bn(x)), radix, cardinality, attention, params)`` for a batch-statistics BatchNorm
+    (``norm_split_attention_applies``) without writing or saving ``u = relu(bn(x))``: the pool, the combine and the
+    logits gradient read x and apply the BatchNorm + ReLU on the fly (see _NormSplitAttention). Running statistics
+    update once; a SyncBatchNorm synchronises its statistics and backward sums as in batch_norm_act."""
+    _require_tensor(x, "x", "norm_split_attention")
+    refuse_functorch_transforms("norm_split_attention")
+    mean, var, count, group = batch_statistics(bn, x)
+    weight = bn.weight if bn.affine else None
+    bias = bn.bias if bn.affine else None
+    gap = _NormAttentionPool.apply(x, weight, bias, mean, var, bn.eps, radix, group)
+    logits = attention(gap)
+    _require_tensor(logits, "logits", "norm_split_attention")
+    return _NormSplitAttention.apply(
+        x, weight, bias, mean, var, count, logits, gap, bn.eps, group, radix, cardinality, *params
+    )

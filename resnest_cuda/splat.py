@@ -29,7 +29,9 @@ class SplitAttentionConv2d(nn.Module):
     4. ``out = split_attention_combine(u, logits)``: softmax over the R splits (sigmoid when R == 1), weighted sum.
 
     Submodules ``conv, bn0, fc1, bn1, fc2`` carry the official ResNeSt / timm checkpoint names.
-    ``impl="fused"`` runs steps 2 and 4 with the resnest_cuda ops; ``impl="reference"`` with plain PyTorch
+    ``impl="fused"`` runs steps 2 and 4 with the resnest_cuda ops; in training with a batch-statistics bn0 they
+    read the conv output and apply bn0 + ReLU themselves, so ``u`` is never written nor saved
+    (``resnest_cuda.ops.norm_split_attention``). ``impl="reference"`` runs them with plain PyTorch
     (``resnest_cuda.reference``). Both share parameters and state dict. Channels-last input stays channels-last.
 
     bn1 normalizes a ``[B, inter, 1, 1]`` tensor. With batch statistics (BatchNorm in training) it needs B >= 2;
@@ -99,7 +101,16 @@ class SplitAttentionConv2d(nn.Module):
         return self.relu(norm(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = self._norm_relu(self.bn0, self.conv(x))  # (B, R*C, H, W), radix-major
+        x = self.conv(x)  # (B, R*C, H, W), radix-major
+        if self.impl == "fused":
+            params = [*self.fc1.parameters(), *self.bn1.parameters(), *self.fc2.parameters()]
+            if ops.norm_split_attention_applies(self.bn0, x, params):
+                # Training with batch statistics: u = ReLU(bn0(x)) is applied on the fly by the split-attention
+                # kernels, never written nor saved (ops.norm_split_attention).
+                self._check_bn1_batch(x.shape[0])
+                attention = lambda gap: self._attention(gap, x.dtype)  # noqa: E731
+                return ops.norm_split_attention(self.bn0, x, self.radix, self.cardinality, attention, params)
+        u = self._norm_relu(self.bn0, x)
         self._check_bn1_batch(u.shape[0])
         if self.impl == "fused":
             # One autograd node for pool -> attention -> combine (grad of u written once), see ops.split_attention.

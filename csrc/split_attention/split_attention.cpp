@@ -67,6 +67,37 @@ at::Tensor input_backward_meta(const at::Tensor& grad_out, const at::Tensor& log
                           grad_out.options().memory_format(activation_format(grad_out)));
 }
 
+at::Tensor norm_pool_meta(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                          const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+                          int64_t radix) {
+  const char* op = "split_attention_norm_pool";
+  const c10::SymInt C = check_split_attention_input(x, radix, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  return at::empty_symint({x.sym_size(0), C}, x.options());
+}
+
+at::Tensor norm_combine_meta(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                             const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                             double eps, const at::Tensor& logits, int64_t radix, int64_t cardinality) {
+  const char* op = "split_attention_norm_combine";
+  check_combine_logits(x, logits, radix, cardinality, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  const c10::SymInt C = x.sym_size(1) / radix;
+  return at::empty_symint({x.sym_size(0), C, x.sym_size(2), x.sym_size(3)},
+                          x.options().memory_format(activation_format(x)));
+}
+
+at::Tensor norm_logits_backward_meta(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,
+                                     const at::Tensor& var, const std::optional<at::Tensor>& weight,
+                                     const std::optional<at::Tensor>& bias, double eps, const at::Tensor& logits,
+                                     int64_t radix, int64_t cardinality) {
+  const char* op = "split_attention_norm_logits_backward";
+  check_combine_logits(x, logits, radix, cardinality, op);
+  check_grad_out(grad_out, x, radix, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  return at::empty_symint(logits.sym_sizes(), logits.options());
+}
+
 }  // namespace
 
 }  // namespace resnest_cuda
@@ -88,6 +119,18 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
   m.def(
       "split_attention_input_backward(Tensor grad_out, Tensor logits, Tensor grad_gap, int radix, int cardinality)"
       " -> Tensor");
+  // The pool, the combine and the logits gradient of x read as u = relu(batch_norm(x)) with the given statistics
+  // and affine parameters: bit for bit the op applied to batch_norm_act(x, mean, var, weight, bias, None, eps,
+  // True), without writing u (the eager fused path of SplitAttentionConv2d, resnest_cuda/ops.py).
+  m.def(
+      "split_attention_norm_pool(Tensor x, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps,"
+      " int radix) -> Tensor");
+  m.def(
+      "split_attention_norm_combine(Tensor x, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps,"
+      " Tensor logits, int radix, int cardinality) -> Tensor");
+  m.def(
+      "split_attention_norm_logits_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor var, Tensor? weight,"
+      " Tensor? bias, float eps, Tensor logits, int radix, int cardinality) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(resnest_cuda, CompositeExplicitAutograd, m) {
@@ -100,4 +143,7 @@ TORCH_LIBRARY_IMPL(resnest_cuda, Meta, m) {
   m.impl("split_attention_combine_backward", &resnest_cuda::combine_backward_meta);
   m.impl("split_attention_logits_backward", &resnest_cuda::logits_backward_meta);
   m.impl("split_attention_input_backward", &resnest_cuda::input_backward_meta);
+  m.impl("split_attention_norm_pool", &resnest_cuda::norm_pool_meta);
+  m.impl("split_attention_norm_combine", &resnest_cuda::norm_combine_meta);
+  m.impl("split_attention_norm_logits_backward", &resnest_cuda::norm_logits_backward_meta);
 }

@@ -8,7 +8,10 @@
 //   out     [B, C, H, W]    sum over r of softmax_r(logits) * x_r (sigmoid when R == 1)
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <tuple>
+
+#include "../batch_norm/batch_norm_act.h"
 
 namespace resnest_cuda {
 
@@ -91,6 +94,19 @@ inline void check_input_backward_args(const at::Tensor& grad_out, const at::Tens
                     ": grad_out, logits and grad_gap must be on one device");
 }
 
+// The BatchNorm arguments of the split_attention_norm_* ops, whose x is the input of a BatchNorm + ReLU (mean and
+// var: [R*C] statistics in fp32, fp64 for fp64 x; weight and bias optional, that dtype or x's; eps >= 0), checked
+// by the BatchNorm ops' own rules under the op's name.
+inline void check_norm_args(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                            const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                            double eps, const char* op) {
+  check_channel_vector(mean, x, op, "mean", false);
+  check_channel_vector(var, x, op, "var", false);
+  if (weight.has_value()) check_channel_vector(*weight, x, op, "weight", true);
+  if (bias.has_value()) check_channel_vector(*bias, x, op, "bias", true);
+  check_eps(eps, op);
+}
+
 // Memory format used for a 4-D activation and its outputs: channels_last when x is channels_last-contiguous
 // (and not also NCHW-contiguous, as happens for 1x1 maps), NCHW otherwise; other strided inputs are copied to
 // NCHW first. The one statement of this rule: the CPU, CUDA and Meta kernels (fake tensors) all call it, and the
@@ -113,5 +129,19 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cpu(const at
                                                                         const at::Tensor& x,
                                                                         const at::Tensor& logits, int64_t radix,
                                                                         int64_t cardinality);
+
+// x read as u = relu(batch_norm(x)) (the split_attention_norm_* ops).
+at::Tensor split_attention_norm_pool_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                                         const std::optional<at::Tensor>& weight,
+                                         const std::optional<at::Tensor>& bias, double eps, int64_t radix);
+at::Tensor split_attention_norm_combine_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                                            const std::optional<at::Tensor>& weight,
+                                            const std::optional<at::Tensor>& bias, double eps,
+                                            const at::Tensor& logits, int64_t radix, int64_t cardinality);
+at::Tensor split_attention_norm_logits_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                    const at::Tensor& mean, const at::Tensor& var,
+                                                    const std::optional<at::Tensor>& weight,
+                                                    const std::optional<at::Tensor>& bias, double eps,
+                                                    const at::Tensor& logits, int64_t radix, int64_t cardinality);
 
 }  // namespace resnest_cuda

@@ -15,26 +15,10 @@
 #include <vector>
 
 #include "../batch_norm_act.h"
+#include "affine_cpu.h"
 
 namespace resnest_cuda {
 namespace {
-
-std::vector<double> to_vector(const std::optional<at::Tensor>& t, int64_t C, double fill) {
-  std::vector<double> v(C, fill);
-  if (!t.has_value()) return v;
-  if (t->is_contiguous() && (t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble)) {
-    AT_DISPATCH_FLOATING_TYPES(t->scalar_type(), "to_vector", [&] {
-      const scalar_t* p = t->data_ptr<scalar_t>();
-      for (int64_t c = 0; c < C; ++c) v[c] = static_cast<double>(p[c]);
-    });
-    return v;
-  }
-  const at::Tensor d = t->to(at::kDouble).contiguous();
-  std::copy(d.data_ptr<double>(), d.data_ptr<double>() + C, v.begin());
-  return v;
-}
-
-std::vector<double> to_vector(const at::Tensor& t) { return to_vector(std::optional<at::Tensor>(t), t.size(0), 0); }
 
 // Row flags as bytes (1 = the row's values enter the statistics); every row when there is no mask.
 std::vector<uint8_t> row_flags(const std::optional<at::Tensor>& rows, int64_t N) {
@@ -221,31 +205,10 @@ inline void with_flag(bool flag, const F& f) {
   }
 }
 
-// ReLU that keeps NaN, as torch.relu; the backward passes grad where y <= 0 is false, as torch's ReLU backward.
-template <typename acc_t>
-inline acc_t relu_of(acc_t t) {
-  return (t > acc_t(0) || t != t) ? t : acc_t(0);
-}
-
+// The backward passes grad where y <= 0 is false, as torch's ReLU backward.
 template <typename acc_t>
 inline acc_t relu_grad(acc_t g, acc_t y) {
   return y <= acc_t(0) ? acc_t(0) : g;
-}
-
-// The forward's per-channel affine map, y = act(x * scale_c + shift_c (+ residual)): scale_c = weight_c /
-// sqrt(var_c + eps), shift_c = bias_c - mean_c * scale_c, in fp64, used in the computation's dtype. The backward
-// recomputes the ReLU mask with the same numbers, so the mask equals the forward's exactly.
-void affine_of(const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& weight,
-               const std::optional<at::Tensor>& bias, double eps, int64_t C, std::vector<double>& scale,
-               std::vector<double>& shift) {
-  const std::vector<double> m = to_vector(mean), v = to_vector(var);
-  const std::vector<double> w = to_vector(weight, C, 1.0), b = to_vector(bias, C, 0.0);
-  scale.resize(C);
-  shift.resize(C);
-  for (int64_t c = 0; c < C; ++c) {
-    scale[c] = w[c] / std::sqrt(v[c] + eps);
-    shift[c] = b[c] - m[c] * scale[c];
-  }
 }
 
 // The forward's ReLU mask at x from the affine map: y <= 0 for y = relu(x * scale + shift) in scalar_t (the cast

@@ -16,6 +16,7 @@
 
 #include "../../cuda_support.cuh"
 #include "../batch_norm_act.h"
+#include "affine.cuh"
 
 namespace resnest_cuda {
 namespace {
@@ -37,38 +38,6 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* shared) {
     for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
   }
   return total;
-}
-
-// a * b + c rounded once (an FMA): the forward output and the backward's recomputed ReLU mask are computed with
-// exactly the same operations whatever the compiler would contract.
-__device__ __forceinline__ float fused_madd(float a, float b, float c) { return fmaf(a, b, c); }
-__device__ __forceinline__ double fused_madd(double a, double b, double c) { return fma(a, b, c); }
-
-// The forward's per-channel affine map, y = act(x * scale_c + shift_c (+ residual)): scale_c = w_c * rsqrt(var_c +
-// eps), shift_c = b_c - mean_c * scale_c (weight, bias: nullptr for 1, 0).
-template <typename acc_t>
-struct AffineMap {
-  const acc_t* mean;
-  const acc_t* var;
-  const acc_t* weight;
-  const acc_t* bias;
-  double eps;
-  __device__ __forceinline__ acc_t invstd(int64_t c) const {
-    return acc_t(1) / ::sqrt(var[c] + static_cast<acc_t>(eps));
-  }
-  // scale and shift from the channel's invstd (computed once by a caller that also needs it).
-  __device__ __forceinline__ void at(int64_t c, acc_t inv, acc_t& scale, acc_t& shift) const {
-    scale = (weight != nullptr ? weight[c] : acc_t(1)) * inv;
-    shift = fused_madd(-mean[c], scale, bias != nullptr ? bias[c] : acc_t(0));
-  }
-  __device__ __forceinline__ void at(int64_t c, acc_t& scale, acc_t& shift) const { at(c, invstd(c), scale, shift); }
-};
-
-// Whether the forward's ReLU blocked element x of a channel with this affine map: y <= 0 for
-// y = relu(x * scale + shift) in scalar_t (the cast keeps the sign; NaN passes, as torch's ReLU backward).
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ bool relu_blocked(acc_t x, acc_t scale, acc_t shift) {
-  return static_cast<acc_t>(static_cast<scalar_t>(fused_madd(x, scale, shift))) <= acc_t(0);
 }
 
 // The two per-element terms of a reduction, and the constants each channel's terms use (center).

@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "../../batch_norm/cpu/affine_cpu.h"
 #include "../split_attention.h"
 
 namespace resnest_cuda {
@@ -57,39 +58,75 @@ std::vector<acc_t> attention_weights(const scalar_t* logits, const Dims& d) {
   return att;
 }
 
-template <typename scalar_t, typename acc_t>
-acc_t row_sum(const scalar_t* p, int64_t n) {
+// How a kernel reads its activation x: as it is (Plain), or as the output of the BatchNorm + ReLU that x is the
+// input of (NormRelu: u = relu(x * scale_c + shift_c) rounded to x's dtype, bit for bit what batch_norm_act would
+// have written; the split_attention_norm_* ops). channel(c) gives the reader of x channel c (of R*C).
+template <typename scalar_t>
+struct Plain {
+  using acc_t = at::opmath_type<scalar_t>;
+  struct Channel {
+    acc_t operator()(scalar_t v) const { return static_cast<acc_t>(v); }
+  };
+  Channel channel(int64_t) const { return {}; }
+};
+
+template <typename scalar_t>
+struct NormRelu {
+  using acc_t = at::opmath_type<scalar_t>;
+  std::vector<acc_t> scale, shift;  // [R*C]
+  struct Channel {
+    acc_t scale, shift;
+    acc_t operator()(scalar_t v) const { return relu_affine<scalar_t, acc_t>(v, scale, shift); }
+  };
+  Channel channel(int64_t c) const { return {scale[c], shift[c]}; }
+};
+
+// The affine map of the BatchNorm before x (affine_of: the one the BatchNorm kernels use), in the kernels' acc_t.
+template <typename scalar_t>
+NormRelu<scalar_t> norm_relu(const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& weight,
+                             const std::optional<at::Tensor>& bias, double eps, int64_t channels) {
+  std::vector<double> scale, shift;
+  affine_of(mean, var, weight, bias, eps, channels, scale, shift);
+  NormRelu<scalar_t> n;
+  n.scale.assign(scale.begin(), scale.end());
+  n.shift.assign(shift.begin(), shift.end());
+  return n;
+}
+
+template <typename scalar_t, typename acc_t, typename F>
+acc_t row_sum(const scalar_t* p, int64_t n, const F& f) {
   acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
-    s0 += static_cast<acc_t>(p[i]);
-    s1 += static_cast<acc_t>(p[i + 1]);
-    s2 += static_cast<acc_t>(p[i + 2]);
-    s3 += static_cast<acc_t>(p[i + 3]);
+    s0 += f(p[i]);
+    s1 += f(p[i + 1]);
+    s2 += f(p[i + 2]);
+    s3 += f(p[i + 3]);
   }
-  for (; i < n; ++i) s0 += static_cast<acc_t>(p[i]);
+  for (; i < n; ++i) s0 += f(p[i]);
   return (s0 + s1) + (s2 + s3);
 }
 
-template <typename scalar_t, typename acc_t>
-acc_t row_dot(const scalar_t* p, const scalar_t* q, int64_t n) {
+// sum_i p[i] * f(q[i])
+template <typename scalar_t, typename acc_t, typename F>
+acc_t row_dot(const scalar_t* p, const scalar_t* q, int64_t n, const F& f) {
   acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
   int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
-    s0 += static_cast<acc_t>(p[i]) * static_cast<acc_t>(q[i]);
-    s1 += static_cast<acc_t>(p[i + 1]) * static_cast<acc_t>(q[i + 1]);
-    s2 += static_cast<acc_t>(p[i + 2]) * static_cast<acc_t>(q[i + 2]);
-    s3 += static_cast<acc_t>(p[i + 3]) * static_cast<acc_t>(q[i + 3]);
+    s0 += static_cast<acc_t>(p[i]) * f(q[i]);
+    s1 += static_cast<acc_t>(p[i + 1]) * f(q[i + 1]);
+    s2 += static_cast<acc_t>(p[i + 2]) * f(q[i + 2]);
+    s3 += static_cast<acc_t>(p[i + 3]) * f(q[i + 3]);
   }
-  for (; i < n; ++i) s0 += static_cast<acc_t>(p[i]) * static_cast<acc_t>(q[i]);
+  for (; i < n; ++i) s0 += static_cast<acc_t>(p[i]) * f(q[i]);
   return (s0 + s1) + (s2 + s3);
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // pool: gap[b, j] = mean_hw sum_r x[b, r*C + j]
 
-template <typename scalar_t>
-void pool_kernel(const scalar_t* x, scalar_t* gap, const Dims& d, bool channels_last) {
+template <typename scalar_t, typename Reader>
+void pool_kernel(const scalar_t* x, scalar_t* gap, const Dims& d, bool channels_last, const Reader& reader) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
   if (!channels_last) {
@@ -97,7 +134,9 @@ void pool_kernel(const scalar_t* x, scalar_t* gap, const Dims& d, bool channels_
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / d.C, j = row % d.C;
         acc_t s = 0;
-        for (int64_t r = 0; r < d.R; ++r) s += row_sum<scalar_t, acc_t>(x + ((b * d.R + r) * d.C + j) * d.HW, d.HW);
+        for (int64_t r = 0; r < d.R; ++r) {
+          s += row_sum<scalar_t, acc_t>(x + ((b * d.R + r) * d.C + j) * d.HW, d.HW, reader.channel(r * d.C + j));
+        }
         gap[row] = static_cast<scalar_t>(s * inv_hw);
       }
     });
@@ -113,7 +152,7 @@ void pool_kernel(const scalar_t* x, scalar_t* gap, const Dims& d, bool channels_
       for (int64_t hw = 0; hw < d.HW; ++hw) {
         const scalar_t* px = x + (b * d.HW + hw) * d.R * d.C + j0;
         for (int64_t r = 0; r < d.R; ++r) {
-          for (int64_t c = 0; c < nc; ++c) acc[c] += static_cast<acc_t>(px[r * d.C + c]);
+          for (int64_t c = 0; c < nc; ++c) acc[c] += reader.channel(r * d.C + j0 + c)(px[r * d.C + c]);
         }
       }
       for (int64_t c = 0; c < nc; ++c) gap[b * d.C + j0 + c] = static_cast<scalar_t>(acc[c] * inv_hw);
@@ -124,8 +163,9 @@ void pool_kernel(const scalar_t* x, scalar_t* gap, const Dims& d, bool channels_
 // ---------------------------------------------------------------------------------------------------------
 // combine: out[b, j] = sum_r att[b, r, j] * x[b, r*C + j]
 
-template <typename scalar_t>
-void combine_kernel(const scalar_t* x, const scalar_t* logits, scalar_t* out, const Dims& d, bool channels_last) {
+template <typename scalar_t, typename Reader>
+void combine_kernel(const scalar_t* x, const scalar_t* logits, scalar_t* out, const Dims& d, bool channels_last,
+                    const Reader& reader) {
   using acc_t = at::opmath_type<scalar_t>;
   const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, d);
   if (!channels_last) {
@@ -136,10 +176,11 @@ void combine_kernel(const scalar_t* x, const scalar_t* logits, scalar_t* out, co
         for (int64_t r = 0; r < d.R; ++r) {
           const acc_t a = att[(b * d.R + r) * d.C + j];
           const scalar_t* px = x + ((b * d.R + r) * d.C + j) * d.HW;
+          const auto u = reader.channel(r * d.C + j);
           if (r == 0) {
-            for (int64_t i = 0; i < d.HW; ++i) acc[i] = a * static_cast<acc_t>(px[i]);
+            for (int64_t i = 0; i < d.HW; ++i) acc[i] = a * u(px[i]);
           } else {
-            for (int64_t i = 0; i < d.HW; ++i) acc[i] += a * static_cast<acc_t>(px[i]);
+            for (int64_t i = 0; i < d.HW; ++i) acc[i] += a * u(px[i]);
           }
         }
         scalar_t* po = out + row * d.HW;
@@ -156,9 +197,9 @@ void combine_kernel(const scalar_t* x, const scalar_t* logits, scalar_t* out, co
       for (int64_t r = 0; r < d.R; ++r) {
         const acc_t* a = att.data() + (b * d.R + r) * d.C;
         if (r == 0) {
-          for (int64_t j = 0; j < d.C; ++j) acc[j] = a[j] * static_cast<acc_t>(px[j]);
+          for (int64_t j = 0; j < d.C; ++j) acc[j] = a[j] * reader.channel(j)(px[j]);
         } else {
-          for (int64_t j = 0; j < d.C; ++j) acc[j] += a[j] * static_cast<acc_t>(px[r * d.C + j]);
+          for (int64_t j = 0; j < d.C; ++j) acc[j] += a[j] * reader.channel(r * d.C + j)(px[r * d.C + j]);
         }
       }
       scalar_t* po = out + pix * d.C;
@@ -187,9 +228,9 @@ void logits_grad(const std::vector<acc_t>& att, const std::vector<acc_t>& ds, sc
   });
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename Reader>
 void combine_backward_kernel(const scalar_t* dout, const scalar_t* x, const scalar_t* logits, scalar_t* dx,
-                             scalar_t* dlogits, const Dims& d, bool channels_last) {
+                             scalar_t* dlogits, const Dims& d, bool channels_last, const Reader& reader) {
   using acc_t = at::opmath_type<scalar_t>;
   const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, d);
   std::vector<acc_t> ds(d.B * d.R * d.C);
@@ -201,7 +242,7 @@ void combine_backward_kernel(const scalar_t* dout, const scalar_t* x, const scal
         const scalar_t* pg = dout + row * d.HW;
         for (int64_t r = 0; r < d.R; ++r) {
           const int64_t xrow = (b * d.R + r) * d.C + j;
-          ds[xrow] = row_dot<scalar_t, acc_t>(pg, x + xrow * d.HW, d.HW);
+          ds[xrow] = row_dot<scalar_t, acc_t>(pg, x + xrow * d.HW, d.HW, reader.channel(r * d.C + j));
           if (dx == nullptr) continue;
           const acc_t a = att[xrow];
           scalar_t* pdx = dx + xrow * d.HW;
@@ -222,7 +263,9 @@ void combine_backward_kernel(const scalar_t* dout, const scalar_t* x, const scal
           const scalar_t* px = x + (b * d.HW + hw) * d.R * d.C + j0;
           for (int64_t r = 0; r < d.R; ++r) {
             acc_t* pa = acc.data() + r * kChannelBlock;
-            for (int64_t c = 0; c < nc; ++c) pa[c] += static_cast<acc_t>(pg[c]) * static_cast<acc_t>(px[r * d.C + c]);
+            for (int64_t c = 0; c < nc; ++c) {
+              pa[c] += static_cast<acc_t>(pg[c]) * reader.channel(r * d.C + j0 + c)(px[r * d.C + c]);
+            }
             if (dx == nullptr) continue;
             const acc_t* a = att.data() + (b * d.R + r) * d.C + j0;
             scalar_t* pdx = dx + (b * d.HW + hw) * d.R * d.C + r * d.C + j0;
@@ -285,7 +328,7 @@ at::Tensor split_attention_pool_cpu(const at::Tensor& x, int64_t radix) {
   if (gap.numel() == 0) return gap;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_pool_cpu", [&] {
     pool_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), gap.mutable_data_ptr<scalar_t>(), d,
-                          fmt == at::MemoryFormat::ChannelsLast);
+                          fmt == at::MemoryFormat::ChannelsLast, Plain<scalar_t>());
   });
   return gap;
 }
@@ -301,7 +344,8 @@ at::Tensor split_attention_combine_cpu(const at::Tensor& x, const at::Tensor& lo
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_combine_cpu", [&] {
     combine_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), lc.const_data_ptr<scalar_t>(),
-                             out.mutable_data_ptr<scalar_t>(), d, fmt == at::MemoryFormat::ChannelsLast);
+                             out.mutable_data_ptr<scalar_t>(), d, fmt == at::MemoryFormat::ChannelsLast,
+                             Plain<scalar_t>());
   });
   return out;
 }
@@ -323,7 +367,8 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cpu(const at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_combine_bwd_cpu", [&] {
     combine_backward_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                                       lc.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
-                                      dlogits.mutable_data_ptr<scalar_t>(), d, fmt == at::MemoryFormat::ChannelsLast);
+                                      dlogits.mutable_data_ptr<scalar_t>(), d, fmt == at::MemoryFormat::ChannelsLast,
+                                      Plain<scalar_t>());
   });
   return {dx, dlogits};
 }
@@ -342,7 +387,7 @@ at::Tensor split_attention_logits_backward_cpu(const at::Tensor& grad_out, const
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_logits_bwd_cpu", [&] {
     combine_backward_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                                       lc.const_data_ptr<scalar_t>(), nullptr, dlogits.mutable_data_ptr<scalar_t>(), d,
-                                      fmt == at::MemoryFormat::ChannelsLast);
+                                      fmt == at::MemoryFormat::ChannelsLast, Plain<scalar_t>());
   });
   return dlogits;
 }
@@ -367,7 +412,76 @@ at::Tensor split_attention_input_backward_cpu(const at::Tensor& grad_out, const 
   return dx;
 }
 
+at::Tensor split_attention_norm_pool_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                                         const std::optional<at::Tensor>& weight,
+                                         const std::optional<at::Tensor>& bias, double eps, int64_t radix) {
+  const char* op = "split_attention_norm_pool";
+  check_split_attention_input(x, radix, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const Dims d = dims_of(x, radix, 1);
+  at::Tensor gap = at::empty({d.B, d.C}, x.options());
+  if (gap.numel() == 0) return gap;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_pool_cpu", [&] {
+    pool_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), gap.mutable_data_ptr<scalar_t>(), d,
+                          fmt == at::MemoryFormat::ChannelsLast,
+                          norm_relu<scalar_t>(mean, var, weight, bias, eps, x.size(1)));
+  });
+  return gap;
+}
+
+at::Tensor split_attention_norm_combine_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                                            const std::optional<at::Tensor>& weight,
+                                            const std::optional<at::Tensor>& bias, double eps,
+                                            const at::Tensor& logits, int64_t radix, int64_t cardinality) {
+  const char* op = "split_attention_norm_combine";
+  check_combine_logits(x, logits, radix, cardinality, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor lc = logits.contiguous();
+  const Dims d = dims_of(x, radix, cardinality);
+  at::Tensor out = at::empty({d.B, d.C, x.size(2), x.size(3)}, x.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_combine_cpu", [&] {
+    combine_kernel<scalar_t>(xc.const_data_ptr<scalar_t>(), lc.const_data_ptr<scalar_t>(),
+                             out.mutable_data_ptr<scalar_t>(), d, fmt == at::MemoryFormat::ChannelsLast,
+                             norm_relu<scalar_t>(mean, var, weight, bias, eps, x.size(1)));
+  });
+  return out;
+}
+
+at::Tensor split_attention_norm_logits_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                    const at::Tensor& mean, const at::Tensor& var,
+                                                    const std::optional<at::Tensor>& weight,
+                                                    const std::optional<at::Tensor>& bias, double eps,
+                                                    const at::Tensor& logits, int64_t radix, int64_t cardinality) {
+  const char* op = "split_attention_norm_logits_backward";
+  check_combine_logits(x, logits, radix, cardinality, op);
+  check_grad_out(grad_out, x, radix, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  const Dims d = dims_of(x, radix, cardinality);
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
+  const at::Tensor lc = logits.contiguous();
+  at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
+  if (x.numel() == 0) return dlogits;  // B == 0 or C == 0: no kernel launch
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_logits_bwd_cpu",
+                                  [&] {
+    combine_backward_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                                      lc.const_data_ptr<scalar_t>(), nullptr, dlogits.mutable_data_ptr<scalar_t>(), d,
+                                      fmt == at::MemoryFormat::ChannelsLast,
+                                      norm_relu<scalar_t>(mean, var, weight, bias, eps, x.size(1)));
+  });
+  return dlogits;
+}
+
 TORCH_LIBRARY_IMPL(resnest_cuda, CPU, m) {
+  m.impl("split_attention_norm_pool", &split_attention_norm_pool_cpu);
+  m.impl("split_attention_norm_combine", &split_attention_norm_combine_cpu);
+  m.impl("split_attention_norm_logits_backward", &split_attention_norm_logits_backward_cpu);
   m.impl("split_attention_logits_backward", &split_attention_logits_backward_cpu);
   m.impl("split_attention_input_backward", &split_attention_input_backward_cpu);
   m.impl("split_attention_pool", &split_attention_pool_cpu);

@@ -19,7 +19,7 @@
 #include <tuple>
 #include <type_traits>
 
-#include "../../cuda_support.cuh"
+#include "../../batch_norm/cuda/affine.cuh"  // includes cuda_support.cuh
 #include "../split_attention.h"
 
 namespace resnest_cuda {
@@ -98,6 +98,46 @@ __device__ __forceinline__ acc_t group_sum(acc_t v, acc_t* shared) {
     for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
   }
   return total;
+}
+
+// How a kernel reads its activation x: as it is (Plain), or as the output of the BatchNorm + ReLU that x is the
+// input of (NormRelu: u = relu(x * scale_c + shift_c) rounded to x's dtype with the BatchNorm kernels' AffineMap
+// and relu_affine, bit for bit what batch_norm_act would have written; the split_attention_norm_* ops).
+// channel(c) gives the reader of x channel c (of R*C); a kernel asks for it once per channel it walks.
+template <typename scalar_t>
+struct Plain {
+  using acc_t = at::opmath_type<scalar_t>;
+  struct Channel {
+    __device__ __forceinline__ acc_t operator()(scalar_t v) const { return static_cast<acc_t>(v); }
+  };
+  __device__ __forceinline__ Channel channel(int64_t) const { return {}; }
+};
+
+template <typename scalar_t>
+struct NormRelu {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* scale;  // [R*C], AffineMap::at of each channel (affine_table_kernel)
+  const acc_t* shift;
+  struct Channel {
+    acc_t scale, shift;
+    __device__ __forceinline__ acc_t operator()(scalar_t v) const {
+      return relu_affine<scalar_t, acc_t>(v, scale, shift);
+    }
+  };
+  __device__ __forceinline__ Channel channel(int64_t c) const { return {scale[c], shift[c]}; }
+};
+
+// scale[c], shift[c] = AffineMap::at(c) for the R*C channels of x: the readers load them instead of recomputing
+// the map per element. Block (kThreads, 1).
+template <typename acc_t>
+__global__ void affine_table_kernel(AffineMap<acc_t> affine, int64_t channels, acc_t* __restrict__ scale,
+                                    acc_t* __restrict__ shift) {
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < channels; c += int64_t(gridDim.x) * blockDim.x) {
+    acc_t sc, sh;
+    affine.at(c, sc, sh);
+    scale[c] = sc;
+    shift[c] = sh;
+  }
 }
 
 template <typename scalar_t>
@@ -183,11 +223,11 @@ __device__ __forceinline__ void for_range(int64_t offset, int64_t begin, int64_t
 // MODE 0 (pool):     partial[b, s, j]    = sum_r sum_hw x[b, r*C + j, hw]
 // MODE 1 (backward): partial[b, s, r, j] = sum_hw dout[b, j, hw] * x[b, r*C + j, hw], and dx = att_r * dout.
 
-template <int MODE, int GROUP, int V, typename scalar_t>
+template <int MODE, int GROUP, int V, typename scalar_t, typename Reader>
 __global__ void reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dout,
                                    const at::opmath_type<scalar_t>* __restrict__ att, scalar_t* __restrict__ dx,
                                    at::opmath_type<scalar_t>* __restrict__ partial, Dims d, int64_t splits,
-                                   int64_t chunk) {
+                                   int64_t chunk, Reader reader) {
   using acc_t = at::opmath_type<scalar_t>;
   RESNEST_SHARED(acc_t, shared, kThreads / 32);
   constexpr int kGroups = kThreads / GROUP;
@@ -202,12 +242,13 @@ __global__ void reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_
         acc_t acc = 0;
         for (int64_t r = 0; r < d.R; ++r) {
           const int64_t xrow = ((b * d.R + r) * d.C + j) * d.HW;
+          const auto u = reader.channel(active ? r * d.C + j : 0);
           if (MODE == 0) {
             for_range<V>(xrow, begin, end, lane, GROUP, [&](auto width, int64_t i) {
               constexpr int W = decltype(width)::value;
               const Pack<scalar_t, W> xv = load_pack<W>(x + xrow + i);
 #pragma unroll
-              for (int v = 0; v < W; ++v) acc += static_cast<acc_t>(xv.v[v]);
+              for (int v = 0; v < W; ++v) acc += u(xv.v[v]);
             });
           } else {
             const scalar_t* pg = dout + row * d.HW;
@@ -222,7 +263,7 @@ __global__ void reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_
 #pragma unroll
               for (int v = 0; v < W; ++v) {
                 const acc_t g = static_cast<acc_t>(gv.v[v]);
-                acc += g * static_cast<acc_t>(xv.v[v]);
+                acc += g * u(xv.v[v]);
                 o.v[v] = static_cast<scalar_t>(a * g);
               }
               if (pdx != nullptr) store_pack<W>(pdx + i, o);
@@ -243,11 +284,12 @@ __global__ void reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_
 
 // Reductions over H*W, channels_last: block (TX, TY) covers TX*V channels of one image and one split of the
 // pixels; thread (tx, ty) walks pixels ty, ty + TY, ... of the split. Partial layouts as in the NCHW kernel.
-template <int MODE, int V, typename scalar_t>
+template <int MODE, int V, typename scalar_t, typename Reader>
 __global__ void reduce_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dout,
                                    const at::opmath_type<scalar_t>* __restrict__ att, scalar_t* __restrict__ dx,
                                    at::opmath_type<scalar_t>* __restrict__ partial, Dims d, int64_t splits,
-                                   int64_t chunk) {
+                                   int64_t chunk, Reader reader) {
+  using Channel = typename Reader::Channel;
   using acc_t = at::opmath_type<scalar_t>;
   RESNEST_DYNAMIC_SHARED(acc_t, smem);  // [TY][TX * V]
   const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
@@ -268,13 +310,16 @@ __global__ void reduce_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_
           for (int64_t r = 0; r < d.R; ++r) {
             const Pack<scalar_t, V> xv = load_pack<V>(px + r * d.C);
 #pragma unroll
-            for (int v = 0; v < V; ++v) acc[v] += static_cast<acc_t>(xv.v[v]);
+            for (int v = 0; v < V; ++v) acc[v] += reader.channel(r * d.C + j0 + v)(xv.v[v]);
           }
         }
       } else {
         acc_t a[V];
 #pragma unroll
         for (int v = 0; v < V; ++v) a[v] = dx != nullptr ? att[(b * d.R + ro) * d.C + j0 + v] : acc_t(0);
+        Channel u[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) u[v] = reader.channel(ro * d.C + j0 + v);
         for (int64_t hw = begin + ty; hw < end; hw += TY) {
           const int64_t pix = b * d.HW + hw;
           const Pack<scalar_t, V> gv = load_pack<V>(dout + pix * d.C + j0);
@@ -283,7 +328,7 @@ __global__ void reduce_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_
 #pragma unroll
           for (int v = 0; v < V; ++v) {
             const acc_t g = static_cast<acc_t>(gv.v[v]);
-            acc[v] += g * static_cast<acc_t>(xv.v[v]);
+            acc[v] += g * u[v](xv.v[v]);
             o.v[v] = static_cast<scalar_t>(a[v] * g);
           }
           if (dx != nullptr) store_pack<V>(dx + pix * nrc + ro * d.C + j0, o);
@@ -368,9 +413,9 @@ __device__ __forceinline__ void for_row(int64_t offset, int64_t n, const F& f) {
 }
 
 // out[b, j, hw] = sum_r att[b, r, j] * x[b, r*C + j, hw]
-template <int V, typename scalar_t>
+template <int V, typename scalar_t, typename Reader>
 __global__ void combine_nchw_kernel(const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ att,
-                                    scalar_t* __restrict__ out, Dims d) {
+                                    scalar_t* __restrict__ out, Dims d, Reader reader) {
   using acc_t = at::opmath_type<scalar_t>;
   RESNEST_FOR_B(b, d) {
     RESNEST_FOR_Y(j, d.C) {
@@ -385,9 +430,10 @@ __global__ void combine_nchw_kernel(const scalar_t* __restrict__ x, const at::op
 #pragma unroll 2  // two x loads in flight (R = 2 in ResNeSt) without the registers of a deeper unroll
         for (int64_t r = 0; r < d.R; ++r) {
           const acc_t a = arow[r * d.C];
+          const auto u = reader.channel(r * d.C + j);
           const Pack<scalar_t, W> xv = load_pack<W>(xrow + r * d.C * d.HW + hw);
 #pragma unroll
-          for (int v = 0; v < W; ++v) acc[v] += a * static_cast<acc_t>(xv.v[v]);
+          for (int v = 0; v < W; ++v) acc[v] += a * u(xv.v[v]);
         }
         Pack<scalar_t, W> o;
 #pragma unroll
@@ -430,9 +476,9 @@ __global__ void input_backward_nchw_kernel(const scalar_t* __restrict__ dout,
 
 // channels_last: block (TX, TY); z over images, y over pixels, x over groups of V channels (V divides C).
 // out[b, hw, j] = sum_r att[b, r, j] * x[b, hw, r*C + j]
-template <int V, typename scalar_t>
+template <int V, typename scalar_t, typename Reader>
 __global__ void combine_nhwc_kernel(const scalar_t* __restrict__ x, const at::opmath_type<scalar_t>* __restrict__ att,
-                                    scalar_t* __restrict__ out, Dims d) {
+                                    scalar_t* __restrict__ out, Dims d, Reader reader) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t groups = d.C / V;
   RESNEST_FOR_B(b, d) {
@@ -447,7 +493,7 @@ __global__ void combine_nhwc_kernel(const scalar_t* __restrict__ x, const at::op
           const Pack<acc_t, V> a = load_pack<V>(att + (b * d.R + r) * d.C + j);
           const Pack<scalar_t, V> xv = load_pack<V>(x + (pix * d.R + r) * d.C + j);
 #pragma unroll
-          for (int v = 0; v < V; ++v) acc[v] += a.v[v] * static_cast<acc_t>(xv.v[v]);
+          for (int v = 0; v < V; ++v) acc[v] += a.v[v] * reader.channel(r * d.C + j + v)(xv.v[v]);
         }
         Pack<scalar_t, V> o;
 #pragma unroll
@@ -550,10 +596,22 @@ bool vectorisable(const Dims& d, bool channels_last, int v, std::initializer_lis
   return channels_last ? d.C % v == 0 : (d.C * d.HW) % v == 0;
 }
 
+// The combine kernel for the layout, vectorised when `vec` (vectorisable).
+template <typename scalar_t, typename Reader>
+void launch_combine(const scalar_t* px, const at::opmath_type<scalar_t>* pa, scalar_t* po, const Dims& d, bool cl,
+                    bool vec, const Reader& reader) {
+  constexpr int V = vec_size<scalar_t>();
+  if (cl && vec) launch_elementwise(combine_nhwc_kernel<V, scalar_t, Reader>, d, cl, V, px, pa, po, d, reader);
+  else if (cl) launch_elementwise(combine_nhwc_kernel<1, scalar_t, Reader>, d, cl, 1, px, pa, po, d, reader);
+  else if (vec) launch_elementwise(combine_nchw_kernel<V, scalar_t, Reader>, d, cl, V, px, pa, po, d, reader);
+  else launch_elementwise(combine_nchw_kernel<1, scalar_t, Reader>, d, cl, 1, px, pa, po, d, reader);
+}
+
 // Runs the MODE reduction; returns the fp32 partial sums and the number of splits.
-template <int MODE, typename scalar_t>
+template <int MODE, typename scalar_t, typename Reader>
 std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::Tensor& dout, const at::Tensor& att,
-                                                 const at::Tensor& dx, const Dims& d, bool channels_last) {
+                                                 const at::Tensor& dx, const Dims& d, bool channels_last,
+                                                 const Reader& reader) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int V = vec_size<scalar_t>();
   const cudaStream_t stream = current_stream();
@@ -578,9 +636,9 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
     acc_t* pp = partial.mutable_data_ptr<acc_t>();
 #define RESNEST_LAUNCH_NCHW(GROUP, VEC)                                                                         \
   do {                                                                                                           \
-    auto* kernel = reduce_nchw_kernel<MODE, GROUP, VEC, scalar_t>;                                               \
+    auto* kernel = reduce_nchw_kernel<MODE, GROUP, VEC, scalar_t, Reader>;                                       \
     const dim3 grid = stride_grid(resident_blocks(kernel, kThreads), d.B, (d.C + groups - 1) / groups, splits); \
-    launch(kernel, grid, kThreads, 0, stream, px, pg, pa, pdx, pp, d, splits, chunk);                            \
+    launch(kernel, grid, kThreads, 0, stream, px, pg, pa, pdx, pp, d, splits, chunk, reader);                    \
   } while (0)
     if (small && vec) RESNEST_LAUNCH_NCHW(32, V);
     else if (small) RESNEST_LAUNCH_NCHW(32, 1);
@@ -603,23 +661,55 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
   const size_t smem = sizeof(acc_t) * kThreads * v;
   acc_t* pp = partial.mutable_data_ptr<acc_t>();
   if (vec) {
-    launch(reduce_nhwc_kernel<MODE, V, scalar_t>, grid, block, smem, stream, px, pg, pa, pdx, pp, d, splits, chunk);
+    launch(reduce_nhwc_kernel<MODE, V, scalar_t, Reader>, grid, block, smem, stream, px, pg, pa, pdx, pp, d, splits,
+           chunk, reader);
   } else {
-    launch(reduce_nhwc_kernel<MODE, 1, scalar_t>, grid, block, smem, stream, px, pg, pa, pdx, pp, d, splits, chunk);
+    launch(reduce_nhwc_kernel<MODE, 1, scalar_t, Reader>, grid, block, smem, stream, px, pg, pa, pdx, pp, d, splits,
+           chunk, reader);
   }
   return {partial, splits};
 }
 
 // The combine backward's reduction (dx written when defined) and the logits gradient.
-template <typename scalar_t>
+template <typename scalar_t, typename Reader>
 void combine_backward(const at::Tensor& xc, const at::Tensor& gc, const at::Tensor& lc, const at::Tensor& dx,
-                      const at::Tensor& dlogits, const Dims& d, bool channels_last) {
+                      const at::Tensor& dlogits, const Dims& d, bool channels_last, const Reader& reader) {
   using acc_t = at::opmath_type<scalar_t>;
   const at::Tensor att = attention_weights<scalar_t>(lc, d);
-  const auto [partial, splits] = launch_reduction<1, scalar_t>(xc, gc, att, dx, d, channels_last);
+  const auto [partial, splits] = launch_reduction<1, scalar_t>(xc, gc, att, dx, d, channels_last, reader);
   launch_per_channel(logits_grad_kernel<scalar_t>, d, partial.template const_data_ptr<acc_t>(),
                      att.const_data_ptr<acc_t>(),
                      dlogits.mutable_data_ptr<scalar_t>(), d, splits);
+}
+
+// The per-channel table of a NormRelu reader ([2, R*C] in acc_t: scale, shift) for the BatchNorm before x; the
+// caller keeps the table alive while the reader is used.
+template <typename scalar_t>
+at::Tensor affine_table(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                        const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t channels = x.size(1);
+  const at::Tensor m = mean.contiguous(), v = var.contiguous();
+  const at::Tensor w = weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
+  const at::Tensor b = bias.has_value() ? bias->to(acc_dtype).contiguous() : at::Tensor();
+  at::Tensor table = at::empty({2, channels}, x.options().dtype(acc_dtype));
+  if (channels == 0) return table;
+  const AffineMap<acc_t> affine{m.const_data_ptr<acc_t>(), v.const_data_ptr<acc_t>(),
+                                w.defined() ? w.const_data_ptr<acc_t>() : nullptr,
+                                b.defined() ? b.const_data_ptr<acc_t>() : nullptr, eps};
+  auto* kernel = affine_table_kernel<acc_t>;
+  const dim3 grid = stride_grid(resident_blocks(kernel, kThreads), 1, 1, (channels + kThreads - 1) / kThreads);
+  acc_t* pt = table.mutable_data_ptr<acc_t>();
+  launch(kernel, grid, kThreads, 0, current_stream(), affine, channels, pt, pt + channels);
+  return table;
+}
+
+template <typename scalar_t>
+NormRelu<scalar_t> norm_relu(const at::Tensor& table) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* pt = table.const_data_ptr<acc_t>();
+  return {pt, pt + table.size(1)};
 }
 
 }  // namespace
@@ -634,7 +724,8 @@ at::Tensor split_attention_pool_cuda(const at::Tensor& x, int64_t radix) {
   at::Tensor gap = at::empty({d.B, d.C}, x.options());
   if (gap.numel() == 0) return gap;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_pool_cuda", [&] {
-    auto [partial, splits] = launch_reduction<0, scalar_t>(xc, at::Tensor(), at::Tensor(), at::Tensor(), d, cl);
+    auto [partial, splits] =
+        launch_reduction<0, scalar_t>(xc, at::Tensor(), at::Tensor(), at::Tensor(), d, cl, Plain<scalar_t>());
     launch_per_channel(pool_finish_kernel<scalar_t>, d, partial.const_data_ptr<at::opmath_type<scalar_t>>(),
                        gap.mutable_data_ptr<scalar_t>(), d, splits);
   });
@@ -660,10 +751,7 @@ at::Tensor split_attention_combine_cuda(const at::Tensor& x, const at::Tensor& l
     const acc_t* pa = att.const_data_ptr<acc_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
     const bool vec = vectorisable(d, cl, V, {px, po, pa});  // the weights are loaded as vectors too
-    if (cl && vec) launch_elementwise(combine_nhwc_kernel<V, scalar_t>, d, cl, V, px, pa, po, d);
-    else if (cl) launch_elementwise(combine_nhwc_kernel<1, scalar_t>, d, cl, 1, px, pa, po, d);
-    else if (vec) launch_elementwise(combine_nchw_kernel<V, scalar_t>, d, cl, V, px, pa, po, d);
-    else launch_elementwise(combine_nchw_kernel<1, scalar_t>, d, cl, 1, px, pa, po, d);
+    launch_combine<scalar_t>(px, pa, po, d, cl, vec, Plain<scalar_t>());
   });
   return out;
 }
@@ -686,7 +774,7 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cuda(const a
   at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
   if (x.numel() == 0) return {dx, dlogits};  // B == 0 or C == 0: no kernel launch
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_combine_bwd_cuda", [&] {
-    combine_backward<scalar_t>(xc, gc, lc, dx, dlogits, d, cl);
+    combine_backward<scalar_t>(xc, gc, lc, dx, dlogits, d, cl, Plain<scalar_t>());
   });
   return {dx, dlogits};
 }
@@ -706,7 +794,7 @@ at::Tensor split_attention_logits_backward_cuda(const at::Tensor& grad_out, cons
   at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
   if (x.numel() == 0) return dlogits;  // B == 0 or C == 0: no kernel launch
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_logits_bwd_cuda", [&] {
-    combine_backward<scalar_t>(xc, gc, lc, at::Tensor(), dlogits, d, cl);
+    combine_backward<scalar_t>(xc, gc, lc, at::Tensor(), dlogits, d, cl, Plain<scalar_t>());
   });
   return dlogits;
 }
@@ -741,7 +829,88 @@ at::Tensor split_attention_input_backward_cuda(const at::Tensor& grad_out, const
   return dx;
 }
 
+at::Tensor split_attention_norm_pool_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                                          const std::optional<at::Tensor>& weight,
+                                          const std::optional<at::Tensor>& bias, double eps, int64_t radix) {
+  const char* op = "split_attention_norm_pool";
+  check_split_attention_input(x, radix, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  TORCH_CHECK(x.size(0) <= 65535, op, ": batch size must be <= 65535 on CUDA, got ", x.size(0));
+  const DeviceGuard guard(x.device());
+  const bool cl = is_channels_last(x);
+  const at::Tensor xc = x.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const Dims d = dims_of(x, radix, 1);
+  at::Tensor gap = at::empty({d.B, d.C}, x.options());
+  if (gap.numel() == 0) return gap;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_pool_cuda", [&] {
+    const at::Tensor table = affine_table<scalar_t>(x, mean, var, weight, bias, eps);
+    auto [partial, splits] = launch_reduction<0, scalar_t>(xc, at::Tensor(), at::Tensor(), at::Tensor(), d, cl,
+                                                           norm_relu<scalar_t>(table));
+    launch_per_channel(pool_finish_kernel<scalar_t>, d, partial.const_data_ptr<at::opmath_type<scalar_t>>(),
+                       gap.mutable_data_ptr<scalar_t>(), d, splits);
+  });
+  return gap;
+}
+
+at::Tensor split_attention_norm_combine_cuda(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                                             const std::optional<at::Tensor>& weight,
+                                             const std::optional<at::Tensor>& bias, double eps,
+                                             const at::Tensor& logits, int64_t radix, int64_t cardinality) {
+  const char* op = "split_attention_norm_combine";
+  check_combine_logits(x, logits, radix, cardinality, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  const DeviceGuard guard(x.device());
+  const bool cl = is_channels_last(x);
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor lc = logits.contiguous();
+  const Dims d = dims_of(x, radix, cardinality);
+  at::Tensor out = at::empty({d.B, d.C, x.size(2), x.size(3)}, x.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_combine_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int V = vec_size<scalar_t>();
+    const at::Tensor table = affine_table<scalar_t>(x, mean, var, weight, bias, eps);
+    const at::Tensor att = attention_weights<scalar_t>(lc, d);
+    const scalar_t* px = xc.const_data_ptr<scalar_t>();
+    const acc_t* pa = att.const_data_ptr<acc_t>();
+    scalar_t* po = out.mutable_data_ptr<scalar_t>();
+    launch_combine<scalar_t>(px, pa, po, d, cl, vectorisable(d, cl, V, {px, po, pa}), norm_relu<scalar_t>(table));
+  });
+  return out;
+}
+
+at::Tensor split_attention_norm_logits_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                                     const at::Tensor& mean, const at::Tensor& var,
+                                                     const std::optional<at::Tensor>& weight,
+                                                     const std::optional<at::Tensor>& bias, double eps,
+                                                     const at::Tensor& logits, int64_t radix, int64_t cardinality) {
+  const char* op = "split_attention_norm_logits_backward";
+  check_combine_logits(x, logits, radix, cardinality, op);
+  check_grad_out(grad_out, x, radix, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  const Dims d = dims_of(x, radix, cardinality);
+  TORCH_CHECK(d.B <= 65535, op, ": batch size must be <= 65535 on CUDA, got ", d.B);
+  const DeviceGuard guard(x.device());
+  const bool cl = is_channels_last(x);
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
+  const at::Tensor lc = logits.contiguous();
+  at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
+  if (x.numel() == 0) return dlogits;  // B == 0 or C == 0: no kernel launch
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_logits_bwd_cuda",
+                                  [&] {
+    const at::Tensor table = affine_table<scalar_t>(x, mean, var, weight, bias, eps);
+    combine_backward<scalar_t>(xc, gc, lc, at::Tensor(), dlogits, d, cl, norm_relu<scalar_t>(table));
+  });
+  return dlogits;
+}
+
 RESNEST_CUDA_KERNELS(m) {
+  m.impl("split_attention_norm_pool", &split_attention_norm_pool_cuda);
+  m.impl("split_attention_norm_combine", &split_attention_norm_combine_cuda);
+  m.impl("split_attention_norm_logits_backward", &split_attention_norm_logits_backward_cuda);
   m.impl("split_attention_logits_backward", &split_attention_logits_backward_cuda);
   m.impl("split_attention_input_backward", &split_attention_input_backward_cuda);
   m.impl("split_attention_pool", &split_attention_pool_cuda);
