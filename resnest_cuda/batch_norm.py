@@ -36,7 +36,7 @@ from . import _library  # noqa: F401  (loads the ops)
 from .norm import FrozenBatchNorm2d, process_group_of, syncs_statistics, uses_batch_statistics
 from .reference import batch_norm as reference
 
-__all__ = ["batch_norm_act", "batch_statistics", "fused_applies", "frozen_applies", "fused_backward", "memory_format_of"]
+__all__ = ["batch_norm_act", "batch_statistics", "fused_applies", "frozen_applies", "memory_format_of"]
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -139,13 +139,13 @@ class _BatchNormAct(torch.autograd.Function):
         x, y, weight, bias, mean, var, count, rows = ctx.saved_tensors
         if torch.is_grad_enabled():
             return _differentiable_backward(ctx, grad_y, x, y, weight, bias, mean, var, rows)
-        grad_x, grad_w, grad_b, g = fused_backward(
+        grad_x, grad_w, grad_b, g = _fused_backward(
             grad_y, x, y, weight, bias, mean, var, count, rows, ctx.eps, ctx.relu, ctx.group, ctx.needs_input_grad[:3]
         )
         return grad_x, grad_w, grad_b, g if ctx.needs_input_grad[3] else None, None, None, None, None, None, None, None
 
 
-def fused_backward(grad_y, x, y, weight, bias, mean, var, count, rows, eps, relu, group, needs):
+def _fused_backward(grad_y, x, y, weight, bias, mean, var, count, rows, eps, relu, group, needs):
     """The backward of act(bn(x) (+ residual)) with batch statistics (mean, var, count) as the fused ops compute it:
     one reduction, then one elementwise pass for grad_x. y: the forward output where the ReLU mask must be read from
     it (a residual), else None (the mask is recomputed from x). needs: whether (x, weight, bias) want gradients.

@@ -11,9 +11,10 @@ the wrappers, raw ``torch.ops.resnest_cuda.*`` calls and ``torch.compile`` raise
 """
 
 import torch
+import torch.distributed as dist
 
 from ._library import has_kernel, refuse_functorch_transforms
-from .batch_norm import batch_statistics, fused_applies, fused_backward
+from .batch_norm import batch_statistics, fused_applies
 from .reference import batch_norm as reference_batch_norm
 from .reference.split_attention import radix_softmax
 from .reference.split_attention import split_attention_pool as reference_split_attention_pool
@@ -351,11 +352,13 @@ class _NormSplitAttention(torch.autograd.Function):
     """combine(u, logits) with u = relu(bn(x)) (statistics mean, var, count of x, computed outside) and
     logits = attention(pool(u)), as _SplitAttention but reading x instead of u: u is neither written nor saved.
 
-    Forward: split_attention_norm_combine (one pass over x). Backward: split_attention_norm_logits_backward (one
-    reduction over x and grad_out), autograd through the small attention graph, split_attention_input_backward
-    (grad_u, written once) and the fused BatchNorm + ReLU backward (one reduction, one elementwise pass; the ReLU
-    mask recomputed from x). The same numbers as batch_norm_act followed by split_attention, bit for bit. It saves
-    x, the per-channel statistics, logits and gap; retain_graph works as in _SplitAttention; under create_graph the
+    Forward: split_attention_norm_combine (one pass over x). Backward: split_attention_norm_backward_reduce (one
+    reduction over x and grad_out: the logits gradient and per-(b, channel) sums), autograd through the small
+    attention graph, split_attention_norm_backward_sums (the BatchNorm's per-channel sums, tiny) and
+    split_attention_norm_backward_input (grad_x in one elementwise pass; grad_u and the ReLU mask recomputed, never
+    written): two passes over x where batch_norm_act followed by split_attention makes four and writes grad_u. The
+    forward is bit for bit theirs; the backward sums in another order (per image first). It saves x, the
+    per-channel statistics, logits and gap; retain_graph works as in _SplitAttention; under create_graph the
     backward differentiates the plain-PyTorch specification (u recomputed from x), so higher derivatives are exact
     (refused with a synchronised SyncBatchNorm, as batch_norm_act refuses them)."""
 
@@ -383,7 +386,7 @@ class _NormSplitAttention(torch.autograd.Function):
             u = _norm_relu_spec(x, weight, bias, eps)
             grad_u_direct, grad_logits = combine_backward_differentiable(grad_out, u, logits, radix, cardinality)
         else:
-            grad_logits = torch.ops.resnest_cuda.split_attention_norm_logits_backward(
+            grad_logits, sums = torch.ops.resnest_cuda.split_attention_norm_backward_reduce(
                 grad_out, x, mean, var, weight, bias, eps, logits.detach(), radix, cardinality
             )
         wanted = [i for i, needed in enumerate(ctx.params_need_grad) if needed]
@@ -410,13 +413,38 @@ class _NormSplitAttention(torch.autograd.Function):
                     bn_grads[i] = g
             grad_x, grad_w, grad_b = bn_grads
         else:
-            grad_u = torch.ops.resnest_cuda.split_attention_input_backward(
-                grad_out, logits.detach(), grad_gap, radix, cardinality
-            )
-            grad_x, grad_w, grad_b, _ = fused_backward(
-                grad_u, x, None, weight, bias, mean, var, count, None, eps, True, ctx.group, needs
+            grad_x, grad_w, grad_b = _norm_input_grads(
+                grad_out, x, weight, bias, mean, var, count, logits.detach(), grad_gap, sums, eps, ctx.group,
+                radix, cardinality, needs,
             )
         return (grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None, None, *param_grads)
+
+
+def _norm_input_grads(grad_out, x, weight, bias, mean, var, count, logits, grad_gap, sums, eps, group, radix,
+                      cardinality, needs):
+    """(grad_x, grad_weight, grad_bias) of the BatchNorm + ReLU before the split attention, from the per-(b, channel)
+    sums of split_attention_norm_backward_reduce and grad_gap: the BatchNorm's per-channel sums, all-reduced over a
+    SyncBatchNorm's group for grad_x (the weight and bias gradients stay local, as in batch_norm_act), then one
+    elementwise pass."""
+    need_x, need_w, need_b = needs
+    ops = torch.ops.resnest_cuda
+    hw = x.shape[2] * x.shape[3]
+    sum_dy, sum_dy_xhat = ops.split_attention_norm_backward_sums(
+        sums, logits, grad_gap, var, eps, radix, cardinality, hw
+    )
+    grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
+    grad_b = sum_dy.to(bias.dtype) if need_b else None
+    grad_x = None
+    if need_x:
+        if group is not None:
+            both = torch.cat([sum_dy, sum_dy_xhat])
+            dist.all_reduce(both, group=group)
+            sum_dy, sum_dy_xhat = both.chunk(2)
+        grad_x = ops.split_attention_norm_backward_input(
+            grad_out, x, mean, var, weight, bias, eps, logits, grad_gap, sum_dy, sum_dy_xhat, count, radix,
+            cardinality,
+        )
+    return grad_x, grad_w, grad_b
 
 
 def norm_split_attention_applies(bn, x: torch.Tensor, params=()) -> bool:

@@ -98,6 +98,39 @@ at::Tensor norm_logits_backward_meta(const at::Tensor& grad_out, const at::Tenso
   return at::empty_symint(logits.sym_sizes(), logits.options());
 }
 
+std::tuple<at::Tensor, at::Tensor> norm_backward_reduce_meta(const at::Tensor& grad_out, const at::Tensor& x,
+                                                             const at::Tensor& mean, const at::Tensor& var,
+                                                             const std::optional<at::Tensor>& weight,
+                                                             const std::optional<at::Tensor>& bias, double eps,
+                                                             const at::Tensor& logits, int64_t radix,
+                                                             int64_t cardinality) {
+  const char* op = "split_attention_norm_backward_reduce";
+  check_combine_logits(x, logits, radix, cardinality, op);
+  check_grad_out(grad_out, x, radix, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  return {at::empty_symint(logits.sym_sizes(), logits.options()),
+          at::empty_symint({4, x.sym_size(0), x.sym_size(1)}, x.options().dtype(bn_stats_dtype(x)))};
+}
+
+std::tuple<at::Tensor, at::Tensor> norm_backward_sums_meta(const at::Tensor& sums, const at::Tensor& logits,
+                                                           const at::Tensor& grad_gap, const at::Tensor& var,
+                                                           double eps, int64_t radix, int64_t cardinality,
+                                                           int64_t hw) {
+  check_norm_sums_args(sums, logits, grad_gap, var, eps, radix, cardinality, hw);
+  return {at::empty_symint({sums.sym_size(2)}, var.options()), at::empty_symint({sums.sym_size(2)}, var.options())};
+}
+
+at::Tensor norm_backward_input_meta(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,
+                                    const at::Tensor& var, const std::optional<at::Tensor>& weight,
+                                    const std::optional<at::Tensor>& bias, double eps, const at::Tensor& logits,
+                                    const at::Tensor& grad_gap, const at::Tensor& sum_dy,
+                                    const at::Tensor& sum_dy_xhat, const at::Tensor& count, int64_t radix,
+                                    int64_t cardinality) {
+  check_norm_backward_input_args(grad_out, x, mean, var, weight, bias, eps, logits, grad_gap, sum_dy, sum_dy_xhat,
+                                 count, radix, cardinality);
+  return at::empty_symint(x.sym_sizes(), x.options().memory_format(activation_format(x)));
+}
+
 }  // namespace
 
 }  // namespace resnest_cuda
@@ -131,6 +164,22 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
   m.def(
       "split_attention_norm_logits_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor var, Tensor? weight,"
       " Tensor? bias, float eps, Tensor logits, int radix, int cardinality) -> Tensor");
+  // The backward of that tail with BatchNorm + ReLU in three steps that read x and grad_out only (u is never
+  // written): one reduction over H, W giving the logits gradient and four per-(b, channel) sums [4, B, R*C] (of
+  // mask * dout, mask * dout * (x - mean), mask, mask * (x - mean); mask: where the ReLU passed), then, once the
+  // caller knows grad_gap (autograd through the attention MLP), the BatchNorm's per-channel sums of grad_u and
+  // grad_u * xhat, then grad_x in one elementwise pass (grad_u = mask * (softmax_r(logits) * grad_out +
+  // grad_gap / HW) recomputed, never written). Between the last two a SyncBatchNorm all-reduces the sums.
+  m.def(
+      "split_attention_norm_backward_reduce(Tensor grad_out, Tensor x, Tensor mean, Tensor var, Tensor? weight,"
+      " Tensor? bias, float eps, Tensor logits, int radix, int cardinality) -> (Tensor, Tensor)");
+  m.def(
+      "split_attention_norm_backward_sums(Tensor sums, Tensor logits, Tensor grad_gap, Tensor var, float eps,"
+      " int radix, int cardinality, int hw) -> (Tensor, Tensor)");
+  m.def(
+      "split_attention_norm_backward_input(Tensor grad_out, Tensor x, Tensor mean, Tensor var, Tensor? weight,"
+      " Tensor? bias, float eps, Tensor logits, Tensor grad_gap, Tensor sum_dy, Tensor sum_dy_xhat, Tensor count,"
+      " int radix, int cardinality) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(resnest_cuda, CompositeExplicitAutograd, m) {
@@ -146,4 +195,7 @@ TORCH_LIBRARY_IMPL(resnest_cuda, Meta, m) {
   m.impl("split_attention_norm_pool", &resnest_cuda::norm_pool_meta);
   m.impl("split_attention_norm_combine", &resnest_cuda::norm_combine_meta);
   m.impl("split_attention_norm_logits_backward", &resnest_cuda::norm_logits_backward_meta);
+  m.impl("split_attention_norm_backward_reduce", &resnest_cuda::norm_backward_reduce_meta);
+  m.impl("split_attention_norm_backward_sums", &resnest_cuda::norm_backward_sums_meta);
+  m.impl("split_attention_norm_backward_input", &resnest_cuda::norm_backward_input_meta);
 }

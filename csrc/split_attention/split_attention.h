@@ -107,6 +107,65 @@ inline void check_norm_args(const at::Tensor& x, const at::Tensor& mean, const a
   check_eps(eps, op);
 }
 
+// Arguments of split_attention_norm_backward_sums: sums [4, B, R*C] and var [R*C] in the statistics dtype of the
+// logits (fp32, fp64 for fp64), logits [B, R*C(, 1, 1)], grad_gap [B, C], eps >= 0, hw (H*W of x) >= 1.
+inline void check_norm_sums_args(const at::Tensor& sums, const at::Tensor& logits, const at::Tensor& grad_gap,
+                                 const at::Tensor& var, double eps, int64_t radix, int64_t cardinality,
+                                 int64_t hw) {
+  const char* op = "split_attention_norm_backward_sums";
+  TORCH_CHECK_VALUE(radix >= 1, op, ": radix must be an int >= 1, got ", radix);
+  TORCH_CHECK_VALUE(cardinality >= 1, op, ": cardinality must be an int >= 1, got ", cardinality);
+  TORCH_CHECK_VALUE(hw >= 1, op, ": hw (H*W of x) must be >= 1, got ", hw);
+  check_eps(eps, op);
+  TORCH_CHECK_TYPE(at::isFloatingType(logits.scalar_type()), op,
+                   ": logits must be float32/float16/bfloat16/float64, got ", logits.scalar_type());
+  const at::ScalarType stats = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK_VALUE(sums.dim() == 3 && sums.sym_size(0) == 4, op, ": sums must have shape [4, B, R*C], got ",
+                    sums.sym_sizes());
+  const c10::SymInt B = sums.sym_size(1), RC = sums.sym_size(2);
+  TORCH_CHECK_VALUE(RC % radix == 0 && (RC / radix) % cardinality == 0, op, ": sums.shape[2] (", RC,
+                    ") must be radix * C with C divisible by cardinality (radix ", radix, ", cardinality ",
+                    cardinality, ")");
+  TORCH_CHECK_VALUE(logits_shape_ok(logits, B, RC), op, ": logits must have shape [", B, ", ", RC, "] or [", B,
+                    ", ", RC, ", 1, 1], got ", logits.sym_sizes());
+  TORCH_CHECK_VALUE(grad_gap.dim() == 2 && grad_gap.sym_size(0) == B && grad_gap.sym_size(1) == RC / radix, op,
+                    ": grad_gap must have shape [", B, ", ", RC / radix, "], got ", grad_gap.sym_sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_gap.scalar_type()), op,
+                   ": grad_gap must be float32/float16/bfloat16/float64, got ", grad_gap.scalar_type());
+  TORCH_CHECK_VALUE(var.dim() == 1 && var.sym_size(0) == RC, op, ": var must have shape [", RC, "], got ",
+                    var.sym_sizes());
+  TORCH_CHECK_TYPE(sums.scalar_type() == stats && var.scalar_type() == stats, op, ": sums and var must be ", stats,
+                   " (the statistics dtype of the logits), got ", sums.scalar_type(), " and ", var.scalar_type());
+  TORCH_CHECK_VALUE(logits.device() == sums.device() && grad_gap.device() == sums.device() &&
+                        var.device() == sums.device(),
+                    op, ": sums, logits, grad_gap and var must be on one device");
+}
+
+// Arguments of split_attention_norm_backward_input: those of the combine (x, logits, grad_out), the BatchNorm's
+// (mean, var, weight, bias, eps), grad_gap [B, C], sum_dy and sum_dy_xhat [R*C] and count (0-d) in the statistics
+// dtype.
+inline void check_norm_backward_input_args(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,
+                                           const at::Tensor& var, const std::optional<at::Tensor>& weight,
+                                           const std::optional<at::Tensor>& bias, double eps,
+                                           const at::Tensor& logits, const at::Tensor& grad_gap,
+                                           const at::Tensor& sum_dy, const at::Tensor& sum_dy_xhat,
+                                           const at::Tensor& count, int64_t radix, int64_t cardinality) {
+  const char* op = "split_attention_norm_backward_input";
+  check_combine_logits(x, logits, radix, cardinality, op);
+  check_grad_out(grad_out, x, radix, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  const c10::SymInt C = x.sym_size(1) / radix;
+  TORCH_CHECK_VALUE(grad_gap.dim() == 2 && grad_gap.sym_size(0) == x.sym_size(0) && grad_gap.sym_size(1) == C, op,
+                    ": grad_gap must have shape [", x.sym_size(0), ", ", C, "], got ", grad_gap.sym_sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_gap.scalar_type()), op,
+                   ": grad_gap must be float32/float16/bfloat16/float64, got ", grad_gap.scalar_type());
+  TORCH_CHECK_VALUE(grad_gap.device() == x.device(), op, ": grad_gap is on ", grad_gap.device(), " but x is on ",
+                    x.device());
+  check_channel_vector(sum_dy, x, op, "sum_dy", false);
+  check_channel_vector(sum_dy_xhat, x, op, "sum_dy_xhat", false);
+  check_count(count, x, op);
+}
+
 // Memory format used for a 4-D activation and its outputs: channels_last when x is channels_last-contiguous
 // (and not also NCHW-contiguous, as happens for 1x1 maps), NCHW otherwise; other strided inputs are copied to
 // NCHW first. The one statement of this rule: the CPU, CUDA and Meta kernels (fake tensors) all call it, and the
@@ -143,5 +202,20 @@ at::Tensor split_attention_norm_logits_backward_cpu(const at::Tensor& grad_out, 
                                                     const std::optional<at::Tensor>& weight,
                                                     const std::optional<at::Tensor>& bias, double eps,
                                                     const at::Tensor& logits, int64_t radix, int64_t cardinality);
+std::tuple<at::Tensor, at::Tensor> split_attention_norm_backward_reduce_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+    const at::Tensor& logits, int64_t radix, int64_t cardinality);
+std::tuple<at::Tensor, at::Tensor> split_attention_norm_backward_sums_cpu(const at::Tensor& sums,
+                                                                          const at::Tensor& logits,
+                                                                          const at::Tensor& grad_gap,
+                                                                          const at::Tensor& var, double eps,
+                                                                          int64_t radix, int64_t cardinality,
+                                                                          int64_t hw);
+at::Tensor split_attention_norm_backward_input_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+    const at::Tensor& logits, const at::Tensor& grad_gap, const at::Tensor& sum_dy, const at::Tensor& sum_dy_xhat,
+    const at::Tensor& count, int64_t radix, int64_t cardinality);
 
 }  // namespace resnest_cuda

@@ -317,6 +317,154 @@ void input_backward_kernel(const scalar_t* dout, const scalar_t* logits, const a
   });
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The backward of the split-attention tail after its BatchNorm + ReLU, reading x (the BatchNorm's input) and
+// grad_out only (split_attention_norm_backward_*). u = relu_affine(x), mask = the ReLU passed (u <= 0 is false,
+// as the BatchNorm backward's mask), xc = x - mean. Per (b, channel c' = r*C + j of R*C), over H, W:
+//   ds = sum dout_j * u   (-> the logits gradient)
+//   sums[0] = sum mask * dout_j, sums[1] = sum mask * dout_j * xc, sums[2] = sum mask, sums[3] = sum mask * xc
+// so that with grad_u = mask * (att_r * dout_j + grad_gap_j / HW), the BatchNorm's sums over b, H, W are
+//   sum_dy = sum_b att * sums[0] + g * sums[2], sum_dy_xhat = invstd * sum_b att * sums[1] + g * sums[3].
+
+template <typename scalar_t>
+struct NormTerms {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t scale, shift, mean;
+  // Adds the terms of element x with output gradient g to acc[5] (ds, sums[0..3]).
+  void add(scalar_t x, acc_t g, acc_t* acc) const {
+    const acc_t u = relu_affine<scalar_t, acc_t>(x, scale, shift);
+    const acc_t pass = u <= acc_t(0) ? acc_t(0) : acc_t(1);
+    const acc_t xc = static_cast<acc_t>(x) - mean;
+    acc[0] += g * u;
+    acc[1] += pass * g;
+    acc[2] += pass * g * xc;
+    acc[3] += pass;
+    acc[4] += pass * xc;
+  }
+};
+
+template <typename scalar_t>
+void norm_backward_reduce_kernel(const scalar_t* dout, const scalar_t* x, const scalar_t* logits,
+                                 const NormRelu<scalar_t>& reader, const std::vector<at::opmath_type<scalar_t>>& mean,
+                                 scalar_t* dlogits, at::opmath_type<scalar_t>* sums, const Dims& d,
+                                 bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, d);
+  std::vector<acc_t> ds(d.B * d.R * d.C);
+  const int64_t plane = d.B * d.R * d.C;  // sums is [4, B, R*C]
+  auto store = [&](int64_t b, int64_t r, int64_t j, const acc_t* acc) {
+    ds[(b * d.R + r) * d.C + j] = acc[0];
+    for (int q = 0; q < 4; ++q) sums[q * plane + (b * d.R + r) * d.C + j] = acc[q + 1];
+  };
+  if (!channels_last) {
+    at::parallel_for(0, d.B * d.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / d.C, j = row % d.C;
+        const scalar_t* pg = dout + row * d.HW;
+        for (int64_t r = 0; r < d.R; ++r) {
+          const int64_t c = r * d.C + j;
+          const NormTerms<scalar_t> t{reader.scale[c], reader.shift[c], mean[c]};
+          const scalar_t* px = x + ((b * d.R + r) * d.C + j) * d.HW;
+          acc_t lanes[4][5] = {};
+          int64_t i = 0;
+          for (; i + 4 <= d.HW; i += 4) {
+            for (int l = 0; l < 4; ++l) t.add(px[i + l], static_cast<acc_t>(pg[i + l]), lanes[l]);
+          }
+          for (; i < d.HW; ++i) t.add(px[i], static_cast<acc_t>(pg[i]), lanes[0]);
+          acc_t acc[5];
+          for (int q = 0; q < 5; ++q) acc[q] = (lanes[0][q] + lanes[1][q]) + (lanes[2][q] + lanes[3][q]);
+          store(b, r, j, acc);
+        }
+      }
+    });
+  } else {
+    const int64_t nblk = (d.C + kChannelBlock - 1) / kChannelBlock;
+    at::parallel_for(0, d.B * nblk, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> acc(d.R * kChannelBlock * 5);
+      std::vector<NormTerms<scalar_t>> terms(d.R * kChannelBlock);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / nblk, j0 = (task % nblk) * kChannelBlock;
+        const int64_t nc = std::min(kChannelBlock, d.C - j0);
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t r = 0; r < d.R; ++r) {
+          for (int64_t c = 0; c < nc; ++c) {
+            const int64_t ch = r * d.C + j0 + c;
+            terms[r * kChannelBlock + c] = {reader.scale[ch], reader.shift[ch], mean[ch]};
+          }
+        }
+        for (int64_t hw = 0; hw < d.HW; ++hw) {
+          const scalar_t* pg = dout + (b * d.HW + hw) * d.C + j0;
+          const scalar_t* px = x + (b * d.HW + hw) * d.R * d.C + j0;
+          for (int64_t r = 0; r < d.R; ++r) {
+            for (int64_t c = 0; c < nc; ++c) {
+              terms[r * kChannelBlock + c].add(px[r * d.C + c], static_cast<acc_t>(pg[c]),
+                                               acc.data() + (r * kChannelBlock + c) * 5);
+            }
+          }
+        }
+        for (int64_t r = 0; r < d.R; ++r) {
+          for (int64_t c = 0; c < nc; ++c) store(b, r, j0 + c, acc.data() + (r * kChannelBlock + c) * 5);
+        }
+      }
+    });
+  }
+  logits_grad<scalar_t, acc_t>(att, ds, dlogits, d);
+}
+
+// grad_x = wi * (grad_u - (k1 + xc * k2)) with grad_u = mask * (att_r * dout_j + grad_gap_j / HW),
+// wi = weight * invstd, k1 = sum_dy / count, k2 = sum_dy_xhat * invstd / count (the BatchNorm's input gradient).
+template <typename scalar_t>
+struct NormInput {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t scale, shift, mean, wi, k1, k2;
+  acc_t operator()(scalar_t x, acc_t a, acc_t g, acc_t gap) const {
+    const acc_t u = relu_affine<scalar_t, acc_t>(x, scale, shift);
+    const acc_t du = u <= acc_t(0) ? acc_t(0) : a * g + gap;
+    return wi * (du - (k1 + (static_cast<acc_t>(x) - mean) * k2));
+  }
+};
+
+template <typename scalar_t>
+void norm_backward_input_kernel(const scalar_t* dout, const scalar_t* x, const scalar_t* logits,
+                                const at::opmath_type<scalar_t>* dgap,
+                                const std::vector<NormInput<scalar_t>>& channels, scalar_t* dx, const Dims& d,
+                                bool channels_last) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, d);
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
+  if (!channels_last) {
+    at::parallel_for(0, d.B * d.R * d.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t xrow = begin; xrow < end; ++xrow) {
+        const int64_t b = xrow / (d.R * d.C), c = xrow % (d.R * d.C), j = c % d.C;
+        const NormInput<scalar_t> f = channels[c];
+        const acc_t a = att[xrow];
+        const acc_t gap = dgap[b * d.C + j] * inv_hw;
+        const scalar_t* pg = dout + (b * d.C + j) * d.HW;
+        const scalar_t* px = x + xrow * d.HW;
+        scalar_t* pdx = dx + xrow * d.HW;
+        for (int64_t i = 0; i < d.HW; ++i) pdx[i] = static_cast<scalar_t>(f(px[i], a, static_cast<acc_t>(pg[i]), gap));
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, d.B * d.HW, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t pix = begin; pix < end; ++pix) {
+      const int64_t b = pix / d.HW;
+      const scalar_t* pg = dout + pix * d.C;
+      const acc_t* pgap = dgap + b * d.C;
+      for (int64_t r = 0; r < d.R; ++r) {
+        const acc_t* a = att.data() + (b * d.R + r) * d.C;
+        const NormInput<scalar_t>* f = channels.data() + r * d.C;
+        const scalar_t* px = x + (pix * d.R + r) * d.C;
+        scalar_t* pdx = dx + (pix * d.R + r) * d.C;
+        for (int64_t j = 0; j < d.C; ++j) {
+          pdx[j] = static_cast<scalar_t>(f[j](px[j], a[j], static_cast<acc_t>(pg[j]), pgap[j] * inv_hw));
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 at::Tensor split_attention_pool_cpu(const at::Tensor& x, int64_t radix) {
@@ -478,7 +626,120 @@ at::Tensor split_attention_norm_logits_backward_cpu(const at::Tensor& grad_out, 
   return dlogits;
 }
 
+std::tuple<at::Tensor, at::Tensor> split_attention_norm_backward_reduce_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+    const at::Tensor& logits, int64_t radix, int64_t cardinality) {
+  const char* op = "split_attention_norm_backward_reduce";
+  check_combine_logits(x, logits, radix, cardinality, op);
+  check_grad_out(grad_out, x, radix, op);
+  check_norm_args(x, mean, var, weight, bias, eps, op);
+  const Dims d = dims_of(x, radix, cardinality);
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
+  const at::Tensor lc = logits.contiguous();
+  at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
+  at::Tensor sums = at::zeros({4, d.B, d.R * d.C}, x.options().dtype(bn_stats_dtype(x)));
+  if (x.numel() == 0) {
+    dlogits.zero_();
+    return {dlogits, sums};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_bwd_reduce_cpu",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const std::vector<double> m = to_vector(mean);
+    norm_backward_reduce_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                                          lc.const_data_ptr<scalar_t>(),
+                                          norm_relu<scalar_t>(mean, var, weight, bias, eps, x.size(1)),
+                                          std::vector<acc_t>(m.begin(), m.end()), dlogits.mutable_data_ptr<scalar_t>(),
+                                          sums.mutable_data_ptr<acc_t>(), d, fmt == at::MemoryFormat::ChannelsLast);
+  });
+  return {dlogits, sums};
+}
+
+std::tuple<at::Tensor, at::Tensor> split_attention_norm_backward_sums_cpu(const at::Tensor& sums,
+                                                                          const at::Tensor& logits,
+                                                                          const at::Tensor& grad_gap,
+                                                                          const at::Tensor& var, double eps,
+                                                                          int64_t radix, int64_t cardinality,
+                                                                          int64_t hw) {
+  check_norm_sums_args(sums, logits, grad_gap, var, eps, radix, cardinality, hw);
+  const int64_t B = sums.size(1), RC = sums.size(2);
+  const Dims d{B, radix, RC / radix, cardinality, hw};
+  at::Tensor sum_dy = at::zeros({RC}, var.options()), sum_dy_xhat = at::zeros({RC}, var.options());
+  if (RC == 0) return {sum_dy, sum_dy_xhat};
+  const at::Tensor sc = sums.contiguous(), lc = logits.contiguous();
+  const at::Tensor dg = grad_gap.to(var.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "split_attention_norm_bwd_sums_cpu",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(lc.const_data_ptr<scalar_t>(), d);
+    const acc_t* ps = sc.const_data_ptr<acc_t>();
+    const acc_t* pg = dg.const_data_ptr<acc_t>();
+    const std::vector<double> v = to_vector(var);
+    const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(hw);
+    const int64_t plane = B * RC;
+    acc_t* sdy = sum_dy.mutable_data_ptr<acc_t>();
+    acc_t* sdx = sum_dy_xhat.mutable_data_ptr<acc_t>();
+    for (int64_t c = 0; c < RC; ++c) {
+      const int64_t j = c % d.C;
+      acc_t s1 = 0, s2 = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t i = b * RC + c;
+        const acc_t a = att[i], g = pg[b * d.C + j] * inv_hw;
+        s1 += a * ps[i] + g * ps[2 * plane + i];
+        s2 += a * ps[plane + i] + g * ps[3 * plane + i];
+      }
+      sdy[c] = s1;
+      sdx[c] = static_cast<acc_t>(s2 / std::sqrt(v[c] + eps));
+    }
+  });
+  return {sum_dy, sum_dy_xhat};
+}
+
+at::Tensor split_attention_norm_backward_input_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+    const at::Tensor& logits, const at::Tensor& grad_gap, const at::Tensor& sum_dy, const at::Tensor& sum_dy_xhat,
+    const at::Tensor& count, int64_t radix, int64_t cardinality) {
+  check_norm_backward_input_args(grad_out, x, mean, var, weight, bias, eps, logits, grad_gap, sum_dy, sum_dy_xhat,
+                                 count, radix, cardinality);
+  const Dims d = dims_of(x, radix, cardinality);
+  const at::MemoryFormat fmt = activation_format(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
+  const at::Tensor lc = logits.contiguous();
+  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  if (x.numel() == 0) return dx;
+  const at::Tensor dg = grad_gap.to(bn_stats_dtype(x)).contiguous();
+  const int64_t RC = x.size(1);
+  std::vector<double> scale, shift;
+  affine_of(mean, var, weight, bias, eps, RC, scale, shift);
+  const std::vector<double> m = to_vector(mean), v = to_vector(var), w = to_vector(weight, RC, 1.0);
+  const std::vector<double> sdy = to_vector(sum_dy), sdx = to_vector(sum_dy_xhat);
+  const double n = std::max(count.item<double>(), 1.0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_bwd_input_cpu",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<NormInput<scalar_t>> channels(RC);
+    for (int64_t c = 0; c < RC; ++c) {
+      const double invstd = 1.0 / std::sqrt(v[c] + eps);
+      channels[c] = {static_cast<acc_t>(scale[c]),        static_cast<acc_t>(shift[c]),
+                     static_cast<acc_t>(m[c]),            static_cast<acc_t>(w[c] * invstd),
+                     static_cast<acc_t>(sdy[c] / n),      static_cast<acc_t>(sdx[c] / n * invstd)};
+    }
+    norm_backward_input_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
+                                         lc.const_data_ptr<scalar_t>(), dg.const_data_ptr<acc_t>(), channels,
+                                         dx.mutable_data_ptr<scalar_t>(), d, fmt == at::MemoryFormat::ChannelsLast);
+  });
+  return dx;
+}
+
 TORCH_LIBRARY_IMPL(resnest_cuda, CPU, m) {
+  m.impl("split_attention_norm_backward_reduce", &split_attention_norm_backward_reduce_cpu);
+  m.impl("split_attention_norm_backward_sums", &split_attention_norm_backward_sums_cpu);
+  m.impl("split_attention_norm_backward_input", &split_attention_norm_backward_input_cpu);
   m.impl("split_attention_norm_pool", &split_attention_norm_pool_cpu);
   m.impl("split_attention_norm_combine", &split_attention_norm_combine_cpu);
   m.impl("split_attention_norm_logits_backward", &split_attention_norm_logits_backward_cpu);
