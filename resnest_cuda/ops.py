@@ -161,6 +161,17 @@ def _no_double_backward(op: str):
     return backward
 
 
+def _not_differentiable(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"resnest_cuda::{op} is a step of the split-attention tail after BatchNorm + ReLU and is not "
+            "differentiable on its own. Differentiate resnest_cuda.ops.norm_split_attention (or batch_norm_act "
+            "followed by split_attention) instead."
+        )
+
+    return backward
+
+
 def _no_context(ctx, inputs, output) -> None:
     pass
 
@@ -176,6 +187,14 @@ def _register_autograd() -> None:
     )
     for op in ("split_attention_combine_backward", "split_attention_logits_backward", "split_attention_input_backward"):
         torch.library.register_autograd(lib + op, _no_double_backward(op), setup_context=_no_context)
+    for op in (
+        "split_attention_norm_pool",
+        "split_attention_norm_combine",
+        "split_attention_norm_backward_reduce",
+        "split_attention_norm_backward_sums",
+        "split_attention_norm_backward_input",
+    ):
+        torch.library.register_autograd(lib + op, _not_differentiable(op), setup_context=_no_context)
 
 
 _register_autograd()

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from resnest_cuda import emulation
+from resnest_cuda import SplitAttentionConv2d, emulation
 from resnest_cuda.batch_norm import batch_norm_act
 from resnest_cuda.norm import SyncBatchNorm
 from resnest_cuda.reference import batch_norm as reference
@@ -75,6 +75,40 @@ def run_case(case: str, rank: int, world: int) -> dict[str, float]:
     return diffs
 
 
+def run_split_attention(rank: int, world: int) -> dict[str, float]:
+    """SplitAttentionConv2d with SyncBatchNorm (bn0 through the fused tail, norm_split_attention; bn1 through
+    batch_norm_act) against one process's BatchNorm2d module on the whole batch."""
+    gen = torch.Generator().manual_seed(1)
+    torch.manual_seed(0)
+    module = SplitAttentionConv2d(8, 8, radix=2, groups=2, norm_layer=SyncBatchNorm).double()
+    ref = SplitAttentionConv2d(8, 8, radix=2, groups=2, norm_layer=nn.BatchNorm2d).double()
+    ref.load_state_dict(module.state_dict())
+    mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    diffs: dict[str, float] = {}
+    for _ in range(2):
+        x_all = torch.randn(world * PER_RANK, 8, 5, 5, generator=gen, dtype=torch.float64)
+        probe = torch.randn(world * PER_RANK, 8, 5, 5, generator=gen, dtype=torch.float64)
+        x = x_all[mine].clone().requires_grad_(True)
+        y = module(x)
+        (y * probe[mine]).sum().backward()
+        xr = x_all.clone().requires_grad_(True)
+        yr = ref(xr)
+        (yr * probe).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in module.parameters()])
+        dist.all_reduce(grads)  # every parameter gradient is local: their sum is the whole batch's
+        found = {
+            "y": _max_diff(y, yr[mine]),
+            "grad_x": _max_diff(x.grad, xr.grad[mine]),
+            "grad_parameters": _max_diff(grads, torch.cat([p.grad.flatten() for p in ref.parameters()])),
+            "running_statistics": max(_max_diff(a, b) for a, b in zip(module.buffers(), ref.buffers())),
+        }
+        for key, value in found.items():
+            diffs[key] = max(diffs.get(key, 0.0), value)
+        module.zero_grad()
+        ref.zero_grad()
+    return diffs
+
+
 def main(out_path: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -83,8 +117,8 @@ def main(out_path: str) -> None:
     for variant in variants:
         kernels = emulation.kernels() if variant == "emu" else contextlib.nullcontext()
         with kernels:
-            for case in ("plain", "relu", "residual", "rows"):
-                diffs = run_case(case, rank, world)
+            for case in ("plain", "relu", "residual", "rows", "split_attention"):
+                diffs = run_split_attention(rank, world) if case == "split_attention" else run_case(case, rank, world)
                 table = torch.tensor(list(diffs.values()), dtype=torch.float64)
                 dist.all_reduce(table, op=dist.ReduceOp.MAX)
                 results[f"{variant}/{case}"] = dict(zip(diffs, table.tolist()))

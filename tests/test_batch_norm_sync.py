@@ -1,6 +1,7 @@
 """The fused SyncBatchNorm path over 2 gloo processes (torch.distributed.run) equals one process's BatchNorm on the
 whole batch: outputs, input gradients, the summed weight/bias gradients and the running statistics (momentum,
-unbiased variance), with and without a row mask, on the CPU kernels and the emulated CUDA kernels."""
+unbiased variance), with and without a row mask, and a SplitAttentionConv2d whose bn0 runs in the fused split-attention
+tail, on the CPU kernels and the emulated CUDA kernels."""
 
 import json
 import os
@@ -35,7 +36,7 @@ def test_two_processes_equal_one_process_batch_norm(tmp_path):
         raise
     assert proc.returncode == 0, stderr[-3000:]
     results = json.loads(out.read_text())
-    assert {"cpu/plain", "cpu/relu", "cpu/residual", "cpu/rows"} <= set(results)
+    assert {"cpu/plain", "cpu/relu", "cpu/residual", "cpu/rows", "cpu/split_attention"} <= set(results)
     for name, diffs in results.items():
         for key, value in diffs.items():
             assert value <= 1e-10, f"{name} {key}: {value}"

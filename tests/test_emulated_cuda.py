@@ -168,6 +168,41 @@ def test_split_attention_kernels(case, dtype):
     compare_everywhere("split_attention_combine_backward", (grad_out, x, logits, r, k))
     compare_everywhere("split_attention_logits_backward", (grad_out, x, logits, r, k))
     compare_everywhere("split_attention_input_backward", (grad_out, logits, grad_gap, r, k))
+    compare_norm_tail(x, logits, grad_out, grad_gap, r, k)
+
+
+def norm_args(x, seed=0):
+    """Statistics and affine parameters of a BatchNorm over x's channels (the split_attention_norm_* ops)."""
+    g = torch.Generator().manual_seed(seed)
+    stats = torch.float64 if x.dtype == torch.float64 else torch.float32
+    rc = x.shape[1]
+    mean = (torch.randn(rc, generator=g, dtype=torch.float64) * 0.3).to(stats)
+    var = (torch.rand(rc, generator=g, dtype=torch.float64) + 0.5).to(stats)
+    weight = (torch.rand(rc, generator=g, dtype=torch.float64) + 0.5).to(stats)
+    bias = (torch.randn(rc, generator=g, dtype=torch.float64) * 0.5).to(stats)
+    return mean, var, weight, bias
+
+
+def compare_norm_tail(x, logits, grad_out, grad_gap, r, k, settings=SETTINGS, sm_count=None):
+    """The split-attention ops after BatchNorm + ReLU (split_attention.cpp): forward and backward steps."""
+    mean, var, w, b = norm_args(x)
+    eps = 1e-5
+    kw = dict(settings=settings, sm_count=sm_count)
+    compare_everywhere("split_attention_norm_pool", (x, mean, var, w, b, eps, r), **kw)
+    compare_everywhere("split_attention_norm_combine", (x, mean, var, w, b, eps, logits, r, k), **kw)
+    _, sums = compare_everywhere(
+        "split_attention_norm_backward_reduce", (grad_out, x, mean, var, w, b, eps, logits, r, k), **kw
+    )
+    hw = x.shape[2] * x.shape[3]
+    sum_dy, sum_dy_xhat = compare_everywhere(
+        "split_attention_norm_backward_sums", (sums, logits, grad_gap, var, eps, r, k, hw), **kw
+    )
+    count = torch.tensor(float(x.shape[0] * hw), dtype=mean.dtype)
+    compare_everywhere(
+        "split_attention_norm_backward_input",
+        (grad_out, x, mean, var, w, b, eps, logits, grad_gap, sum_dy, sum_dy_xhat, count, r, k),
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
@@ -186,6 +221,7 @@ def test_split_attention_reductions_split_over_many_blocks(spec, dtype):
         ("split_attention_logits_backward", (grad_out, x, logits, r, k)),
     ]:
         compare_everywhere(op, args, settings=settings, sm_count=64)
+    compare_norm_tail(x, logits, grad_out, grad_gap, r, k, settings=settings, sm_count=64)
 
 
 def test_split_attention_empty_and_zero_channel_inputs():

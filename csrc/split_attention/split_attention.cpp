@@ -87,17 +87,6 @@ at::Tensor norm_combine_meta(const at::Tensor& x, const at::Tensor& mean, const 
                           x.options().memory_format(activation_format(x)));
 }
 
-at::Tensor norm_logits_backward_meta(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,
-                                     const at::Tensor& var, const std::optional<at::Tensor>& weight,
-                                     const std::optional<at::Tensor>& bias, double eps, const at::Tensor& logits,
-                                     int64_t radix, int64_t cardinality) {
-  const char* op = "split_attention_norm_logits_backward";
-  check_combine_logits(x, logits, radix, cardinality, op);
-  check_grad_out(grad_out, x, radix, op);
-  check_norm_args(x, mean, var, weight, bias, eps, op);
-  return at::empty_symint(logits.sym_sizes(), logits.options());
-}
-
 std::tuple<at::Tensor, at::Tensor> norm_backward_reduce_meta(const at::Tensor& grad_out, const at::Tensor& x,
                                                              const at::Tensor& mean, const at::Tensor& var,
                                                              const std::optional<at::Tensor>& weight,
@@ -152,7 +141,7 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
   m.def(
       "split_attention_input_backward(Tensor grad_out, Tensor logits, Tensor grad_gap, int radix, int cardinality)"
       " -> Tensor");
-  // The pool, the combine and the logits gradient of x read as u = relu(batch_norm(x)) with the given statistics
+  // The pool and the combine of x read as u = relu(batch_norm(x)) with the given statistics
   // and affine parameters: bit for bit the op applied to batch_norm_act(x, mean, var, weight, bias, None, eps,
   // True), without writing u (the eager fused path of SplitAttentionConv2d, resnest_cuda/ops.py).
   m.def(
@@ -161,9 +150,6 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
   m.def(
       "split_attention_norm_combine(Tensor x, Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps,"
       " Tensor logits, int radix, int cardinality) -> Tensor");
-  m.def(
-      "split_attention_norm_logits_backward(Tensor grad_out, Tensor x, Tensor mean, Tensor var, Tensor? weight,"
-      " Tensor? bias, float eps, Tensor logits, int radix, int cardinality) -> Tensor");
   // The backward of that tail with BatchNorm + ReLU in three steps that read x and grad_out only (u is never
   // written): one reduction over H, W giving the logits gradient and four per-(b, channel) sums [4, B, R*C] (of
   // mask * dout, mask * dout * (x - mean), mask, mask * (x - mean); mask: where the ReLU passed), then, once the
@@ -194,7 +180,6 @@ TORCH_LIBRARY_IMPL(resnest_cuda, Meta, m) {
   m.impl("split_attention_input_backward", &resnest_cuda::input_backward_meta);
   m.impl("split_attention_norm_pool", &resnest_cuda::norm_pool_meta);
   m.impl("split_attention_norm_combine", &resnest_cuda::norm_combine_meta);
-  m.impl("split_attention_norm_logits_backward", &resnest_cuda::norm_logits_backward_meta);
   m.impl("split_attention_norm_backward_reduce", &resnest_cuda::norm_backward_reduce_meta);
   m.impl("split_attention_norm_backward_sums", &resnest_cuda::norm_backward_sums_meta);
   m.impl("split_attention_norm_backward_input", &resnest_cuda::norm_backward_input_meta);

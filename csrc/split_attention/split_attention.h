@@ -189,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor> split_attention_combine_backward_cpu(const at
                                                                         const at::Tensor& logits, int64_t radix,
                                                                         int64_t cardinality);
 
-// x read as u = relu(batch_norm(x)) (the split_attention_norm_* ops).
+// x read as u = relu(batch_norm(x)) (the split_attention_norm_* ops; formulas in split_attention.cpp).
 at::Tensor split_attention_norm_pool_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
                                          const std::optional<at::Tensor>& weight,
                                          const std::optional<at::Tensor>& bias, double eps, int64_t radix);
@@ -197,11 +197,6 @@ at::Tensor split_attention_norm_combine_cpu(const at::Tensor& x, const at::Tenso
                                             const std::optional<at::Tensor>& weight,
                                             const std::optional<at::Tensor>& bias, double eps,
                                             const at::Tensor& logits, int64_t radix, int64_t cardinality);
-at::Tensor split_attention_norm_logits_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                                    const at::Tensor& mean, const at::Tensor& var,
-                                                    const std::optional<at::Tensor>& weight,
-                                                    const std::optional<at::Tensor>& bias, double eps,
-                                                    const at::Tensor& logits, int64_t radix, int64_t cardinality);
 std::tuple<at::Tensor, at::Tensor> split_attention_norm_backward_reduce_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,

@@ -352,9 +352,12 @@ void norm_backward_reduce_kernel(const scalar_t* dout, const scalar_t* x, const 
   const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, d);
   std::vector<acc_t> ds(d.B * d.R * d.C);
   const int64_t plane = d.B * d.R * d.C;  // sums is [4, B, R*C]
-  auto store = [&](int64_t b, int64_t r, int64_t j, const acc_t* acc) {
-    ds[(b * d.R + r) * d.C + j] = acc[0];
-    for (int q = 0; q < 4; ++q) sums[q * plane + (b * d.R + r) * d.C + j] = acc[q + 1];
+  // The terms accumulate in acc_t over chunks of kFlush positions, whose totals are added in double: the sums
+  // of a large map keep fp32-level relative accuracy (a plain fp32 running sum over 10^4 terms would not).
+  constexpr int64_t kFlush = 256;
+  auto store = [&](int64_t b, int64_t r, int64_t j, const double* acc) {
+    ds[(b * d.R + r) * d.C + j] = static_cast<acc_t>(acc[0]);
+    for (int q = 0; q < 4; ++q) sums[q * plane + (b * d.R + r) * d.C + j] = static_cast<acc_t>(acc[q + 1]);
   };
   if (!channels_last) {
     at::parallel_for(0, d.B * d.C, 1, [&](int64_t begin, int64_t end) {
@@ -365,15 +368,18 @@ void norm_backward_reduce_kernel(const scalar_t* dout, const scalar_t* x, const 
           const int64_t c = r * d.C + j;
           const NormTerms<scalar_t> t{reader.scale[c], reader.shift[c], mean[c]};
           const scalar_t* px = x + ((b * d.R + r) * d.C + j) * d.HW;
-          acc_t lanes[4][5] = {};
-          int64_t i = 0;
-          for (; i + 4 <= d.HW; i += 4) {
-            for (int l = 0; l < 4; ++l) t.add(px[i + l], static_cast<acc_t>(pg[i + l]), lanes[l]);
+          double total[5] = {0, 0, 0, 0, 0};
+          for (int64_t start = 0; start < d.HW; start += kFlush) {
+            const int64_t stop = std::min(d.HW, start + kFlush);
+            acc_t lanes[4][5] = {};
+            int64_t i = start;
+            for (; i + 4 <= stop; i += 4) {
+              for (int l = 0; l < 4; ++l) t.add(px[i + l], static_cast<acc_t>(pg[i + l]), lanes[l]);
+            }
+            for (; i < stop; ++i) t.add(px[i], static_cast<acc_t>(pg[i]), lanes[0]);
+            for (int q = 0; q < 5; ++q) total[q] += (lanes[0][q] + lanes[1][q]) + (lanes[2][q] + lanes[3][q]);
           }
-          for (; i < d.HW; ++i) t.add(px[i], static_cast<acc_t>(pg[i]), lanes[0]);
-          acc_t acc[5];
-          for (int q = 0; q < 5; ++q) acc[q] = (lanes[0][q] + lanes[1][q]) + (lanes[2][q] + lanes[3][q]);
-          store(b, r, j, acc);
+          store(b, r, j, total);
         }
       }
     });
@@ -381,29 +387,34 @@ void norm_backward_reduce_kernel(const scalar_t* dout, const scalar_t* x, const 
     const int64_t nblk = (d.C + kChannelBlock - 1) / kChannelBlock;
     at::parallel_for(0, d.B * nblk, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> acc(d.R * kChannelBlock * 5);
+      std::vector<double> total(d.R * kChannelBlock * 5);
       std::vector<NormTerms<scalar_t>> terms(d.R * kChannelBlock);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / nblk, j0 = (task % nblk) * kChannelBlock;
         const int64_t nc = std::min(kChannelBlock, d.C - j0);
-        std::fill(acc.begin(), acc.end(), acc_t(0));
+        std::fill(total.begin(), total.end(), 0.0);
         for (int64_t r = 0; r < d.R; ++r) {
           for (int64_t c = 0; c < nc; ++c) {
             const int64_t ch = r * d.C + j0 + c;
             terms[r * kChannelBlock + c] = {reader.scale[ch], reader.shift[ch], mean[ch]};
           }
         }
-        for (int64_t hw = 0; hw < d.HW; ++hw) {
-          const scalar_t* pg = dout + (b * d.HW + hw) * d.C + j0;
-          const scalar_t* px = x + (b * d.HW + hw) * d.R * d.C + j0;
-          for (int64_t r = 0; r < d.R; ++r) {
-            for (int64_t c = 0; c < nc; ++c) {
-              terms[r * kChannelBlock + c].add(px[r * d.C + c], static_cast<acc_t>(pg[c]),
-                                               acc.data() + (r * kChannelBlock + c) * 5);
+        for (int64_t start = 0; start < d.HW; start += kFlush) {
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          for (int64_t hw = start; hw < std::min(d.HW, start + kFlush); ++hw) {
+            const scalar_t* pg = dout + (b * d.HW + hw) * d.C + j0;
+            const scalar_t* px = x + (b * d.HW + hw) * d.R * d.C + j0;
+            for (int64_t r = 0; r < d.R; ++r) {
+              for (int64_t c = 0; c < nc; ++c) {
+                terms[r * kChannelBlock + c].add(px[r * d.C + c], static_cast<acc_t>(pg[c]),
+                                                 acc.data() + (r * kChannelBlock + c) * 5);
+              }
             }
           }
+          for (size_t i = 0; i < acc.size(); ++i) total[i] += acc[i];
         }
         for (int64_t r = 0; r < d.R; ++r) {
-          for (int64_t c = 0; c < nc; ++c) store(b, r, j0 + c, acc.data() + (r * kChannelBlock + c) * 5);
+          for (int64_t c = 0; c < nc; ++c) store(b, r, j0 + c, total.data() + (r * kChannelBlock + c) * 5);
         }
       }
     });
@@ -600,32 +611,6 @@ at::Tensor split_attention_norm_combine_cpu(const at::Tensor& x, const at::Tenso
   return out;
 }
 
-at::Tensor split_attention_norm_logits_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                                    const at::Tensor& mean, const at::Tensor& var,
-                                                    const std::optional<at::Tensor>& weight,
-                                                    const std::optional<at::Tensor>& bias, double eps,
-                                                    const at::Tensor& logits, int64_t radix, int64_t cardinality) {
-  const char* op = "split_attention_norm_logits_backward";
-  check_combine_logits(x, logits, radix, cardinality, op);
-  check_grad_out(grad_out, x, radix, op);
-  check_norm_args(x, mean, var, weight, bias, eps, op);
-  const Dims d = dims_of(x, radix, cardinality);
-  const at::MemoryFormat fmt = activation_format(x);
-  const at::Tensor xc = x.contiguous(fmt);
-  const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
-  const at::Tensor lc = logits.contiguous();
-  at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
-  if (x.numel() == 0) return dlogits;  // B == 0 or C == 0: no kernel launch
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_logits_bwd_cpu",
-                                  [&] {
-    combine_backward_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-                                      lc.const_data_ptr<scalar_t>(), nullptr, dlogits.mutable_data_ptr<scalar_t>(), d,
-                                      fmt == at::MemoryFormat::ChannelsLast,
-                                      norm_relu<scalar_t>(mean, var, weight, bias, eps, x.size(1)));
-  });
-  return dlogits;
-}
-
 std::tuple<at::Tensor, at::Tensor> split_attention_norm_backward_reduce_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
@@ -742,7 +727,6 @@ TORCH_LIBRARY_IMPL(resnest_cuda, CPU, m) {
   m.impl("split_attention_norm_backward_input", &split_attention_norm_backward_input_cpu);
   m.impl("split_attention_norm_pool", &split_attention_norm_pool_cpu);
   m.impl("split_attention_norm_combine", &split_attention_norm_combine_cpu);
-  m.impl("split_attention_norm_logits_backward", &split_attention_norm_logits_backward_cpu);
   m.impl("split_attention_logits_backward", &split_attention_logits_backward_cpu);
   m.impl("split_attention_input_backward", &split_attention_input_backward_cpu);
   m.impl("split_attention_pool", &split_attention_pool_cpu);

@@ -537,6 +537,278 @@ __global__ void input_backward_nhwc_kernel(const scalar_t* __restrict__ dout,
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The backward of the split-attention tail after its BatchNorm + ReLU, reading x and grad_out only
+// (split_attention_norm_backward_*; formulas in split_attention.cpp). u = relu_affine(x), mask = !(u <= 0) (the
+// BatchNorm backward's mask), xc = x - mean.
+
+// Per-channel constants of the reduction: the affine map and the mean.
+template <typename acc_t>
+struct NormGradTable {
+  const acc_t* scale;  // [R*C] (affine_table)
+  const acc_t* shift;
+  const acc_t* mean;
+};
+
+// Adds the five terms of element x (output gradient g) to acc: dout * u, then mask * (dout, dout * xc, 1, xc).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void add_norm_terms(scalar_t x, acc_t g, acc_t scale, acc_t shift, acc_t mean,
+                                               acc_t* acc) {
+  const acc_t u = relu_affine<scalar_t, acc_t>(x, scale, shift);
+  const acc_t pass = u <= acc_t(0) ? acc_t(0) : acc_t(1);
+  const acc_t xc = static_cast<acc_t>(x) - mean;
+  acc[0] += g * u;
+  acc[1] += pass * g;
+  acc[2] += pass * g * xc;
+  acc[3] += pass;
+  acc[4] += pass * xc;
+}
+
+// NCHW, launched as reduce_nchw_kernel: partial[b, s, q, r, j] (q < 5) = sum over split s of row (b, r*C + j).
+template <int GROUP, int V, typename scalar_t>
+__global__ void norm_reduce_nchw_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dout,
+                                        NormGradTable<at::opmath_type<scalar_t>> table,
+                                        at::opmath_type<scalar_t>* __restrict__ partial, Dims d, int64_t splits,
+                                        int64_t chunk) {
+  using acc_t = at::opmath_type<scalar_t>;
+  RESNEST_SHARED(acc_t, shared, kThreads / 32);
+  constexpr int kGroups = kThreads / GROUP;
+  const int lane = threadIdx.x % GROUP;
+  RESNEST_FOR_B(b, d) {
+    for (int64_t j0 = int64_t(blockIdx.y) * kGroups; j0 < d.C; j0 += int64_t(gridDim.y) * kGroups) {
+      for (int64_t s = blockIdx.x; s < splits; s += gridDim.x) {
+        const int64_t j = j0 + threadIdx.x / GROUP;
+        const bool active = j < d.C;
+        const int64_t begin = s * chunk, end = active ? ::min(d.HW, begin + chunk) : begin;
+        const scalar_t* pg = dout + (b * d.C + j) * d.HW;
+        for (int64_t r = 0; r < d.R; ++r) {
+          const int64_t xrow = ((b * d.R + r) * d.C + j) * d.HW;
+          const int64_t c = active ? r * d.C + j : 0;
+          const acc_t scale = table.scale[c], shift = table.shift[c], mean = table.mean[c];
+          acc_t acc[5] = {0, 0, 0, 0, 0};
+          for_range<V>(xrow, begin, end, lane, GROUP, [&](auto width, int64_t i) {
+            constexpr int W = decltype(width)::value;
+            const Pack<scalar_t, W> xv = load_pack<W>(x + xrow + i);
+            const Pack<scalar_t, W> gv = load_pack<W>(pg + i);
+#pragma unroll
+            for (int v = 0; v < W; ++v) add_norm_terms(xv.v[v], static_cast<acc_t>(gv.v[v]), scale, shift, mean, acc);
+          });
+#pragma unroll
+          for (int q = 0; q < 5; ++q) {
+            const acc_t total = group_sum<GROUP>(acc[q], shared);
+            if (lane == 0 && active) partial[(((b * splits + s) * 5 + q) * d.R + r) * d.C + j] = total;
+          }
+        }
+      }
+    }
+  }
+}
+
+// channels_last, launched as reduce_nhwc_kernel (block (TX, TY) over TX*V channels and one split of the pixels).
+template <int V, typename scalar_t>
+__global__ void norm_reduce_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dout,
+                                        NormGradTable<at::opmath_type<scalar_t>> table,
+                                        at::opmath_type<scalar_t>* __restrict__ partial, Dims d, int64_t splits,
+                                        int64_t chunk) {
+  using acc_t = at::opmath_type<scalar_t>;
+  RESNEST_DYNAMIC_SHARED(acc_t, smem);  // [TY][TX * V]
+  const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
+  const int64_t j0 = (int64_t(blockIdx.x) * TX + tx) * V;
+  const int64_t s = blockIdx.y, b = blockIdx.z;
+  const bool active = j0 < d.C;
+  const int64_t begin = s * chunk, end = ::min(d.HW, begin + chunk);
+  const int64_t nrc = d.R * d.C;
+  for (int64_t r = 0; r < d.R; ++r) {
+    acc_t acc[V][5];
+    acc_t scale[V], shift[V], mean[V];
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int64_t c = active ? r * d.C + j0 + v : 0;
+      scale[v] = table.scale[c];
+      shift[v] = table.shift[c];
+      mean[v] = table.mean[c];
+#pragma unroll
+      for (int q = 0; q < 5; ++q) acc[v][q] = 0;
+    }
+    if (active) {
+      for (int64_t hw = begin + ty; hw < end; hw += TY) {
+        const int64_t pix = b * d.HW + hw;
+        const Pack<scalar_t, V> gv = load_pack<V>(dout + pix * d.C + j0);
+        const Pack<scalar_t, V> xv = load_pack<V>(x + pix * nrc + r * d.C + j0);
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          add_norm_terms(xv.v[v], static_cast<acc_t>(gv.v[v]), scale[v], shift[v], mean[v], acc[v]);
+        }
+      }
+    }
+    for (int q = 0; q < 5; ++q) {
+      __syncthreads();  // smem may still be read from the previous sum
+#pragma unroll
+      for (int v = 0; v < V; ++v) smem[ty * TX * V + tx * V + v] = acc[v][q];
+      __syncthreads();
+      if (ty == 0 && active) {
+        for (int v = 0; v < V; ++v) {
+          acc_t total = 0;
+          for (int y = 0; y < TY; ++y) total += smem[y * TX * V + tx * V + v];
+          partial[(((b * splits + s) * 5 + q) * d.R + r) * d.C + j0 + v] = total;
+        }
+      }
+    }
+  }
+}
+
+// The splits summed in order: ds -> the logits gradient (as logits_grad_kernel), the four sums -> sums[q, b, c].
+// Block (kThreads, 1): x over channels, z over images.
+template <typename scalar_t>
+__global__ void norm_reduce_finish_kernel(const at::opmath_type<scalar_t>* __restrict__ partial,
+                                          const at::opmath_type<scalar_t>* __restrict__ att,
+                                          scalar_t* __restrict__ dlogits, at::opmath_type<scalar_t>* __restrict__ sums,
+                                          Dims d, int64_t splits) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int ck = static_cast<int>(d.C / d.K);
+  const int64_t plane = d.B * d.R * d.C;
+  RESNEST_FOR_B(b, d) {
+    RESNEST_FOR_X(j, d.C) {
+      const int k = static_cast<int>(j) / ck, c = static_cast<int>(j) - k * ck;
+      auto total = [&](int q, int64_t r) {
+        acc_t t = 0;
+        for (int64_t s = 0; s < splits; ++s) t += partial[(((b * splits + s) * 5 + q) * d.R + r) * d.C + j];
+        return t;
+      };
+      acc_t dot = 0;
+      for (int64_t r = 0; r < d.R; ++r) dot += att[(b * d.R + r) * d.C + j] * total(0, r);
+      for (int64_t r = 0; r < d.R; ++r) {
+        const acc_t ds = total(0, r);
+        const acc_t w = att[(b * d.R + r) * d.C + j];
+        const acc_t da = d.R == 1 ? ds * w * (acc_t(1) - w) : w * (ds - dot);
+        dlogits[b * d.R * d.C + int64_t(k) * d.R * ck + r * ck + c] = static_cast<scalar_t>(da);
+        for (int q = 1; q < 5; ++q) sums[(q - 1) * plane + (b * d.R + r) * d.C + j] = total(q, r);
+      }
+    }
+  }
+}
+
+// sum_dy[c] = sum_b att * sums[0] + g * sums[2], sum_dy_xhat[c] = invstd_c * sum_b att * sums[1] + g * sums[3],
+// g = grad_gap[b, c % C] / HW; c over the R*C channels (att [B, R, C] radix-major, i.e. [B, R*C]).
+template <typename acc_t>
+__global__ void norm_sums_kernel(const acc_t* __restrict__ sums, const acc_t* __restrict__ att,
+                                 const acc_t* __restrict__ grad_gap, const acc_t* __restrict__ var, double eps,
+                                 Dims d, acc_t* __restrict__ sum_dy, acc_t* __restrict__ sum_dy_xhat) {
+  const int64_t rc = d.R * d.C, plane = d.B * rc;
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < rc; c += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t j = c % d.C;
+    acc_t s1 = 0, s2 = 0;
+    for (int64_t b = 0; b < d.B; ++b) {
+      const int64_t i = b * rc + c;
+      const acc_t a = att[i], g = grad_gap[b * d.C + j] * inv_hw;
+      s1 += a * sums[i] + g * sums[2 * plane + i];
+      s2 += a * sums[plane + i] + g * sums[3 * plane + i];
+    }
+    sum_dy[c] = s1;
+    sum_dy_xhat[c] = s2 / ::sqrt(var[c] + static_cast<acc_t>(eps));
+  }
+}
+
+// Per-channel constants of the input gradient, [6, R*C]: scale, shift (AffineMap::at), mean, wi = weight * invstd,
+// k1 = sum_dy / count, k2 = sum_dy_xhat * invstd / count; grad_x = wi * (grad_u - (k1 + xc * k2)).
+template <typename acc_t>
+__global__ void norm_input_table_kernel(AffineMap<acc_t> affine, const acc_t* __restrict__ sum_dy,
+                                        const acc_t* __restrict__ sum_dy_xhat, const acc_t* __restrict__ count,
+                                        int64_t channels, acc_t* __restrict__ table) {
+  const acc_t inv_count = acc_t(1) / ::max(count[0], acc_t(1));
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < channels; c += int64_t(gridDim.x) * blockDim.x) {
+    const acc_t invstd = affine.invstd(c);
+    acc_t scale, shift;
+    affine.at(c, invstd, scale, shift);
+    table[c] = scale;
+    table[channels + c] = shift;
+    table[2 * channels + c] = affine.mean[c];
+    table[3 * channels + c] = (affine.weight != nullptr ? affine.weight[c] : acc_t(1)) * invstd;
+    table[4 * channels + c] = sum_dy[c] * inv_count;
+    table[5 * channels + c] = sum_dy_xhat[c] * invstd * inv_count;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t norm_input_grad(scalar_t x, acc_t a, acc_t g, acc_t gap, const acc_t* table,
+                                                 int64_t channels, int64_t c) {
+  const acc_t u = relu_affine<scalar_t, acc_t>(x, table[c], table[channels + c]);
+  const acc_t du = u <= acc_t(0) ? acc_t(0) : a * g + gap;
+  const acc_t xc = static_cast<acc_t>(x) - table[2 * channels + c];
+  return table[3 * channels + c] * (du - (table[4 * channels + c] + xc * table[5 * channels + c]));
+}
+
+// NCHW, launched as input_backward_nchw_kernel: dout is read once for the R rows of grad_x it feeds.
+template <int V, typename scalar_t>
+__global__ void norm_input_nchw_kernel(const scalar_t* __restrict__ dout, const scalar_t* __restrict__ x,
+                                       const at::opmath_type<scalar_t>* __restrict__ att,
+                                       const at::opmath_type<scalar_t>* __restrict__ dgap,
+                                       const at::opmath_type<scalar_t>* __restrict__ table,
+                                       scalar_t* __restrict__ dx, Dims d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
+  const int64_t rc = d.R * d.C;
+  RESNEST_FOR_B(b, d) {
+    RESNEST_FOR_Y(j, d.C) {
+      const int64_t grow = (b * d.C + j) * d.HW;
+      const int64_t xrow0 = (b * rc + j) * d.HW;  // r = 0; row r is r*C*HW further
+      const acc_t* arow = att + b * rc + j;
+      const acc_t gap = dgap[b * d.C + j] * inv_hw;
+      for_row<V>(grow, d.HW, [&](auto width, int64_t hw) {
+        constexpr int W = decltype(width)::value;
+        const Pack<scalar_t, W> gv = load_pack<W>(dout + grow + hw);
+#pragma unroll 1
+        for (int64_t r = 0; r < d.R; ++r) {
+          const acc_t a = arow[r * d.C];
+          const int64_t c = r * d.C + j;
+          const Pack<scalar_t, W> xv = load_pack<W>(x + xrow0 + r * d.C * d.HW + hw);
+          Pack<scalar_t, W> o;
+#pragma unroll
+          for (int v = 0; v < W; ++v) {
+            o.v[v] = static_cast<scalar_t>(norm_input_grad(xv.v[v], a, static_cast<acc_t>(gv.v[v]), gap, table, rc, c));
+          }
+          store_pack<W>(dx + xrow0 + r * d.C * d.HW + hw, o);
+        }
+      });
+    }
+  }
+}
+
+// channels_last, launched as input_backward_nhwc_kernel (V divides C).
+template <int V, typename scalar_t>
+__global__ void norm_input_nhwc_kernel(const scalar_t* __restrict__ dout, const scalar_t* __restrict__ x,
+                                       const at::opmath_type<scalar_t>* __restrict__ att,
+                                       const at::opmath_type<scalar_t>* __restrict__ dgap,
+                                       const at::opmath_type<scalar_t>* __restrict__ table,
+                                       scalar_t* __restrict__ dx, Dims d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
+  const int64_t groups = d.C / V, rc = d.R * d.C;
+  RESNEST_FOR_B(b, d) {
+    RESNEST_FOR_Y(hw, d.HW) {
+      const int64_t pix = b * d.HW + hw;
+      RESNEST_FOR_X(q, groups) {
+        const int64_t j = q * V;
+        const Pack<scalar_t, V> gv = load_pack<V>(dout + pix * d.C + j);
+#pragma unroll 1
+        for (int64_t r = 0; r < d.R; ++r) {
+          const Pack<acc_t, V> a = load_pack<V>(att + b * rc + r * d.C + j);
+          const Pack<scalar_t, V> xv = load_pack<V>(x + pix * rc + r * d.C + j);
+          Pack<scalar_t, V> o;
+#pragma unroll
+          for (int v = 0; v < V; ++v) {
+            const acc_t gap = dgap[b * d.C + j + v] * inv_hw;  // dgap may be unaligned: scalar loads
+            o.v[v] = static_cast<scalar_t>(
+                norm_input_grad(xv.v[v], a.v[v], static_cast<acc_t>(gv.v[v]), gap, table, rc, r * d.C + j + v));
+          }
+          store_pack<V>(dx + pix * rc + r * d.C + j, o);
+        }
+      }
+    }
+  }
+}
+
 #undef RESNEST_FOR_B
 #undef RESNEST_FOR_Y
 #undef RESNEST_FOR_X
@@ -607,7 +879,7 @@ void launch_combine(const scalar_t* px, const at::opmath_type<scalar_t>* pa, sca
   else launch_elementwise(combine_nchw_kernel<1, scalar_t, Reader>, d, cl, 1, px, pa, po, d, reader);
 }
 
-// Runs the MODE reduction; returns the fp32 partial sums and the number of splits.
+// Runs the MODE reduction (0: pool, 1: combine backward, 2: the norm backward's, Reader a NormGradTable); returns the fp32 partial sums and the number of splits.
 template <int MODE, typename scalar_t, typename Reader>
 std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::Tensor& dout, const at::Tensor& att,
                                                  const at::Tensor& dx, const Dims& d, bool channels_last,
@@ -616,15 +888,15 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
   constexpr int V = vec_size<scalar_t>();
   const cudaStream_t stream = current_stream();
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t outputs = MODE == 0 ? 1 : d.R;
+  const int64_t outputs = MODE == 0 ? 1 : MODE == 1 ? d.R : 5 * d.R;
   const scalar_t* px = x.const_data_ptr<scalar_t>();
-  const scalar_t* pg = MODE == 1 ? dout.const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* pg = MODE >= 1 ? dout.const_data_ptr<scalar_t>() : nullptr;
   const acc_t* pa = MODE == 1 ? att.const_data_ptr<acc_t>() : nullptr;
   scalar_t* pdx = MODE == 1 && dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr;
   bool vec = aligned16(px) && (MODE == 0 || (aligned16(pg) && aligned16(pdx)));
   if (!channels_last) {
-    // Rows of one phase modulo V: MODE 0 reads x rows alone (each finds its own phase); MODE 1 pairs x, dout and
-    // dx rows, whose offsets differ by multiples of C*H*W.
+    // Rows of one phase modulo V: MODE 0 reads x rows alone (each finds its own phase); MODE 1 and 2 pair x, dout
+    // (and dx) rows, whose offsets differ by multiples of C*H*W.
     vec = vec && (MODE == 0 || (d.C * d.HW) % V == 0);
     // Short rows: a warp per row. Long rows: a block per (row, split).
     const bool small = d.HW <= 2048;
@@ -636,9 +908,15 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
     acc_t* pp = partial.mutable_data_ptr<acc_t>();
 #define RESNEST_LAUNCH_NCHW(GROUP, VEC)                                                                         \
   do {                                                                                                           \
-    auto* kernel = reduce_nchw_kernel<MODE, GROUP, VEC, scalar_t, Reader>;                                       \
-    const dim3 grid = stride_grid(resident_blocks(kernel, kThreads), d.B, (d.C + groups - 1) / groups, splits); \
-    launch(kernel, grid, kThreads, 0, stream, px, pg, pa, pdx, pp, d, splits, chunk, reader);                    \
+    if constexpr (MODE == 2) {                                                                                   \
+      auto* kernel = norm_reduce_nchw_kernel<GROUP, VEC, scalar_t>;                                              \
+      const dim3 grid = stride_grid(resident_blocks(kernel, kThreads), d.B, (d.C + groups - 1) / groups, splits); \
+      launch(kernel, grid, kThreads, 0, stream, px, pg, reader, pp, d, splits, chunk);                           \
+    } else {                                                                                                     \
+      auto* kernel = reduce_nchw_kernel<MODE, GROUP, VEC, scalar_t, Reader>;                                     \
+      const dim3 grid = stride_grid(resident_blocks(kernel, kThreads), d.B, (d.C + groups - 1) / groups, splits); \
+      launch(kernel, grid, kThreads, 0, stream, px, pg, pa, pdx, pp, d, splits, chunk, reader);                  \
+    }                                                                                                            \
   } while (0)
     if (small && vec) RESNEST_LAUNCH_NCHW(32, V);
     else if (small) RESNEST_LAUNCH_NCHW(32, 1);
@@ -660,7 +938,13 @@ std::tuple<at::Tensor, int64_t> launch_reduction(const at::Tensor& x, const at::
   const dim3 block(tx, ty);
   const size_t smem = sizeof(acc_t) * kThreads * v;
   acc_t* pp = partial.mutable_data_ptr<acc_t>();
-  if (vec) {
+  if constexpr (MODE == 2) {
+    if (vec) {
+      launch(norm_reduce_nhwc_kernel<V, scalar_t>, grid, block, smem, stream, px, pg, reader, pp, d, splits, chunk);
+    } else {
+      launch(norm_reduce_nhwc_kernel<1, scalar_t>, grid, block, smem, stream, px, pg, reader, pp, d, splits, chunk);
+    }
+  } else if (vec) {
     launch(reduce_nhwc_kernel<MODE, V, scalar_t, Reader>, grid, block, smem, stream, px, pg, pa, pdx, pp, d, splits,
            chunk, reader);
   } else {
@@ -880,12 +1164,11 @@ at::Tensor split_attention_norm_combine_cuda(const at::Tensor& x, const at::Tens
   return out;
 }
 
-at::Tensor split_attention_norm_logits_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                                     const at::Tensor& mean, const at::Tensor& var,
-                                                     const std::optional<at::Tensor>& weight,
-                                                     const std::optional<at::Tensor>& bias, double eps,
-                                                     const at::Tensor& logits, int64_t radix, int64_t cardinality) {
-  const char* op = "split_attention_norm_logits_backward";
+std::tuple<at::Tensor, at::Tensor> split_attention_norm_backward_reduce_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+    const at::Tensor& logits, int64_t radix, int64_t cardinality) {
+  const char* op = "split_attention_norm_backward_reduce";
   check_combine_logits(x, logits, radix, cardinality, op);
   check_grad_out(grad_out, x, radix, op);
   check_norm_args(x, mean, var, weight, bias, eps, op);
@@ -898,19 +1181,112 @@ at::Tensor split_attention_norm_logits_backward_cuda(const at::Tensor& grad_out,
   const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
   const at::Tensor lc = logits.contiguous();
   at::Tensor dlogits = at::empty(logits.sizes(), logits.options());
-  if (x.numel() == 0) return dlogits;  // B == 0 or C == 0: no kernel launch
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_logits_bwd_cuda",
+  at::Tensor sums = at::zeros({4, d.B, d.R * d.C}, x.options().dtype(bn_stats_dtype(x)));
+  if (x.numel() == 0) {
+    dlogits.zero_();
+    return {dlogits, sums};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_bwd_reduce_cuda",
                                   [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor table = affine_table<scalar_t>(x, mean, var, weight, bias, eps);
-    combine_backward<scalar_t>(xc, gc, lc, at::Tensor(), dlogits, d, cl, norm_relu<scalar_t>(table));
+    const at::Tensor m = mean.contiguous();
+    const NormGradTable<acc_t> reader{table.const_data_ptr<acc_t>(), table.const_data_ptr<acc_t>() + d.R * d.C,
+                                      m.const_data_ptr<acc_t>()};
+    const at::Tensor att = attention_weights<scalar_t>(lc, d);
+    const auto [partial, splits] = launch_reduction<2, scalar_t>(xc, gc, att, at::Tensor(), d, cl, reader);
+    launch_per_channel(norm_reduce_finish_kernel<scalar_t>, d, partial.template const_data_ptr<acc_t>(),
+                       att.const_data_ptr<acc_t>(), dlogits.mutable_data_ptr<scalar_t>(),
+                       sums.mutable_data_ptr<acc_t>(), d, splits);
   });
-  return dlogits;
+  return {dlogits, sums};
+}
+
+std::tuple<at::Tensor, at::Tensor> split_attention_norm_backward_sums_cuda(const at::Tensor& sums,
+                                                                           const at::Tensor& logits,
+                                                                           const at::Tensor& grad_gap,
+                                                                           const at::Tensor& var, double eps,
+                                                                           int64_t radix, int64_t cardinality,
+                                                                           int64_t hw) {
+  check_norm_sums_args(sums, logits, grad_gap, var, eps, radix, cardinality, hw);
+  const int64_t B = sums.size(1), RC = sums.size(2);
+  const Dims d{B, radix, RC / radix, cardinality, hw};
+  const DeviceGuard guard(sums.device());
+  at::Tensor sum_dy = at::zeros({RC}, var.options()), sum_dy_xhat = at::zeros({RC}, var.options());
+  if (RC == 0) return {sum_dy, sum_dy_xhat};
+  const at::Tensor sc = sums.contiguous(), lc = logits.contiguous(), v = var.contiguous();
+  const at::Tensor dg = grad_gap.to(var.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "split_attention_norm_bwd_sums_cuda",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor att = B > 0 ? attention_weights<scalar_t>(lc, d) : at::zeros({0}, sc.options());
+    auto* kernel = norm_sums_kernel<acc_t>;
+    const dim3 grid = stride_grid(resident_blocks(kernel, kThreads), 1, 1, (RC + kThreads - 1) / kThreads);
+    launch(kernel, grid, kThreads, 0, current_stream(), sc.const_data_ptr<acc_t>(), att.const_data_ptr<acc_t>(),
+           dg.const_data_ptr<acc_t>(), v.const_data_ptr<acc_t>(), eps, d, sum_dy.mutable_data_ptr<acc_t>(),
+           sum_dy_xhat.mutable_data_ptr<acc_t>());
+  });
+  return {sum_dy, sum_dy_xhat};
+}
+
+at::Tensor split_attention_norm_backward_input_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
+    const at::Tensor& logits, const at::Tensor& grad_gap, const at::Tensor& sum_dy, const at::Tensor& sum_dy_xhat,
+    const at::Tensor& count, int64_t radix, int64_t cardinality) {
+  check_norm_backward_input_args(grad_out, x, mean, var, weight, bias, eps, logits, grad_gap, sum_dy, sum_dy_xhat,
+                                 count, radix, cardinality);
+  const Dims d = dims_of(x, radix, cardinality);
+  const DeviceGuard guard(x.device());
+  const bool cl = is_channels_last(x);
+  const auto fmt = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor gc = grad_out.to(x.scalar_type()).contiguous(fmt);
+  const at::Tensor lc = logits.contiguous();
+  at::Tensor dx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  if (x.numel() == 0) return dx;
+  const auto acc_dtype = bn_stats_dtype(x);
+  const at::Tensor dg = grad_gap.to(acc_dtype).contiguous();
+  const at::Tensor m = mean.contiguous(), v = var.contiguous(), sdy = sum_dy.contiguous(),
+                   sdx = sum_dy_xhat.contiguous(), cnt = count.contiguous();
+  const at::Tensor w = weight.has_value() ? weight->to(acc_dtype).contiguous() : at::Tensor();
+  const at::Tensor b = bias.has_value() ? bias->to(acc_dtype).contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_bwd_input_cuda",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int V = vec_size<scalar_t>();
+    const int64_t rc = d.R * d.C;
+    at::Tensor table = at::empty({6, rc}, x.options().dtype(acc_dtype));
+    const AffineMap<acc_t> affine{m.const_data_ptr<acc_t>(), v.const_data_ptr<acc_t>(),
+                                  w.defined() ? w.const_data_ptr<acc_t>() : nullptr,
+                                  b.defined() ? b.const_data_ptr<acc_t>() : nullptr, eps};
+    auto* table_kernel = norm_input_table_kernel<acc_t>;
+    const dim3 table_grid =
+        stride_grid(resident_blocks(table_kernel, kThreads), 1, 1, (rc + kThreads - 1) / kThreads);
+    launch(table_kernel, table_grid, kThreads, 0, current_stream(), affine, sdy.const_data_ptr<acc_t>(),
+           sdx.const_data_ptr<acc_t>(), cnt.const_data_ptr<acc_t>(), rc, table.mutable_data_ptr<acc_t>());
+    const at::Tensor att = attention_weights<scalar_t>(lc, d);
+    const scalar_t* pg = gc.const_data_ptr<scalar_t>();
+    const scalar_t* px = xc.const_data_ptr<scalar_t>();
+    const acc_t* pa = att.const_data_ptr<acc_t>();
+    const acc_t* pd = dg.const_data_ptr<acc_t>();
+    const acc_t* pt = table.const_data_ptr<acc_t>();
+    scalar_t* pdx = dx.mutable_data_ptr<scalar_t>();
+    const bool vec = vectorisable(d, cl, V, {pg, px, pdx, pa});
+    if (cl && vec) launch_elementwise(norm_input_nhwc_kernel<V, scalar_t>, d, cl, V, pg, px, pa, pd, pt, pdx, d);
+    else if (cl) launch_elementwise(norm_input_nhwc_kernel<1, scalar_t>, d, cl, 1, pg, px, pa, pd, pt, pdx, d);
+    else if (vec) launch_elementwise(norm_input_nchw_kernel<V, scalar_t>, d, cl, V, pg, px, pa, pd, pt, pdx, d);
+    else launch_elementwise(norm_input_nchw_kernel<1, scalar_t>, d, cl, 1, pg, px, pa, pd, pt, pdx, d);
+  });
+  return dx;
 }
 
 RESNEST_CUDA_KERNELS(m) {
+  m.impl("split_attention_norm_backward_reduce", &split_attention_norm_backward_reduce_cuda);
+  m.impl("split_attention_norm_backward_sums", &split_attention_norm_backward_sums_cuda);
+  m.impl("split_attention_norm_backward_input", &split_attention_norm_backward_input_cuda);
   m.impl("split_attention_norm_pool", &split_attention_norm_pool_cuda);
   m.impl("split_attention_norm_combine", &split_attention_norm_combine_cuda);
-  m.impl("split_attention_norm_logits_backward", &split_attention_norm_logits_backward_cuda);
   m.impl("split_attention_logits_backward", &split_attention_logits_backward_cuda);
   m.impl("split_attention_input_backward", &split_attention_input_backward_cuda);
   m.impl("split_attention_pool", &split_attention_pool_cuda);
