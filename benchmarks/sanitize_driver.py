@@ -5,7 +5,8 @@ Paths covered: split attention pool / combine / combine backward (two autograd n
 (logits backward + input backward) in fp32, fp16, bf16 and fp64; NCHW and channels_last; aligned and
 storage-offset (scalar) inputs; NCHW rows with a scalar head and tail (odd H*W); channels_last with C not a
 multiple of the vector width; short rows (a warp per row) and long rows (reductions split over blocks); radix 1
-(sigmoid), 2 and 4 with cardinality 2. RoIAlign forward
+(sigmoid), 2 and 4 with cardinality 2; the tail after its BatchNorm + ReLU (ops.norm_split_attention: the
+split_attention_norm_* ops, forward and backward). RoIAlign forward
 and backward in every dtype, both layouts, adaptive and fixed sampling, aligned and legacy, an out-of-range batch
 index, and one call above the 65535 x 256 outputs one grid covers (17.6M). NMS in every dtype from 1 box to 10k
 (more than 8192: the keep kernel's threads walk several mask words) and batched NMS. The fused BatchNorm ops
@@ -26,6 +27,7 @@ import time
 import torch
 
 import resnest_cuda
+from resnest_cuda import ops
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
@@ -87,9 +89,18 @@ def split_attention_case(check, device, dtype, layout, shape, radix, cardinality
 
         tail = resnest_cuda.split_attention(xd, radix, cardinality, attention, [wd])
         tx, tw = torch.autograd.grad(tail, [xd, wd], place(grad_out, dev, layout))
-        results[dev] = [gap, out, gx, gl, tail, tx, tw]
+        # The tail after its BatchNorm + ReLU (split_attention_norm_*: u never written), batch statistics.
+        bn = torch.nn.BatchNorm2d(radix * c).to(device=dev, dtype=weight.dtype)
+        with torch.no_grad():
+            bn.weight.copy_(torch.linspace(0.5, 1.5, radix * c))
+            bn.bias.copy_(torch.linspace(-0.5, 0.5, radix * c))
+        norm_tail = ops.norm_split_attention(bn, xd, radix, cardinality, attention, [wd])
+        nx, nw, nbw, nbb = torch.autograd.grad(norm_tail, [xd, wd, bn.weight, bn.bias], place(grad_out, dev, layout))
+        results[dev] = [gap, out, gx, gl, tail, tx, tw, norm_tail, nx, nw, nbw, nbb, bn.running_var]
     name = f"split_attention {str(dtype)[6:]} {layout} B{b} R{radix} K{cardinality} C{c} {h}x{w}"
-    labels = ["pool", "combine", "grad_x", "grad_logits", "tail", "tail grad_x", "tail grad_w"]
+    labels = ["pool", "combine", "grad_x", "grad_logits", "tail", "tail grad_x", "tail grad_w", "norm tail"]
+    labels += ["norm tail grad_x", "norm tail grad_w", "norm tail grad_bn_weight", "norm tail grad_bn_bias"]
+    labels += ["norm tail running_var"]
     for label, got, want in zip(labels, results[device], results["cpu"]):
         check.close(f"{name} {label}", got, want, TOL[dtype] * (4 if "grad" in label else 1))
 
