@@ -121,7 +121,7 @@ class _BatchNormAct(torch.autograd.Function):
     accounts for the statistics' dependence on x itself, so the input gradient is exact."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, mean, var, count, rows, eps, relu, group):
+    def forward(ctx, x, weight, bias, residual, mean, var, count, rows, eps, relu, group, aliases):
         # An undefined output gradient stays undefined (no zeros, no work): the split-attention tail differentiates
         # its attention branch itself, and the outer backward then reaches this node without a gradient.
         ctx.set_materialize_grads(False)
@@ -130,31 +130,38 @@ class _BatchNormAct(torch.autograd.Function):
         # from x and the statistics: with a residual.
         ctx.save_for_backward(x, y if relu and residual is not None else None, weight, bias, mean, var, count, rows)
         ctx.eps, ctx.relu, ctx.group = eps, relu, group
-        return y
+        if aliases == 1:
+            return y
+        # Views of y, one per consumer: autograd hands their gradients to backward apart (see batch_norm_act).
+        return (y, *(y.view_as(y) for _ in range(aliases - 1)))
 
     @staticmethod
-    def backward(ctx, grad_y):
-        if grad_y is None:
-            return (None,) * 11
+    def backward(ctx, *grads):
+        parts = [g for g in grads if g is not None]
+        if not parts:
+            return (None,) * 12
         x, y, weight, bias, mean, var, count, rows = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return _differentiable_backward(ctx, grad_y, x, y, weight, bias, mean, var, rows)
+            return (*_differentiable_backward(ctx, sum(parts), x, y, weight, bias, mean, var, rows), None)
         grad_x, grad_w, grad_b, g = _fused_backward(
-            grad_y, x, y, weight, bias, mean, var, count, rows, ctx.eps, ctx.relu, ctx.group, ctx.needs_input_grad[:3]
+            parts[0], x, y, weight, bias, mean, var, count, rows, ctx.eps, ctx.relu, ctx.group,
+            ctx.needs_input_grad[:3], parts[1:],
         )
-        return grad_x, grad_w, grad_b, g if ctx.needs_input_grad[3] else None, None, None, None, None, None, None, None
+        grad_r = g if ctx.needs_input_grad[3] else None
+        return grad_x, grad_w, grad_b, grad_r, None, None, None, None, None, None, None, None
 
 
-def _fused_backward(grad_y, x, y, weight, bias, mean, var, count, rows, eps, relu, group, needs):
+def _fused_backward(grad_y, x, y, weight, bias, mean, var, count, rows, eps, relu, group, needs, more_grads=()):
     """The backward of act(bn(x) (+ residual)) with batch statistics (mean, var, count) as the fused ops compute it:
     one reduction, then one elementwise pass for grad_x. y: the forward output where the ReLU mask must be read from
     it (a residual), else None (the mask is recomputed from x). needs: whether (x, weight, bias) want gradients.
+    more_grads (with y): further parts of the output gradient, summed with grad_y inside the reduction.
     Returns (grad_x, grad_weight, grad_bias, g), g the residual's gradient: grad_y through the ReLU when y is given,
     grad_y without ReLU (an empty tensor otherwise)."""
     need_x, need_w, need_b = needs
     grad_y = grad_y.contiguous(memory_format=memory_format_of(x))  # converted once for both ops
     sum_dy, sum_dy_xhat, g = torch.ops.resnest_cuda.batch_norm_act_backward_reduce(
-        grad_y, x, y, mean, var, weight, bias, eps, relu
+        grad_y, x, y, mean, var, weight, bias, eps, relu, *more_grads
     )
     # y given: g is grad_y through the ReLU; input_relu: the elementwise pass masks grad_y itself.
     input_relu = relu and y is None
@@ -225,11 +232,22 @@ def batch_norm_act(
     residual: torch.Tensor | None = None,
     relu: bool = True,
     rows: torch.Tensor | None = None,
-) -> torch.Tensor:
+    aliases: int = 1,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """``act(bn(x) (+ residual))`` with act = ReLU or identity, fused when ``bn`` normalises with batch statistics
     (see the module docstring). ``rows``: optional bool [N], the rows whose statistics a batch-statistics BatchNorm
     uses (every row is normalised with them; other norms ignore it). With no row selected, or one value in all,
-    the running statistics stay as they are (BatchNorm would refuse such a batch)."""
+    the running statistics stay as they are (BatchNorm would refuse such a batch).
+
+    ``aliases`` > 1 (1 to 3) returns a tuple of that many tensors with y's values, one for each consumer of y (the
+    next block's conv and shortcut, a neck): on the fused path with a residual and ReLU in eager mode they are
+    views of y, so autograd hands their gradients to the backward apart and the reduction sums them as it reads
+    them, instead of an autograd add that reads two full tensors and writes one. Elsewhere they are y itself."""
+    if not 1 <= aliases <= 3:
+        raise ValueError(f"aliases must be 1, 2 or 3, got {aliases}")
+    if aliases > 1:
+        if residual is None or not relu or torch.compiler.is_compiling() or not fused_applies(bn, x, residual):
+            return (batch_norm_act(bn, x, residual, relu, rows),) * aliases
     if not fused_applies(bn, x, residual):
         if frozen_applies(bn, x, residual):
             return _frozen(bn, x, residual, relu)
@@ -245,7 +263,7 @@ def batch_norm_act(
     mean, var, count, group = batch_statistics(bn, x, rows)
     weight = bn.weight if bn.affine else None
     bias = bn.bias if bn.affine else None
-    return _BatchNormAct.apply(x, weight, bias, residual, mean, var, count, rows, bn.eps, relu, group)
+    return _BatchNormAct.apply(x, weight, bias, residual, mean, var, count, rows, bn.eps, relu, group, aliases)
 
 
 def batch_statistics(bn: nn.Module, x: torch.Tensor, rows: torch.Tensor | None = None):

@@ -135,7 +135,7 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
         self.fused_norms = impl == "fused"
 
-    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+    def _residual(self, x: torch.Tensor, shortcut_input: torch.Tensor | None = None, aliases: int = 1):
         if self.fused_norms:
             out = batch_norm_act(self.bn1, self.conv1(x))
         else:
@@ -144,15 +144,23 @@ class Bottleneck(nn.Module):
             out = self.conv2(_avd(self.avd, out)) if self.avd_first else _avd(self.avd, self.conv2(out))
         else:
             out = self.conv2(self.avd(out)) if self.avd_first else self.avd(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
+        shortcut_input = x if shortcut_input is None else shortcut_input
+        shortcut = shortcut_input if self.downsample is None else self.downsample(shortcut_input)
         if self.fused_norms:
-            return batch_norm_act(self.bn3, self.conv3(out), shortcut)
-        return self.relu(self.bn3(self.conv3(out)) + shortcut)
+            return batch_norm_act(self.bn3, self.conv3(out), shortcut, aliases=aliases)
+        y = self.relu(self.bn3(self.conv3(out)) + shortcut)
+        return y if aliases == 1 else (y,) * aliases
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and torch.is_grad_enabled():
             return checkpoint(self._residual, x, use_reentrant=False)
         return self._residual(x)
+
+    def forward_aliased(self, x: torch.Tensor, shortcut_input: torch.Tensor, aliases: int):
+        """The block on x (conv1) and shortcut_input (the shortcut), aliases of one tensor, returning `aliases`
+        aliases of the output (batch_norm_act): the input's two gradients, and the output's for each consumer,
+        reach the fused BatchNorm backward apart and are summed in its reduction. Not with with_cp."""
+        return self._residual(x, shortcut_input, aliases)
 
     @torch.no_grad()
     def fuse_norms(self) -> None:
@@ -324,13 +332,38 @@ class ResNeSt(nn.Module):
         return self.maxpool(batch_norm_act(self.bn1, stem[6](x)))
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Outputs of the stages in ``out_indices``; stages after the last one needed are skipped."""
+        """Outputs of the stages in ``out_indices``; stages after the last one needed are skipped.
+
+        In eager training with the fused norms each block output goes to its consumers (the next block's conv1 and
+        shortcut, the neck) as separate aliases (Bottleneck.forward_aliased), so that the gradients they receive
+        are summed inside the fused BatchNorm backward instead of by autograd adds; the values are the same."""
         x = self.forward_stem(x)
+        stages = self.stages()[: max(self.out_indices) + 1]
+        aliased = (
+            self.impl == "fused"
+            and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+            and not any(block.with_cp for stage in stages for block in stage)
+        )
         outs = []
-        for i, stage in enumerate(self.stages()[: max(self.out_indices) + 1]):
-            x = stage(x)
-            if i in self.out_indices:
-                outs.append(x)
+        if not aliased:
+            for i, stage in enumerate(stages):
+                x = stage(x)
+                if i in self.out_indices:
+                    outs.append(x)
+            return outs
+        main = shortcut = x
+        for i, stage in enumerate(stages):
+            for j, block in enumerate(stage):
+                feature = j == len(stage) - 1 and i in self.out_indices
+                following = not (i == len(stages) - 1 and j == len(stage) - 1)  # a next block reads it
+                aliases = 2 * following + feature
+                y = block.forward_aliased(main, shortcut, aliases)
+                ys = (y,) if aliases == 1 else y
+                if following:
+                    main, shortcut = ys[0], ys[1]
+                if feature:
+                    outs.append(ys[-1])
         return outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

@@ -348,6 +348,14 @@ def test_bad_arguments_raise_clear_errors(device):
         ops.batch_norm_act_backward_reduce(x, x, x, mean, var, None, None, 1e-5, False)
     with pytest.raises(ValueError, match="bias must have shape \\[4\\]"):
         ops.batch_norm_act_backward_reduce(x, x, None, mean, var, None, torch.ones(3, device=device), 1e-5, True)
+    with pytest.raises(ValueError, match="grad_out2 and grad_out3 \\(further parts of grad_out\\) need y"):
+        ops.batch_norm_act_backward_reduce(x, x, None, mean, var, None, None, 1e-5, True, x)
+    with pytest.raises(ValueError, match="grad_out3 needs grad_out2"):
+        ops.batch_norm_act_backward_reduce(x, x, x, mean, var, None, None, 1e-5, True, None, x)
+    with pytest.raises(ValueError, match="grad_out2 must have the shape of x"):
+        ops.batch_norm_act_backward_reduce(x, x, x, mean, var, None, None, 1e-5, True, x[:1])
+    with pytest.raises(ValueError, match="aliases must be 1, 2 or 3"):
+        fused.batch_norm_act(nn.BatchNorm2d(4).to(device), x, x, aliases=4)
     with pytest.raises(ValueError, match="count must be a 0-d tensor"):
         ops.batch_norm_act_backward_input(x, x, mean, var, None, None, mean, var, mean, None, 1e-5, True)
     with pytest.raises(ValueError, match="running_mean and running_var must be given together"):
@@ -407,3 +415,60 @@ def test_fixed_statistics_one_pass(device, dtype):
     assert not fused.frozen_applies(bn, xg)  # a gradient is needed: the module path
     fused.batch_norm_act(bn, xg).sum().backward()
     assert xg.grad is not None
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_output_gradient_in_parts(device, dtype):
+    """The reduction given the output gradient in two or three parts (grad_out2, grad_out3) equals it given their
+    sum: bit for bit where the sum is exact in x's dtype (the parts here are multiples of one tensor), and within
+    the dtype's tolerance for arbitrary parts (the fused sum is in fp32, autograd's in x's dtype)."""
+    x, res, gy, _ = _case((4, 8, 5, 7), dtype, device, seed=2)
+    bn = _bn(8, device)
+    mean, var, count = torch.ops.resnest_cuda.batch_norm_stats(x)
+    w, b = bn.weight.detach().to(mean.dtype), bn.bias.detach().to(mean.dtype)
+    args = (mean, var, w, b, 1e-5, True)
+    y = torch.ops.resnest_cuda.batch_norm_act(x, mean, var, w, b, res, 1e-5, True)
+    reduce = torch.ops.resnest_cuda.batch_norm_act_backward_reduce
+    whole = reduce(gy, x, y, *args)
+    halves = reduce(gy * 0.5, x, y, *args, gy * 0.25, gy * 0.25)
+    for a, b in zip(halves, whole):
+        assert torch.equal(a, b)
+    g1, g2, g3 = _case((4, 8, 5, 7), dtype, device, seed=3)[:3]
+    parts = reduce(g1, x, y, *args, g2, g3)
+    summed = reduce(((g1.double() + g2.double()) + g3.double()).to(dtype), x, y, *args)
+    for a, b in zip(parts, summed):
+        assert_matches_reference(a.cpu(), b.cpu().double(), tol=REL_TOL[dtype] * 4)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_aliases_carry_their_gradients_to_one_backward(device, layout):
+    """batch_norm_act(..., aliases=3) with a residual: three views of one output; the gradients that reach each
+    arrive at the backward apart and give what one output with their sum gives."""
+    x, res, gy, _ = _case((4, 8, 5, 7), torch.float64, device, seed=4)
+    x, res = _layout(x, layout), _layout(res, layout)
+    probes = [_case((4, 8, 5, 7), torch.float64, device, seed=s)[2] for s in (5, 6, 7)]
+    results = []
+    for aliases in (3, 1):
+        torch.manual_seed(0)
+        bn = _bn(8, device).double()
+        xa, ra = x.clone().requires_grad_(True), res.clone().requires_grad_(True)
+        out = fused.batch_norm_act(bn, xa, ra, aliases=aliases)
+        outs = out if aliases > 1 else (out,) * 3
+        if aliases > 1:
+            assert len(outs) == 3 and all(o._base is outs[0] for o in outs[1:])
+        sum((o * p).sum() for o, p in zip(outs, probes)).backward()
+        results.append([outs[0], xa.grad, ra.grad, bn.weight.grad, bn.bias.grad, bn.running_var])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_aliases_outside_the_fused_path_are_the_output_itself():
+    bn = _bn(4, "cpu").eval()
+    x, res = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    outs = fused.batch_norm_act(bn, x, res, aliases=2)
+    assert len(outs) == 2 and outs[0] is outs[1]
+    bn.train()
+    outs = fused.batch_norm_act(bn, x, None, aliases=2)  # no residual: no aliases either
+    assert outs[0] is outs[1]

@@ -480,6 +480,15 @@ def test_batch_norm_kernels(case, dtype):
         settings=settings,
         sm_count=8,
     )
+    # The output gradient in three parts (aliases of y for three consumers), summed inside the reduction.
+    parts = (grad * 0.5, torch.flip(grad, [0]), grad * -0.25)
+    compare_everywhere(
+        "batch_norm_act_backward_reduce",
+        (parts[0], x, y, mean, var, weight, bias, 1e-5, True, parts[1], parts[2]),
+        dtype,
+        settings=settings[:2],
+        sm_count=8,
+    )
     y_plain = compare_everywhere(
         "batch_norm_act", (x, mean, var, weight, bias, None, 1e-5, True), dtype, settings=settings[:1]
     )[0]

@@ -268,3 +268,72 @@ def test_bottleneck_pool_keeps_only_the_shape_for_backward():
     ref_out, ref_saved = saved_bytes("reference")
     torch.testing.assert_close(fused_out, ref_out, rtol=1e-5, atol=1e-5)
     assert fused_saved <= ref_saved - 2 * 16 * 16 * 16 * 4  # at least the split-attention output [2, 16, 16, 16]
+
+
+class _AddCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten.add calls on 4-D tensors (the gradient sums autograd makes for a tensor with several
+    consumers)."""
+
+    def __init__(self):
+        super().__init__()
+        self.adds = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.add.Tensor and args[0].dim() == 4 and args[1].dim() == 4:
+            self.adds += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _features_step(model, x, aliased, monkeypatch):
+    with monkeypatch.context() as m:
+        if not aliased:  # every consumer reads the one output tensor: autograd sums their gradients
+            def plain(self, main, shortcut, aliases):
+                y = self._residual(main, shortcut)
+                return y if aliases == 1 else (y,) * aliases
+
+            m.setattr(resnest_cuda.resnest.Bottleneck, "forward_aliased", plain)
+        x = x.detach().clone().requires_grad_(True)
+        outs = model(x)
+        counter = _AddCounter()
+        with counter:
+            sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).reshape(o.shape)).sum() for o in outs).backward()
+    grads = [x.grad] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    return outs, grads, counter.adds
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_block_outputs_reach_their_consumers_as_aliases(layout, monkeypatch):
+    """Eager training: each block output reaches the next conv1, the shortcut and the neck as aliases, whose
+    gradients the fused BatchNorm backward sums itself. Outputs are bit for bit those of the plain chain, gradients
+    equal to fp64 rounding, and the backward makes one 4-D add fewer per alias."""
+    torch.manual_seed(0)
+    model = resnest14(num_classes=None, out_indices=(0, 1, 2, 3), frozen_stages=1).double().train()
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    if layout == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    outs_a, grads_a, adds_a = _features_step(model, x, True, monkeypatch)
+    model.load_state_dict(state)
+    outs_p, grads_p, adds_p = _features_step(model, x, False, monkeypatch)
+    for a, b in zip(outs_a, outs_p):
+        assert torch.equal(a, b)
+    scale = max(g.abs().max().item() for g in grads_p)
+    for a, b in zip(grads_a, grads_p):
+        # atol: the split-attention fc1 biases feed a BatchNorm, so their true gradient is 0 (rounding noise).
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-13 * scale)
+    # resnest14: one block per stage; stages 2 and 3 feed a block's conv1 and shortcut and the neck (two adds each
+    # in the plain chain, none aliased), stage 1 is frozen and stage 4 feeds the neck alone.
+    assert adds_p - adds_a == 4
+
+
+def test_aliases_are_not_used_with_checkpointing_or_without_gradients():
+    model = resnest14(num_classes=None, out_indices=(0, 1, 2, 3), with_cp=True).train()
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    outs = model(x)
+    sum(o.sum() for o in outs).backward()  # the checkpointed blocks run on one input tensor, as before
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    model = resnest14(num_classes=None, out_indices=(0, 1, 2, 3)).train()
+    with torch.no_grad():
+        assert all(o._base is None for o in model(x))

@@ -30,8 +30,8 @@ at::Tensor act_meta(const at::Tensor& x, const at::Tensor& mean, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_reduce_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const std::optional<at::Tensor>& y, const at::Tensor& mean,
     const at::Tensor& var, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
-    bool relu) {
-  check_backward_reduce_args(grad_out, x, y, mean, var, weight, bias, eps, relu);
+    bool relu, const std::optional<at::Tensor>& grad_out2, const std::optional<at::Tensor>& grad_out3) {
+  check_backward_reduce_args(grad_out, x, y, mean, var, weight, bias, eps, relu, grad_out2, grad_out3);
   const auto options = x.options().dtype(bn_stats_dtype(x));
   return {at::empty_symint({x.sym_size(1)}, options), at::empty_symint({x.sym_size(1)}, options),
           y.has_value() ? empty_like_x(x) : at::empty({0}, x.options())};
@@ -61,10 +61,13 @@ TORCH_LIBRARY_FRAGMENT(resnest_cuda, m) {
   // g = grad_out where the ReLU passed (grad_out itself with relu=False). With y, the forward output (a residual was
   // added before the ReLU), the mask is read from y and g is written as grad_act (the residual's gradient, and the
   // grad_out of batch_norm_act_backward_input with relu=False); without it the mask is recomputed from x, mean, var,
-  // weight and bias as the forward computed y, and grad_act is empty.
+  // weight and bias as the forward computed y, and grad_act is empty. grad_out2, grad_out3 (with y only): further
+  // parts of the output gradient (the gradients of aliases of y that other consumers received), summed with
+  // grad_out inside the reduction (in the accumulation type) instead of by autograd beforehand.
   m.def(
       "batch_norm_act_backward_reduce(Tensor grad_out, Tensor x, Tensor? y, Tensor mean, Tensor var, Tensor? weight,"
-      " Tensor? bias, float eps, bool relu) -> (Tensor sum_dy, Tensor sum_dy_xhat, Tensor grad_act)");
+      " Tensor? bias, float eps, bool relu, Tensor? grad_out2=None, Tensor? grad_out3=None) -> (Tensor sum_dy,"
+      " Tensor sum_dy_xhat, Tensor grad_act)");
   // relu=True: grad_out is the gradient of y = relu(bn(x)) (no residual), the mask recomputed from x; relu=False:
   // grad_out is the gradient of bn(x) itself (g).
   m.def(

@@ -13,7 +13,9 @@
 //                             g = grad_y * (y > 0) (grad_y itself without ReLU): sum_dy = sum g, sum_dy_xhat =
 //                             sum g * xhat, over every row (one pass). With the forward output y (a residual was
 //                             added before the ReLU) it also writes g, the residual's gradient; without it the ReLU
-//                             mask is recomputed from x, the statistics, weight and bias, so y is not read
+//                             mask is recomputed from x, the statistics, weight and bias, so y is not read. With y,
+//                             grad_y may come in up to three parts (the gradients of aliases of y that several
+//                             consumers received), summed in the reduction
 //   batch_norm_act_backward_input
 //                             grad_x = weight * invstd * (g - [row selected] (sum_dy + xhat * sum_dy_xhat) / count)
 //                             (one pass), g as above with the mask recomputed from x, or grad_out itself
@@ -170,13 +172,20 @@ inline void check_backward_args(const char* op, const at::Tensor& grad_out, cons
 inline void check_backward_reduce_args(const at::Tensor& grad_out, const at::Tensor& x,
                                        const std::optional<at::Tensor>& y, const at::Tensor& mean,
                                        const at::Tensor& var, const std::optional<at::Tensor>& weight,
-                                       const std::optional<at::Tensor>& bias, double eps, bool relu) {
+                                       const std::optional<at::Tensor>& bias, double eps, bool relu,
+                                       const std::optional<at::Tensor>& grad_out2,
+                                       const std::optional<at::Tensor>& grad_out3) {
   const char* op = "batch_norm_act_backward_reduce";
   check_backward_args(op, grad_out, x, mean, var, weight, bias, eps);
   if (y.has_value()) {
     TORCH_CHECK_VALUE(relu, op, ": y (the forward output) is only read with relu=True");
     check_like_x(*y, x, op, "y");
   }
+  TORCH_CHECK_VALUE(!grad_out3.has_value() || grad_out2.has_value(), op, ": grad_out3 needs grad_out2");
+  TORCH_CHECK_VALUE(!grad_out2.has_value() || y.has_value(), op,
+                    ": grad_out2 and grad_out3 (further parts of grad_out) need y: the form that writes g");
+  if (grad_out2.has_value()) check_like_x(*grad_out2, x, op, "grad_out2");
+  if (grad_out3.has_value()) check_like_x(*grad_out3, x, op, "grad_out3");
 }
 
 inline void check_backward_input_args(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& mean,

@@ -347,11 +347,15 @@ at::Tensor batch_norm_act_cpu(const at::Tensor& x_in, const at::Tensor& mean, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& x_in, const std::optional<at::Tensor>& y_in,
     const at::Tensor& mean, const at::Tensor& var, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, double eps, bool relu) {
-  check_backward_reduce_args(grad_out_in, x_in, y_in, mean, var, weight, bias, eps, relu);
+    const std::optional<at::Tensor>& bias, double eps, bool relu, const std::optional<at::Tensor>& grad_out2,
+    const std::optional<at::Tensor>& grad_out3) {
+  check_backward_reduce_args(grad_out_in, x_in, y_in, mean, var, weight, bias, eps, relu, grad_out2, grad_out3);
   const at::MemoryFormat format = bn_format(x_in);
   const bool cl = format == at::MemoryFormat::ChannelsLast;
   const at::Tensor x = x_in.contiguous(format), go = grad_out_in.contiguous(format);
+  const int64_t extra = grad_out3.has_value() ? 2 : grad_out2.has_value() ? 1 : 0;
+  const at::Tensor more0 = extra > 0 ? grad_out2->contiguous(format) : at::Tensor();
+  const at::Tensor more1 = extra > 1 ? grad_out3->contiguous(format) : at::Tensor();
   const bool from_y = y_in.has_value();
   const at::Tensor y = from_y ? y_in->contiguous(format) : at::Tensor();
   at::Tensor grad_act = from_y ? empty_like_x(x) : at::empty({0}, x.options());
@@ -372,16 +376,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cp
     const scalar_t* pg = go.data_ptr<scalar_t>();
     const scalar_t* py = from_y ? y.data_ptr<scalar_t>() : nullptr;
     scalar_t* pa = from_y ? grad_act.data_ptr<scalar_t>() : nullptr;
-    // 0: no ReLU; 1: mask recomputed from x; 2: mask read from y, g written.
-    const int mode = !relu ? 0 : (from_y ? 2 : 1);
+    const scalar_t* pm0 = extra > 0 ? more0.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pm1 = extra > 1 ? more1.data_ptr<scalar_t>() : nullptr;
+    // 0: no ReLU; 1: mask recomputed from x; 2, 3, 4: mask read from y, g written, with 0, 1, 2 more gradients
+    // (g is the sum of grad_out and them, in acc_t, then masked).
+    const int mode = !relu ? 0 : (from_y ? 2 + static_cast<int>(extra) : 1);
     auto sums = [&](auto mode_constant) {
       constexpr int MODE = decltype(mode_constant)::value;
-      lane_sums<acc_t>(d, cl, every, s1, s2, [px, pg, py, pa, ma, sca, sha](int64_t i, int64_t c, acc_t& u, acc_t& w) {
+      lane_sums<acc_t>(d, cl, every, s1, s2, [px, pg, py, pa, pm0, pm1, ma, sca, sha](int64_t i, int64_t c, acc_t& u,
+                                                                                      acc_t& w) {
         const acc_t xi = static_cast<acc_t>(px[i]);
         acc_t g = static_cast<acc_t>(pg[i]);
+        if constexpr (MODE >= 3) g += static_cast<acc_t>(pm0[i]);
+        if constexpr (MODE == 4) g += static_cast<acc_t>(pm1[i]);
         if constexpr (MODE == 1) {
           if (relu_blocked<scalar_t>(xi, sca[c], sha[c])) g = acc_t(0);
-        } else if constexpr (MODE == 2) {
+        } else if constexpr (MODE >= 2) {
           g = relu_grad<acc_t>(g, static_cast<acc_t>(py[i]));
           pa[i] = static_cast<scalar_t>(g);
         }
@@ -393,8 +403,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cp
       sums(std::integral_constant<int, 0>());
     } else if (mode == 1) {
       sums(std::integral_constant<int, 1>());
-    } else {
+    } else if (mode == 2) {
       sums(std::integral_constant<int, 2>());
+    } else if (mode == 3) {
+      sums(std::integral_constant<int, 3>());
+    } else {
+      sums(std::integral_constant<int, 4>());
     }
   });
   const auto options = x.options().dtype(at::kDouble);

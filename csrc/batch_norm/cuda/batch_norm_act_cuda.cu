@@ -69,6 +69,8 @@ struct GradTerms {
   const scalar_t* grad;
   const scalar_t* y;   // the forward output (mask read from it), or nullptr
   scalar_t* grad_act;  // g written here when y is given
+  const scalar_t* more0;  // with y: grad_out2 and grad_out3, further parts of grad_y, or nullptr
+  const scalar_t* more1;
   bool relu;
   AffineMap<acc_t> affine;
   __device__ __forceinline__ bool row_used(int64_t) const { return true; }
@@ -82,6 +84,8 @@ struct GradTerms {
   __device__ __forceinline__ void terms(int64_t i, const Center& k, acc_t& u, acc_t& v) const {
     const acc_t xi = static_cast<acc_t>(x[i]);
     acc_t g = static_cast<acc_t>(grad[i]);
+    if (more0 != nullptr) g += static_cast<acc_t>(more0[i]);
+    if (more1 != nullptr) g += static_cast<acc_t>(more1[i]);
     if (y != nullptr) {
       if (static_cast<acc_t>(y[i]) <= acc_t(0)) g = 0;
       grad_act[i] = static_cast<scalar_t>(g);
@@ -434,13 +438,15 @@ at::Tensor batch_norm_act_cuda(const at::Tensor& x_in, const at::Tensor& mean, c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cuda(
     const at::Tensor& grad_out, const at::Tensor& x_in, const std::optional<at::Tensor>& y_in, const at::Tensor& mean,
     const at::Tensor& var, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps,
-    bool relu) {
-  check_backward_reduce_args(grad_out, x_in, y_in, mean, var, weight, bias, eps, relu);
+    bool relu, const std::optional<at::Tensor>& grad_out2, const std::optional<at::Tensor>& grad_out3) {
+  check_backward_reduce_args(grad_out, x_in, y_in, mean, var, weight, bias, eps, relu, grad_out2, grad_out3);
   const DeviceGuard guard(x_in.device());
   const Prepared p = prepare(x_in, "batch_norm_act_backward_reduce");
   const at::MemoryFormat format = p.cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor g = grad_out.contiguous(format);
   const at::Tensor y = y_in.has_value() ? y_in->contiguous(format) : at::Tensor();
+  const at::Tensor more0 = grad_out2.has_value() ? grad_out2->contiguous(format) : at::Tensor();
+  const at::Tensor more1 = grad_out3.has_value() ? grad_out3->contiguous(format) : at::Tensor();
   const at::Tensor w = stats_vector(weight, p.x), b = stats_vector(bias, p.x);
   const at::Tensor m = mean.contiguous(), v = var.contiguous();
   const auto options = p.x.options().dtype(bn_stats_dtype(p.x));
@@ -456,7 +462,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_backward_reduce_cu
                                     optional_ptr<acc_t>(b), eps};
       const GradTerms<scalar_t> terms{p.x.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(),
                                       optional_ptr<scalar_t>(y),
-                                      y.defined() ? grad_act.mutable_data_ptr<scalar_t>() : nullptr, relu, affine};
+                                      y.defined() ? grad_act.mutable_data_ptr<scalar_t>() : nullptr,
+                                      optional_ptr<scalar_t>(more0), optional_ptr<scalar_t>(more1), relu, affine};
       partial = launch_partials(terms, p.d, p.cl, p.x);
       splits = partial.size(0);
     }
