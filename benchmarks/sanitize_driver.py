@@ -10,8 +10,8 @@ split_attention_norm_* ops, forward and backward). RoIAlign forward
 and backward in every dtype, both layouts, adaptive and fixed sampling, aligned and legacy, an out-of-range batch
 index, and one call above the 65535 x 256 outputs one grid covers (17.6M). NMS in every dtype from 1 box to 10k
 (more than 8192: the keep kernel's threads walk several mask words) and batched NMS. The fused BatchNorm ops
-(statistics with the running update, act, backward reduce and input) in every dtype, both layouts, masked rows,
-short and long planes.
+(statistics with the running update, act, backward reduce, with the output gradient in one part and in three, and
+input) in every dtype, both layouts, masked rows, short and long planes.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python -m benchmarks.sanitize_driver   # GPU
     python -m benchmarks.sanitize_driver --device cpu --tiny                                    # dry run
@@ -270,6 +270,11 @@ def batch_norm_cases(check, device, tiny):
                 for i, (a, e) in enumerate(zip(s_d, s)):
                     check.close(f"{name} backward_reduce {i}", a, e, 1e-3 if dtype != torch.float64 else 1e-9)
                 relu = y_cpu is None
+                if not relu:  # the output gradient in three parts (aliases of y), summed by the reduction
+                    parts = [dev[5] * 0.5, dev[5] * 0.25, dev[5] * 0.25]
+                    s_p = ops.batch_norm_act_backward_reduce(parts[0], dev[0], y_dev, *d_stats, 1e-5, True, *parts[1:])
+                    for i, (a, e) in enumerate(zip(s_p, s)):
+                        check.close(f"{name} reduce in parts {i}", a, e, 1e-3 if dtype != torch.float64 else 1e-9)
                 g_cpu, g_dev = (grad, dev[5]) if relu else (s[2], s_d[2])
                 want_in = ops.batch_norm_act_backward_input(g_cpu, x, mean, var, w, b, *s[:2], count, rows, 1e-5, relu)
                 got_in = ops.batch_norm_act_backward_input(
