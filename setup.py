@@ -90,7 +90,10 @@ def get_extensions():
         if not p.startswith(EMULATION + os.sep)
     )
     kernel_sources = [p for p in cuda_sources() if not p.startswith(EMULATION + os.sep)]
-    cxx_flags = ["-O3"] + openmp_flags()
+    # -fno-trapping-math: the kernels never read floating-point exception flags, and without it GCC will not
+    # if-convert a select whose arm computes (a ReLU mask choosing a gradient), so such loops stay scalar. It changes
+    # no value (no reassociation, no contraction).
+    cxx_flags = ["-O3", "-fno-trapping-math"] + openmp_flags()
     extensions = []
     if build_cuda():
         arch_list, message = choose_arch_list(os.environ, torch.cuda.device_count())

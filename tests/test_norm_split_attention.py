@@ -173,8 +173,14 @@ def test_block_matches_the_unfused_tail(device, dtype, layout, radix, groups, mo
     for a, b in zip(bufs_f, bufs_u):
         assert torch.equal(a, b)
     assert grads_f[0].stride() == grads_u[0].stride()
+    # fc1's bias feeds bn1: its true gradient is 0 and what is computed is rounding noise, so each gradient is
+    # compared within the dtype's tolerance relative to the largest gradient as well as to itself.
+    scale = max(g.abs().max().item() for g in grads_u)
+    tol = REL_TOL[dtype]
     for i, (a, b) in enumerate(zip(grads_f, grads_u)):
-        assert_matches_reference(a.cpu(), b.cpu().double(), tol=REL_TOL[dtype], name=f"gradient {i}")
+        torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol * scale, msg=f"gradient {i}")
+        if i != 5:
+            assert_matches_reference(a.cpu(), b.cpu().double(), tol=tol, name=f"gradient {i}")
 
 
 @pytest.mark.parametrize("device", devices())

@@ -53,10 +53,12 @@ inline void affine_of(const at::Tensor& mean, const at::Tensor& var, const std::
 }
 
 // y = relu(x * scale_c + shift_c) rounded to scalar_t, as batch_norm_act writes it (without residual), read back in
-// acc_t: what a kernel that takes BatchNorm + ReLU as its input prologue sees.
+// acc_t: what a kernel that takes BatchNorm + ReLU as its input prologue sees. Rounded first, then one compare and
+// select (NaN passes, -0 becomes 0): the same value as relu then rounding, and a loop that uses it vectorises.
 template <typename scalar_t, typename acc_t>
 inline acc_t relu_affine(scalar_t x, acc_t scale, acc_t shift) {
-  return static_cast<acc_t>(static_cast<scalar_t>(relu_of<acc_t>(static_cast<acc_t>(x) * scale + shift)));
+  const acc_t t = static_cast<acc_t>(static_cast<scalar_t>(static_cast<acc_t>(x) * scale + shift));
+  return t <= acc_t(0) ? acc_t(0) : t;
 }
 
 }  // namespace resnest_cuda

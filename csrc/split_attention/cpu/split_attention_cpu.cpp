@@ -326,22 +326,67 @@ void input_backward_kernel(const scalar_t* dout, const scalar_t* logits, const a
 // so that with grad_u = mask * (att_r * dout_j + grad_gap_j / HW), the BatchNorm's sums over b, H, W are
 //   sum_dy = sum_b att * sums[0] + g * sums[2], sum_dy_xhat = invstd * sum_b att * sums[1] + g * sums[3].
 
-template <typename scalar_t>
-struct NormTerms {
-  using acc_t = at::opmath_type<scalar_t>;
-  acc_t scale, shift, mean;
-  // Adds the terms of element x with output gradient g to acc[5] (ds, sums[0..3]).
-  void add(scalar_t x, acc_t g, acc_t* acc) const {
-    const acc_t u = relu_affine<scalar_t, acc_t>(x, scale, shift);
-    const acc_t pass = u <= acc_t(0) ? acc_t(0) : acc_t(1);
-    const acc_t xc = static_cast<acc_t>(x) - mean;
-    acc[0] += g * u;
-    acc[1] += pass * g;
-    acc[2] += pass * g * xc;
-    acc[3] += pass;
-    acc[4] += pass * xc;
+constexpr int kLanes = 16;        // independent fp32 partial sums of the reductions (the loops vectorise over them)
+constexpr int64_t kFlush = 4096;  // elements summed in acc_t before they are added to the fp64 totals
+
+// The five terms of element x with output gradient g, for the per-channel constants scale, shift, mean.
+template <typename scalar_t, typename acc_t>
+inline void norm_terms(scalar_t x, acc_t g, acc_t scale, acc_t shift, acc_t mean, acc_t& t0, acc_t& t1, acc_t& t2,
+                       acc_t& t3, acc_t& t4) {
+  const acc_t u = relu_affine<scalar_t, acc_t>(x, scale, shift);
+  const acc_t pass = u <= acc_t(0) ? acc_t(0) : acc_t(1);
+  const acc_t xc = static_cast<acc_t>(x) - mean;
+  const acc_t pg = pass * g;
+  t0 = g * u;
+  t1 = pg;
+  t2 = pg * xc;
+  t3 = pass;
+  t4 = pass * xc;
+}
+
+// total[0..5) += the terms of a row of n elements of one channel, in kLanes acc_t lanes per chunk of kFlush.
+template <typename scalar_t, typename acc_t>
+void norm_row_sums(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dout, int64_t n, acc_t scale,
+                   acc_t shift, acc_t mean, double* total) {
+  for (int64_t start = 0; start < n; start += kFlush) {
+    const int64_t stop = std::min(n, start + kFlush);
+    acc_t l0[kLanes] = {}, l1[kLanes] = {}, l2[kLanes] = {}, l3[kLanes] = {}, l4[kLanes] = {};
+    int64_t i = start;
+    for (; i + kLanes <= stop; i += kLanes) {
+      // Kept a loop over contiguous lanes (see run_lane_sums in the BatchNorm kernels): it vectorises.
+#pragma GCC unroll 1
+#pragma GCC ivdep
+      for (int j = 0; j < kLanes; ++j) {
+        acc_t t0, t1, t2, t3, t4;
+        norm_terms<scalar_t, acc_t>(x[i + j], static_cast<acc_t>(dout[i + j]), scale, shift, mean, t0, t1, t2, t3,
+                                    t4);
+        l0[j] += t0;
+        l1[j] += t1;
+        l2[j] += t2;
+        l3[j] += t3;
+        l4[j] += t4;
+      }
+    }
+    acc_t s[5] = {0, 0, 0, 0, 0};
+    for (; i < stop; ++i) {
+      acc_t t0, t1, t2, t3, t4;
+      norm_terms<scalar_t, acc_t>(x[i], static_cast<acc_t>(dout[i]), scale, shift, mean, t0, t1, t2, t3, t4);
+      s[0] += t0;
+      s[1] += t1;
+      s[2] += t2;
+      s[3] += t3;
+      s[4] += t4;
+    }
+    for (int j = 0; j < kLanes; ++j) {
+      s[0] += l0[j];
+      s[1] += l1[j];
+      s[2] += l2[j];
+      s[3] += l3[j];
+      s[4] += l4[j];
+    }
+    for (int q = 0; q < 5; ++q) total[q] += s[q];
   }
-};
+}
 
 template <typename scalar_t>
 void norm_backward_reduce_kernel(const scalar_t* dout, const scalar_t* x, const scalar_t* logits,
@@ -352,69 +397,77 @@ void norm_backward_reduce_kernel(const scalar_t* dout, const scalar_t* x, const 
   const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, d);
   std::vector<acc_t> ds(d.B * d.R * d.C);
   const int64_t plane = d.B * d.R * d.C;  // sums is [4, B, R*C]
-  // The terms accumulate in acc_t over chunks of kFlush positions, whose totals are added in double: the sums
-  // of a large map keep fp32-level relative accuracy (a plain fp32 running sum over 10^4 terms would not).
-  constexpr int64_t kFlush = 256;
   auto store = [&](int64_t b, int64_t r, int64_t j, const double* acc) {
     ds[(b * d.R + r) * d.C + j] = static_cast<acc_t>(acc[0]);
     for (int q = 0; q < 4; ++q) sums[q * plane + (b * d.R + r) * d.C + j] = static_cast<acc_t>(acc[q + 1]);
   };
   if (!channels_last) {
-    at::parallel_for(0, d.B * d.C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t b = row / d.C, j = row % d.C;
-        const scalar_t* pg = dout + row * d.HW;
-        for (int64_t r = 0; r < d.R; ++r) {
-          const int64_t c = r * d.C + j;
-          const NormTerms<scalar_t> t{reader.scale[c], reader.shift[c], mean[c]};
-          const scalar_t* px = x + ((b * d.R + r) * d.C + j) * d.HW;
-          double total[5] = {0, 0, 0, 0, 0};
-          for (int64_t start = 0; start < d.HW; start += kFlush) {
-            const int64_t stop = std::min(d.HW, start + kFlush);
-            acc_t lanes[4][5] = {};
-            int64_t i = start;
-            for (; i + 4 <= stop; i += 4) {
-              for (int l = 0; l < 4; ++l) t.add(px[i + l], static_cast<acc_t>(pg[i + l]), lanes[l]);
-            }
-            for (; i < stop; ++i) t.add(px[i], static_cast<acc_t>(pg[i]), lanes[0]);
-            for (int q = 0; q < 5; ++q) total[q] += (lanes[0][q] + lanes[1][q]) + (lanes[2][q] + lanes[3][q]);
-          }
-          store(b, r, j, total);
-        }
+    at::parallel_for(0, d.B * d.R * d.C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t xrow = begin; xrow < end; ++xrow) {
+        const int64_t b = xrow / (d.R * d.C), c = xrow % (d.R * d.C), r = c / d.C, j = c % d.C;
+        double total[5] = {0, 0, 0, 0, 0};
+        norm_row_sums<scalar_t, acc_t>(x + xrow * d.HW, dout + (b * d.C + j) * d.HW, d.HW, reader.scale[c],
+                                       reader.shift[c], mean[c], total);
+        store(b, r, j, total);
       }
     });
   } else {
+    // Per task: a block of channels of one image; per position, the R splits' runs of those channels, one term
+    // per channel (contiguous: the loop vectorises over the channels), acc_t sums flushed to fp64.
     const int64_t nblk = (d.C + kChannelBlock - 1) / kChannelBlock;
+    const int64_t flush_every = std::max<int64_t>(1, kFlush / kChannelBlock);
     at::parallel_for(0, d.B * nblk, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> acc(d.R * kChannelBlock * 5);
-      std::vector<double> total(d.R * kChannelBlock * 5);
-      std::vector<NormTerms<scalar_t>> terms(d.R * kChannelBlock);
+      const int64_t width = d.R * kChannelBlock;
+      std::vector<acc_t> acc(5 * width), scale(width), shift(width), mu(width);
+      std::vector<double> total(5 * width);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / nblk, j0 = (task % nblk) * kChannelBlock;
         const int64_t nc = std::min(kChannelBlock, d.C - j0);
-        std::fill(total.begin(), total.end(), 0.0);
         for (int64_t r = 0; r < d.R; ++r) {
           for (int64_t c = 0; c < nc; ++c) {
             const int64_t ch = r * d.C + j0 + c;
-            terms[r * kChannelBlock + c] = {reader.scale[ch], reader.shift[ch], mean[ch]};
+            scale[r * kChannelBlock + c] = reader.scale[ch];
+            shift[r * kChannelBlock + c] = reader.shift[ch];
+            mu[r * kChannelBlock + c] = mean[ch];
           }
         }
-        for (int64_t start = 0; start < d.HW; start += kFlush) {
+        std::fill(total.begin(), total.end(), 0.0);
+        for (int64_t start = 0; start < d.HW; start += flush_every) {
           std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t hw = start; hw < std::min(d.HW, start + kFlush); ++hw) {
-            const scalar_t* pg = dout + (b * d.HW + hw) * d.C + j0;
-            const scalar_t* px = x + (b * d.HW + hw) * d.R * d.C + j0;
+          for (int64_t hw = start; hw < std::min(d.HW, start + flush_every); ++hw) {
+            const scalar_t* __restrict__ pg = dout + (b * d.HW + hw) * d.C + j0;
             for (int64_t r = 0; r < d.R; ++r) {
+              const scalar_t* __restrict__ px = x + (b * d.HW + hw) * d.R * d.C + r * d.C + j0;
+              const int64_t o = r * kChannelBlock;
+              acc_t* __restrict__ a0 = acc.data() + o;
+              acc_t* __restrict__ a1 = a0 + width;
+              acc_t* __restrict__ a2 = a1 + width;
+              acc_t* __restrict__ a3 = a2 + width;
+              acc_t* __restrict__ a4 = a3 + width;
+              const acc_t* __restrict__ sc = scale.data() + o;
+              const acc_t* __restrict__ sh = shift.data() + o;
+              const acc_t* __restrict__ mc = mu.data() + o;
+#pragma GCC ivdep
               for (int64_t c = 0; c < nc; ++c) {
-                terms[r * kChannelBlock + c].add(px[r * d.C + c], static_cast<acc_t>(pg[c]),
-                                                 acc.data() + (r * kChannelBlock + c) * 5);
+                acc_t t0, t1, t2, t3, t4;
+                norm_terms<scalar_t, acc_t>(px[c], static_cast<acc_t>(pg[c]), sc[c], sh[c], mc[c], t0, t1, t2, t3,
+                                            t4);
+                a0[c] += t0;
+                a1[c] += t1;
+                a2[c] += t2;
+                a3[c] += t3;
+                a4[c] += t4;
               }
             }
           }
           for (size_t i = 0; i < acc.size(); ++i) total[i] += acc[i];
         }
+        double one[5];
         for (int64_t r = 0; r < d.R; ++r) {
-          for (int64_t c = 0; c < nc; ++c) store(b, r, j0 + c, total.data() + (r * kChannelBlock + c) * 5);
+          for (int64_t c = 0; c < nc; ++c) {
+            for (int q = 0; q < 5; ++q) one[q] = total[q * width + r * kChannelBlock + c];
+            store(b, r, j0 + c, one);
+          }
         }
       }
     });
@@ -422,38 +475,45 @@ void norm_backward_reduce_kernel(const scalar_t* dout, const scalar_t* x, const 
   logits_grad<scalar_t, acc_t>(att, ds, dlogits, d);
 }
 
-// grad_x = wi * (grad_u - (k1 + xc * k2)) with grad_u = mask * (att_r * dout_j + grad_gap_j / HW),
-// wi = weight * invstd, k1 = sum_dy / count, k2 = sum_dy_xhat * invstd / count (the BatchNorm's input gradient).
-template <typename scalar_t>
-struct NormInput {
-  using acc_t = at::opmath_type<scalar_t>;
-  acc_t scale, shift, mean, wi, k1, k2;
-  acc_t operator()(scalar_t x, acc_t a, acc_t g, acc_t gap) const {
-    const acc_t u = relu_affine<scalar_t, acc_t>(x, scale, shift);
-    const acc_t du = u <= acc_t(0) ? acc_t(0) : a * g + gap;
-    return wi * (du - (k1 + (static_cast<acc_t>(x) - mean) * k2));
-  }
+// Per-channel constants of the input gradient: grad_x = wi * (grad_u - (k1 + xc * k2)) with grad_u = mask *
+// (att_r * dout_j + grad_gap_j / HW), wi = weight * invstd, k1 = sum_dy / count, k2 = sum_dy_xhat * invstd / count
+// (the BatchNorm's input gradient). Arrays over the R*C channels.
+template <typename acc_t>
+struct NormInputTable {
+  std::vector<acc_t> scale, shift, mean, wi, k1, k2;
 };
+
+template <typename scalar_t, typename acc_t>
+inline acc_t norm_input_grad(scalar_t x, acc_t a, acc_t g, acc_t gap, acc_t scale, acc_t shift, acc_t mean,
+                             acc_t wi, acc_t k1, acc_t k2) {
+  const acc_t u = relu_affine<scalar_t, acc_t>(x, scale, shift);
+  const acc_t du = u <= acc_t(0) ? acc_t(0) : a * g + gap;
+  return wi * (du - (k1 + (static_cast<acc_t>(x) - mean) * k2));
+}
 
 template <typename scalar_t>
 void norm_backward_input_kernel(const scalar_t* dout, const scalar_t* x, const scalar_t* logits,
                                 const at::opmath_type<scalar_t>* dgap,
-                                const std::vector<NormInput<scalar_t>>& channels, scalar_t* dx, const Dims& d,
+                                const NormInputTable<at::opmath_type<scalar_t>>& t, scalar_t* dx, const Dims& d,
                                 bool channels_last) {
   using acc_t = at::opmath_type<scalar_t>;
   const std::vector<acc_t> att = attention_weights<scalar_t, acc_t>(logits, d);
   const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(d.HW);
+  std::vector<acc_t> gap(d.B * d.C);  // grad_gap / HW
+  for (int64_t i = 0; i < d.B * d.C; ++i) gap[i] = dgap[i] * inv_hw;
   if (!channels_last) {
     at::parallel_for(0, d.B * d.R * d.C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t xrow = begin; xrow < end; ++xrow) {
         const int64_t b = xrow / (d.R * d.C), c = xrow % (d.R * d.C), j = c % d.C;
-        const NormInput<scalar_t> f = channels[c];
-        const acc_t a = att[xrow];
-        const acc_t gap = dgap[b * d.C + j] * inv_hw;
-        const scalar_t* pg = dout + (b * d.C + j) * d.HW;
-        const scalar_t* px = x + xrow * d.HW;
-        scalar_t* pdx = dx + xrow * d.HW;
-        for (int64_t i = 0; i < d.HW; ++i) pdx[i] = static_cast<scalar_t>(f(px[i], a, static_cast<acc_t>(pg[i]), gap));
+        const acc_t a = att[xrow], g = gap[b * d.C + j];
+        const acc_t sc = t.scale[c], sh = t.shift[c], m = t.mean[c], wi = t.wi[c], k1 = t.k1[c], k2 = t.k2[c];
+        const scalar_t* __restrict__ pg = dout + (b * d.C + j) * d.HW;
+        const scalar_t* __restrict__ px = x + xrow * d.HW;
+        scalar_t* __restrict__ pdx = dx + xrow * d.HW;
+        for (int64_t i = 0; i < d.HW; ++i) {
+          pdx[i] = static_cast<scalar_t>(
+              norm_input_grad<scalar_t, acc_t>(px[i], a, static_cast<acc_t>(pg[i]), g, sc, sh, m, wi, k1, k2));
+        }
       }
     });
     return;
@@ -461,15 +521,22 @@ void norm_backward_input_kernel(const scalar_t* dout, const scalar_t* x, const s
   at::parallel_for(0, d.B * d.HW, 1, [&](int64_t begin, int64_t end) {
     for (int64_t pix = begin; pix < end; ++pix) {
       const int64_t b = pix / d.HW;
-      const scalar_t* pg = dout + pix * d.C;
-      const acc_t* pgap = dgap + b * d.C;
+      const scalar_t* __restrict__ pg = dout + pix * d.C;
+      const acc_t* __restrict__ pgap = gap.data() + b * d.C;
       for (int64_t r = 0; r < d.R; ++r) {
-        const acc_t* a = att.data() + (b * d.R + r) * d.C;
-        const NormInput<scalar_t>* f = channels.data() + r * d.C;
-        const scalar_t* px = x + (pix * d.R + r) * d.C;
-        scalar_t* pdx = dx + (pix * d.R + r) * d.C;
+        const int64_t o = r * d.C;
+        const acc_t* __restrict__ a = att.data() + (b * d.R + r) * d.C;
+        const acc_t* __restrict__ sc = t.scale.data() + o;
+        const acc_t* __restrict__ sh = t.shift.data() + o;
+        const acc_t* __restrict__ m = t.mean.data() + o;
+        const acc_t* __restrict__ wi = t.wi.data() + o;
+        const acc_t* __restrict__ k1 = t.k1.data() + o;
+        const acc_t* __restrict__ k2 = t.k2.data() + o;
+        const scalar_t* __restrict__ px = x + pix * d.R * d.C + o;
+        scalar_t* __restrict__ pdx = dx + pix * d.R * d.C + o;
         for (int64_t j = 0; j < d.C; ++j) {
-          pdx[j] = static_cast<scalar_t>(f[j](px[j], a[j], static_cast<acc_t>(pg[j]), pgap[j] * inv_hw));
+          pdx[j] = static_cast<scalar_t>(norm_input_grad<scalar_t, acc_t>(
+              px[j], a[j], static_cast<acc_t>(pg[j]), pgap[j], sc[j], sh[j], m[j], wi[j], k1[j], k2[j]));
         }
       }
     }
@@ -707,15 +774,19 @@ at::Tensor split_attention_norm_backward_input_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "split_attention_norm_bwd_input_cpu",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    std::vector<NormInput<scalar_t>> channels(RC);
+    NormInputTable<acc_t> table;
+    for (auto* v_ : {&table.scale, &table.shift, &table.mean, &table.wi, &table.k1, &table.k2}) v_->resize(RC);
     for (int64_t c = 0; c < RC; ++c) {
       const double invstd = 1.0 / std::sqrt(v[c] + eps);
-      channels[c] = {static_cast<acc_t>(scale[c]),        static_cast<acc_t>(shift[c]),
-                     static_cast<acc_t>(m[c]),            static_cast<acc_t>(w[c] * invstd),
-                     static_cast<acc_t>(sdy[c] / n),      static_cast<acc_t>(sdx[c] / n * invstd)};
+      table.scale[c] = static_cast<acc_t>(scale[c]);
+      table.shift[c] = static_cast<acc_t>(shift[c]);
+      table.mean[c] = static_cast<acc_t>(m[c]);
+      table.wi[c] = static_cast<acc_t>(w[c] * invstd);
+      table.k1[c] = static_cast<acc_t>(sdy[c] / n);
+      table.k2[c] = static_cast<acc_t>(sdx[c] / n * invstd);
     }
     norm_backward_input_kernel<scalar_t>(gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
-                                         lc.const_data_ptr<scalar_t>(), dg.const_data_ptr<acc_t>(), channels,
+                                         lc.const_data_ptr<scalar_t>(), dg.const_data_ptr<acc_t>(), table,
                                          dx.mutable_data_ptr<scalar_t>(), d, fmt == at::MemoryFormat::ChannelsLast);
   });
   return dx;
