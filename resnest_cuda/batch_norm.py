@@ -158,7 +158,7 @@ def _fused_backward(grad_y, x, y, weight, bias, mean, var, count, rows, eps, rel
     more_grads (with y): further parts of the output gradient, summed with grad_y inside the reduction.
     Returns (grad_x, grad_weight, grad_bias, g), g the residual's gradient: grad_y through the ReLU when y is given,
     grad_y without ReLU (an empty tensor otherwise)."""
-    need_x, need_w, need_b = needs
+    need_x = needs[0]
     grad_y = grad_y.contiguous(memory_format=memory_format_of(x))  # converted once for both ops
     sum_dy, sum_dy_xhat, g = torch.ops.resnest_cuda.batch_norm_act_backward_reduce(
         grad_y, x, y, mean, var, weight, bias, eps, relu, *more_grads
@@ -167,19 +167,28 @@ def _fused_backward(grad_y, x, y, weight, bias, mean, var, count, rows, eps, rel
     input_relu = relu and y is None
     if not relu:
         g = grad_y
-    grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
-    grad_b = sum_dy.to(bias.dtype) if need_b else None
+    grad_w, grad_b, sum_dy, sum_dy_xhat = affine_grads_and_synced_sums(sum_dy, sum_dy_xhat, weight, bias, needs, group)
     grad_x = None
     if need_x:
-        if group is not None:
-            both = torch.cat([sum_dy, sum_dy_xhat])
-            dist.all_reduce(both, group=group)
-            sum_dy, sum_dy_xhat = both.chunk(2)
         grad_x = torch.ops.resnest_cuda.batch_norm_act_backward_input(
             grad_y if input_relu else g, x, mean, var, weight, bias, sum_dy, sum_dy_xhat, count, rows, eps,
             input_relu,
         )
     return grad_x, grad_w, grad_b, g
+
+
+def affine_grads_and_synced_sums(sum_dy, sum_dy_xhat, weight, bias, needs, group):
+    """From a batch-statistics BatchNorm's backward sums (per channel: of g and of g * xhat): the weight and bias
+    gradients (local: DDP averages them) where needs (x, weight, bias) asks for them, and the sums the input
+    gradient uses, summed over a SyncBatchNorm's process group when x needs a gradient and group is not None."""
+    need_x, need_w, need_b = needs
+    grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
+    grad_b = sum_dy.to(bias.dtype) if need_b else None
+    if need_x and group is not None:
+        both = torch.cat([sum_dy, sum_dy_xhat])
+        dist.all_reduce(both, group=group)
+        sum_dy, sum_dy_xhat = both.chunk(2)
+    return grad_w, grad_b, sum_dy, sum_dy_xhat
 
 
 def _differentiable_backward(ctx, grad_y, x, y, weight, bias, mean, var, rows):

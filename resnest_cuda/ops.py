@@ -11,7 +11,6 @@ the wrappers, raw ``torch.ops.resnest_cuda.*`` calls and ``torch.compile`` raise
 """
 
 import torch
-import torch.distributed as dist
 
 from . import batch_norm as _batch_norm
 from ._library import has_kernel, refuse_functorch_transforms
@@ -232,6 +231,23 @@ class _AttentionPool(torch.autograd.Function):
         return torch.ops.resnest_cuda.split_attention_pool_backward(grad_gap, ctx.radix, ctx.height, ctx.width), None
 
 
+def _attention_backward(ctx, logits, gap, grad_logits, create_graph):
+    """Differentiates the attention graph (gap -> logits, built outside the tail's node) inside the node's backward:
+    (grad_gap, one gradient or None per param of ctx.params). The graph is kept (retain_graph) for the outer
+    backward, which frees it; with create_graph the result stays connected for higher derivatives."""
+    wanted = [i for i, needed in enumerate(ctx.params_need_grad) if needed]
+    with_gap = gap.requires_grad  # False when x needs no gradient
+    inputs = ([gap] if with_gap else []) + [ctx.params[i] for i in wanted]
+    grads = torch.autograd.grad(
+        logits, inputs, grad_logits, allow_unused=True, retain_graph=True, create_graph=create_graph
+    )
+    grad_gap = grads[0] if with_gap and grads[0] is not None else torch.zeros_like(gap)
+    param_grads = [None] * len(ctx.params)
+    for i, g in zip(wanted, grads[1:] if with_gap else grads):
+        param_grads[i] = g
+    return grad_gap, param_grads
+
+
 class _SplitAttention(torch.autograd.Function):
     """combine(x, logits) where logits = attention(pool(x)), with a backward that writes grad_x once.
 
@@ -255,7 +271,7 @@ class _SplitAttention(torch.autograd.Function):
     def forward(ctx, x, logits, gap, radix, cardinality, *params):
         out = torch.ops.resnest_cuda.split_attention_combine(x, logits, radix, cardinality)
         ctx.save_for_backward(x, logits, gap)
-        ctx.radix, ctx.cardinality, ctx.num_params = radix, cardinality, len(params)
+        ctx.radix, ctx.cardinality = radix, cardinality
         ctx.params_need_grad = [p.requires_grad for p in params]
         ctx.params = params
         ctx.out_strides = out.stride()
@@ -273,16 +289,7 @@ class _SplitAttention(torch.autograd.Function):
             grad_logits = torch.ops.resnest_cuda.split_attention_logits_backward(
                 grad_out, x, logits.detach(), radix, cardinality
             )
-        wanted = [i for i, needed in enumerate(ctx.params_need_grad) if needed]
-        with_gap = gap.requires_grad  # False when x needs no gradient
-        inputs = ([gap] if with_gap else []) + [ctx.params[i] for i in wanted]
-        grads = torch.autograd.grad(
-            logits, inputs, grad_logits, allow_unused=True, retain_graph=True, create_graph=create_graph
-        )
-        grad_gap = grads[0] if with_gap and grads[0] is not None else torch.zeros_like(gap)
-        param_grads = [None] * ctx.num_params
-        for i, g in zip(wanted, grads[1:] if with_gap else grads):
-            param_grads[i] = g
+        grad_gap, param_grads = _attention_backward(ctx, logits, gap, grad_logits, create_graph)
         if create_graph:
             b, rc, h, w = x.shape
             grad_x = _in_layout_of(grad_x_direct + (grad_gap / (h * w)).repeat(1, radix).reshape(b, rc, 1, 1), x)
@@ -408,16 +415,7 @@ class _NormSplitAttention(torch.autograd.Function):
             grad_logits, sums = torch.ops.resnest_cuda.split_attention_norm_backward_reduce(
                 grad_out, x, mean, var, weight, bias, eps, logits.detach(), radix, cardinality
             )
-        wanted = [i for i, needed in enumerate(ctx.params_need_grad) if needed]
-        with_gap = gap.requires_grad
-        inputs = ([gap] if with_gap else []) + [ctx.params[i] for i in wanted]
-        grads = torch.autograd.grad(
-            logits, inputs, grad_logits, allow_unused=True, retain_graph=True, create_graph=create_graph
-        )
-        grad_gap = grads[0] if with_gap and grads[0] is not None else torch.zeros_like(gap)
-        param_grads = [None] * len(ctx.params)
-        for i, g in zip(wanted, grads[1:] if with_gap else grads):
-            param_grads[i] = g
+        grad_gap, param_grads = _attention_backward(ctx, logits, gap, grad_logits, create_graph)
         needs = ctx.needs_input_grad[:3]
         if create_graph:
             b, rc, h, w = u.shape
@@ -445,20 +443,17 @@ def _norm_input_grads(grad_out, x, weight, bias, mean, var, count, logits, grad_
     sums of split_attention_norm_backward_reduce and grad_gap: the BatchNorm's per-channel sums, all-reduced over a
     SyncBatchNorm's group for grad_x (the weight and bias gradients stay local, as in batch_norm_act), then one
     elementwise pass."""
-    need_x, need_w, need_b = needs
+    need_x = needs[0]
     ops = torch.ops.resnest_cuda
     hw = x.shape[2] * x.shape[3]
     sum_dy, sum_dy_xhat = ops.split_attention_norm_backward_sums(
         sums, logits, grad_gap, var, eps, radix, cardinality, hw
     )
-    grad_w = sum_dy_xhat.to(weight.dtype) if need_w else None
-    grad_b = sum_dy.to(bias.dtype) if need_b else None
+    grad_w, grad_b, sum_dy, sum_dy_xhat = _batch_norm.affine_grads_and_synced_sums(
+        sum_dy, sum_dy_xhat, weight, bias, needs, group
+    )
     grad_x = None
     if need_x:
-        if group is not None:
-            both = torch.cat([sum_dy, sum_dy_xhat])
-            dist.all_reduce(both, group=group)
-            sum_dy, sum_dy_xhat = both.chunk(2)
         grad_x = ops.split_attention_norm_backward_input(
             grad_out, x, mean, var, weight, bias, eps, logits, grad_gap, sum_dy, sum_dy_xhat, count, radix,
             cardinality,
